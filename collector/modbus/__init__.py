@@ -1,0 +1,1 @@
+"""Modbus: pure register decoding and request planning; the async poller lives beside them."""

@@ -1,0 +1,1 @@
+"""recp-monitor analytics: numba kernels, detectors, baselines, savings and the service."""
