@@ -1,0 +1,1 @@
+"""One module per ``recp`` subcommand (see :mod:`collector.cli`)."""

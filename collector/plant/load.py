@@ -1,0 +1,78 @@
+"""Read a plant file and the profiles it names, checking what only the pair can tell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..configfile import ConfigError, Problem, load_yaml, validate
+from ..profiles import Profile, resolve_profiles
+from ..quantities import Resource
+from .config import LossType, Plant
+from .meters import primary_counter
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    """A validated plant with the profile of every meter."""
+
+    plant: Plant
+    profiles: dict[str, Profile]  # by meter id
+    file: str
+
+
+CONSUMING = (Resource.ELECTRICITY, Resource.WATER, Resource.STEAM)
+
+
+def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: dict) -> None:
+    """Cross-checks between the plant file and its profiles."""
+    problems: list[Problem] = []
+    by_id = {m.id: (i, m) for i, m in enumerate(plant.meters)}
+    for i, m in enumerate(plant.meters):
+        try:
+            primary_counter(m, profiles[m.id], file)
+        except ConfigError as exc:
+            for p in exc.problems:
+                problems.append(Problem(file, index.get(("meters", i, "profile")),
+                                        f"meters[{i}].profile", p.message))
+    for i, loss in enumerate(plant.losses):
+        mi, meter = by_id[loss.meter]
+        profile = profiles[meter.id]
+        line = index.get(("losses", i))
+        if loss.type not in (LossType.DROPOUT, LossType.EXCEPTION, LossType.STUCK) and (
+            profile.resource not in CONSUMING
+            and not (profile.resource is Resource.PRODUCTION and loss.type in
+                     (LossType.ROLLOVER, LossType.RESET))
+        ):
+            problems.append(Problem(file, line, f"losses[{i}].type",
+                                    f"{loss.type.value} cannot apply to {meter.id}, a "
+                                    f"{profile.resource.value} meter"))
+        if loss.type is LossType.ROLLOVER:
+            point = next((p for p in profile.resolved() if p.name in
+                          ("energy_kwh", "volume_m3", "mass_kg", "mass_t", "produced_units")), None)
+            if point is None or point.rollover is None:
+                problems.append(Problem(
+                    file, line, f"losses[{i}]",
+                    f"the counter of {meter.id} ({profile.model}) is stored as "
+                    f"{point.type if point else '?'} and never rolls over; "
+                    "pick a meter whose profile has an unsigned integer counter"))
+        if loss.type is LossType.DRIFT and loss.end is None:
+            problems.append(Problem(file, line, f"losses[{i}].end",
+                                    "drift needs an end (when the extra reaches its fraction)"))
+        _ = mi
+    if problems:
+        raise ConfigError(problems)
+
+
+def load_plant(path: str | Path) -> PlantSpec:
+    """Read, validate and cross-check a plant file; raise ConfigError listing every problem."""
+    path = Path(path)
+    data, index = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(str(path), None, "", "expected a mapping with kind: plant")])
+    plant = validate(Plant, data, str(path), index)
+    profiles = resolve_profiles({f"meters[{i}]": m.profile for i, m in enumerate(plant.meters)},
+                                path)
+    by_meter = {m.id: profiles[f"meters[{i}]"] for i, m in enumerate(plant.meters)}
+    check_plant(plant, by_meter, str(path), index)
+    return PlantSpec(plant, by_meter, str(path))

@@ -1,0 +1,296 @@
+"""Serve a virtual plant over Modbus TCP (pymodbus), its clock running in the event loop.
+
+Each distinct port in the plant file is one Modbus TCP server (a gateway); each meter is a
+unit id behind it. Register contents come from the meter's device profile. A meter in a
+dropout does not answer at all; one in an exception spell answers with its exception code.
+The servers only answer reads: every register is read-only, as on a metering device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimData, SimDevice
+
+from ..profiles import ResolvedPoint, Table
+from .engine import Engine, Unavailable, write_json
+from .load import PlantSpec
+from .losses import iso
+from .registers import decode_point, encode_point
+
+log = logging.getLogger("recp.plant")
+
+TICK_S = 0.1  # wall-clock seconds between clock updates
+STATUS_EVERY_S = 0.5  # wall-clock seconds between status/truth file writes
+FC_TABLE = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
+_TABLE_ORDER = (Table.COIL, Table.DISCRETE, Table.HOLDING, Table.INPUT)
+_SPARE_BIT = 65520  # pymodbus needs every bit table non-empty: one unused, aligned bit
+
+
+@dataclass
+class ServedMeter:
+    """A meter's registers as currently served, per table: (address, registers) per point."""
+
+    meter_id: str
+    unit_id: int
+    points: list[ResolvedPoint]
+    image: dict[Table, list[tuple[int, list[int]]]]
+
+
+def _simdata(points: list[ResolvedPoint]) -> tuple[list[SimData], ...]:
+    blocks: dict[Table, list[SimData]] = {t: [] for t in _TABLE_ORDER}
+    for p in points:
+        if p.table.is_bits:
+            blocks[p.table].append(
+                SimData(address=p.address, values=[False], datatype=SimType.BITS, readonly=True)
+            )
+        else:
+            blocks[p.table].append(
+                SimData(
+                    address=p.address,
+                    values=[0] * p.registers,
+                    datatype=SimType.REGISTERS,
+                    readonly=True,
+                )
+            )
+    for table in (Table.COIL, Table.DISCRETE):
+        if not blocks[table]:
+            blocks[table].append(
+                SimData(address=_SPARE_BIT, values=[False], datatype=SimType.BITS, readonly=True)
+            )
+    for table in (Table.HOLDING, Table.INPUT):
+        if not blocks[table]:
+            blocks[table].append(SimData(address=0, count=1, datatype=SimType.INVALID))
+    return tuple(blocks[t] for t in _TABLE_ORDER)
+
+
+class PlantServer:
+    """The plant's Modbus servers and clock. Use as ``async with PlantServer(...) as s``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spec: PlantSpec,
+        *,
+        port_base: int | None = None,
+        truth_path: Path | None = None,
+        status_path: Path | None = None,
+    ):
+        self.engine = engine
+        self.plant = spec.plant
+        self.truth_path = truth_path
+        self.status_path = status_path
+        self.meters: dict[str, ServedMeter] = {}
+        self.servers: dict[int, ModbusTcpServer] = {}  # configured port -> server
+        self.ports: dict[int, int] = {}  # configured port -> listening port
+        self.requests = 0
+        configured = sorted({m.port for m in self.plant.meters})
+        if port_base is None:
+            self._bind = {p: p for p in configured}
+        elif port_base == 0:
+            self._bind = {p: 0 for p in configured}
+        else:
+            self._bind = {p: port_base + (p - configured[0]) for p in configured}
+        for m in self.plant.meters:
+            points = spec.profiles[m.id].resolved()
+            self.meters[m.id] = ServedMeter(m.id, m.unit_id, points, {})
+        self.sim_time = engine.t
+        self._refresh(engine.t)
+
+    # -- registers ----------------------------------------------------------------------
+    def _refresh(self, t: float) -> None:
+        """Recompute every meter's register image for simulated time ``t``."""
+        for mid, served in self.meters.items():
+            values = self.engine.values(mid, t)
+            image: dict[Table, list[tuple[int, list[int]]]] = {t_: [] for t_ in _TABLE_ORDER}
+            for p in served.points:
+                image[p.table].append((p.address, encode_point(p, values[p.name])))
+            served.image = image
+        self.sim_time = t
+
+    async def _action(
+        self,
+        meter_id: str,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Called by pymodbus for every request to one unit: fill its registers, or fail."""
+        self.requests += 1
+        if set_values is not None or function_code not in FC_TABLE:
+            return ExcCodes.ILLEGAL_FUNCTION
+        try:
+            self.engine.check_available(meter_id, self.sim_time)
+        except Unavailable as exc:
+            if exc.code is None:
+                # pymodbus stays silent for an unknown unit when ignore_missing_devices=True
+                raise NoSuchIdException(f"{meter_id} is in a dropout") from None
+            return ExcCodes(exc.code)
+        table = FC_TABLE[function_code]
+        for addr, regs in self.meters[meter_id].image[table]:
+            if table.is_bits:
+                i, bit = addr // 16 - start_address, addr % 16
+                if 0 <= i < len(registers):
+                    registers[i] = (registers[i] & ~(1 << bit)) | (int(bool(regs[0])) << bit)
+            else:
+                i = addr - start_address
+                if i >= 0 and i + len(regs) <= len(registers):
+                    registers[i : i + len(regs)] = regs
+        return None
+
+    # -- life cycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> PlantServer:
+        logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        by_port: dict[int, list[SimDevice]] = {}
+        for m in self.plant.meters:
+            served = self.meters[m.id]
+            device = SimDevice(
+                id=m.unit_id,
+                simdata=_simdata(served.points),
+                action=functools.partial(self._action, m.id),
+            )
+            by_port.setdefault(m.port, []).append(device)
+        try:
+            for port, devices in by_port.items():
+                server = ModbusTcpServer(
+                    devices,
+                    address=(self.plant.host, self._bind[port]),
+                    ignore_missing_devices=True,
+                )
+                await server.serve_forever(background=True)
+                self.servers[port] = server
+                sockets = getattr(server.transport, "sockets", None) or []
+                self.ports[port] = sockets[0].getsockname()[1] if sockets else self._bind[port]
+        except BaseException:
+            await self.close()
+            raise
+        self.write_files()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                await server.shutdown()
+        self.servers.clear()
+        self.write_files()
+
+    async def run(self, stop: asyncio.Event | None = None) -> bool:
+        """Advance the clock until the scenario ends (True) or ``stop`` is set (False)."""
+        stop = stop or asyncio.Event()
+        engine = self.engine
+        speed = self.plant.speed
+        wall0, sim0 = time.monotonic(), engine.t
+        last_write = wall0
+        next_day = sim0 + 86400.0
+        while not stop.is_set():
+            now = time.monotonic()
+            target = sim0 + (now - wall0) * speed
+            finished = engine.end is not None and target >= engine.end
+            if finished:
+                target = engine.end
+            if speed > 0:
+                engine.advance_to(target)  # type: ignore[arg-type]
+                self._refresh(target)  # type: ignore[arg-type]
+            if now - last_write >= STATUS_EVERY_S or finished:
+                self.write_files()
+                last_write = now
+            if target >= next_day:
+                log.info("simulated time %s", iso(target))  # type: ignore[arg-type]
+                next_day += 86400.0
+            if finished:
+                return True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+        return False
+
+    # -- reporting ----------------------------------------------------------------------
+    def status(self) -> dict:
+        meters = {}
+        for m in self.plant.meters:
+            served = self.meters[m.id]
+            regs = {(tbl, a): r for tbl, items in served.image.items() for a, r in items}
+            meters[m.id] = {
+                "port": self.ports.get(m.port, self._bind[m.port]),
+                "unit_id": m.unit_id,
+                "values": {
+                    p.name: decode_point(p, regs[(p.table, p.address)]) for p in served.points
+                },
+                "registers": {p.name: regs[(p.table, p.address)] for p in served.points},
+            }
+        return {
+            "plant": self.plant.name,
+            "sim_time": iso(self.sim_time),
+            "speed": self.plant.speed,
+            "host": self.plant.host,
+            "ports": {str(k): v for k, v in self.ports.items()},
+            "requests": self.requests,
+            "meters": meters,
+        }
+
+    def write_files(self) -> None:
+        if self.status_path:
+            write_json(self.status_path, self.status())
+        if self.truth_path:
+            write_json(self.truth_path, self.engine.truth())
+
+
+def serve_plant(
+    engine: Engine,
+    spec: PlantSpec,
+    *,
+    port_base: int | None = None,
+    truth_path: Path | None = None,
+    status_path: Path | None = None,
+) -> int:
+    """Serve until the scenario ends or SIGINT/SIGTERM; return an exit status."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            server = PlantServer(
+                engine, spec, port_base=port_base, truth_path=truth_path,
+                status_path=status_path,
+            )
+            async with server:
+                plant = spec.plant
+                ports = ", ".join(str(p) for p in sorted(server.ports.values()))
+                pace = (
+                    "frozen" if plant.speed == 0
+                    else "real time" if plant.speed == 1
+                    else f"1 simulated day per {86400 / plant.speed:g} s"
+                )
+                end = iso(engine.end) if engine.end else "never"
+                print(
+                    f"serving {len(plant.meters)} meters of {plant.name} on {plant.host} "
+                    f"port(s) {ports}; {pace}; simulated time {iso(engine.t)} until {end}. "
+                    "Ctrl-C stops.",
+                    flush=True,
+                )
+                finished = await server.run(stop)
+            print("scenario complete" if finished else "stopped", flush=True)
+            return 0
+        except OSError as exc:
+            print(f"error: cannot listen: {exc}", flush=True)
+            return 1
+
+    return asyncio.run(main())
