@@ -48,7 +48,10 @@ class ServedMeter:
     image: dict[Table, list[tuple[int, list[int]]]]
 
 
-def _simdata(points: list[ResolvedPoint]) -> tuple[list[SimData], ...]:
+SimBlocks = tuple[list[SimData], list[SimData], list[SimData], list[SimData]]
+
+
+def _simdata(points: list[ResolvedPoint]) -> SimBlocks:
     blocks: dict[Table, list[SimData]] = {t: [] for t in _TABLE_ORDER}
     for p in points:
         if p.table.is_bits:
@@ -72,7 +75,7 @@ def _simdata(points: list[ResolvedPoint]) -> tuple[list[SimData], ...]:
     for table in (Table.HOLDING, Table.INPUT):
         if not blocks[table]:
             blocks[table].append(SimData(address=0, count=1, datatype=SimType.INVALID))
-    return tuple(blocks[t] for t in _TABLE_ORDER)
+    return (blocks[Table.COIL], blocks[Table.DISCRETE], blocks[Table.HOLDING], blocks[Table.INPUT])
 
 
 class PlantServer:
@@ -203,16 +206,16 @@ class PlantServer:
             now = time.monotonic()
             target = sim0 + (now - wall0) * speed
             finished = engine.end is not None and target >= engine.end
-            if finished:
+            if engine.end is not None and finished:
                 target = engine.end
             if speed > 0:
-                engine.advance_to(target)  # type: ignore[arg-type]
-                self._refresh(target)  # type: ignore[arg-type]
+                engine.advance_to(target)
+                self._refresh(target)
             if now - last_write >= STATUS_EVERY_S or finished:
                 self.write_files()
                 last_write = now
             if target >= next_day:
-                log.info("simulated time %s", iso(target))  # type: ignore[arg-type]
+                log.info("simulated time %s", iso(target))
                 next_day += 86400.0
             if finished:
                 return True
