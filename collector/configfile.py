@@ -6,6 +6,7 @@ Library code raises :class:`ConfigError`; only the CLI turns it into exit status
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,8 @@ def load_yaml(path: str | Path) -> tuple[Any, dict]:
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -27,7 +27,7 @@ CONSUMING = (Resource.ELECTRICITY, Resource.WATER, Resource.STEAM)
 def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: dict) -> None:
     """Cross-checks between the plant file and its profiles."""
     problems: list[Problem] = []
-    by_id = {m.id: (i, m) for i, m in enumerate(plant.meters)}
+    by_id = {m.id: m for m in plant.meters}
     for i, m in enumerate(plant.meters):
         try:
             primary_counter(m, profiles[m.id], file)
@@ -36,7 +36,7 @@ def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: di
                 problems.append(Problem(file, index.get(("meters", i, "profile")),
                                         f"meters[{i}].profile", p.message))
     for i, loss in enumerate(plant.losses):
-        mi, meter = by_id[loss.meter]
+        meter = by_id[loss.meter]
         profile = profiles[meter.id]
         line = index.get(("losses", i))
         if loss.type not in (LossType.DROPOUT, LossType.EXCEPTION, LossType.STUCK) and (
@@ -51,15 +51,15 @@ def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: di
             point = next((p for p in profile.resolved() if p.name in
                           ("energy_kwh", "volume_m3", "mass_kg", "mass_t", "produced_units")), None)
             if point is None or point.rollover is None:
+                stored = getattr(point.type, "value", point.type) if point else "nothing"
                 problems.append(Problem(
                     file, line, f"losses[{i}]",
                     f"the counter of {meter.id} ({profile.model}) is stored as "
-                    f"{point.type if point else '?'} and never rolls over; "
+                    f"{stored} and never rolls over; "
                     "pick a meter whose profile has an unsigned integer counter"))
         if loss.type is LossType.DRIFT and loss.end is None:
             problems.append(Problem(file, line, f"losses[{i}].end",
                                     "drift needs an end (when the extra reaches its fraction)"))
-        _ = mi
     if problems:
         raise ConfigError(problems)
 

@@ -103,6 +103,7 @@ def truth_event(inj: Injection, now: float) -> dict:
         "meter": m.id,
         "resource": m.resource.value,
         "type": cfg.type.value,
+        "injected": True,
     }
     if cfg.type in (LossType.ROLLOVER, LossType.RESET):
         event["at"] = iso(inj.fired_at if inj.fired_at is not None else inj.start)
