@@ -25,6 +25,7 @@ example:
 LOADERS: dict[str, str] = {
     "plant": "collector.plant.load:load_plant",
     "profile": "collector.profiles:load_profile",
+    "site": "collector.site:load_site",
 }
 
 
