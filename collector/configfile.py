@@ -168,9 +168,17 @@ def validate(model: type[M], data: Any, file: str, index: dict) -> M:
         raise ConfigError(list(validation_problems(exc, file, index))) from None
 
 
-def load(model: type[M], path: str | Path) -> M:
-    """Read and validate one YAML file."""
+def load_indexed(model: type[M], path: str | Path) -> tuple[M, dict]:
+    """Read and validate one YAML mapping; also return its field-path -> line index."""
     data, index = load_yaml(path)
     if data is None:
         raise ConfigError([Problem(str(path), None, "", "file is empty")])
-    return validate(model, data, str(path), index)
+    if not isinstance(data, dict):
+        msg = f"expected a mapping of keys (kind: ...), got {_describe(data)}"
+        raise ConfigError([Problem(str(path), 1, "", msg)])
+    return validate(model, data, str(path), index), index
+
+
+def load(model: type[M], path: str | Path) -> M:
+    """Read and validate one YAML file."""
+    return load_indexed(model, path)[0]

@@ -204,6 +204,17 @@ class Profile(Strict):
         ]
 
 
+def _parse_path(key: str) -> tuple[int | str, ...]:
+    """``meters[3]`` -> ``("meters", 3)`` (the inverse of configfile.format_path)."""
+    parts: list[int | str] = []
+    for piece in key.replace("]", "").split("."):
+        name, *indices = piece.split("[")
+        if name:
+            parts.append(name)
+        parts.extend(int(i) for i in indices)
+    return tuple(parts)
+
+
 def profile_dirs(config_file: Path | None = None) -> list[Path]:
     """Where profiles are looked up, in order.
 
@@ -258,9 +269,13 @@ def available_profiles(config_file: Path | None = None) -> dict[str, Path]:
 
 
 def resolve_profiles(
-    names: dict[str, str], config_file: Path, field: str = "profile"
+    names: dict[str, str], config_file: Path, field: str = "profile", index: dict | None = None
 ) -> dict[str, Profile]:
-    """Load the profile each key refers to; report every missing or bad one at once."""
+    """Load the profile each key refers to; report every missing or bad one at once.
+
+    Keys are field paths such as ``meters[3]``; with the file's line ``index`` the problems
+    name the line of ``meters[3].profile``.
+    """
     problems: list[Problem] = []
     loaded: dict[str, Profile] = {}
     cache: dict[Path, Profile] = {}
@@ -269,8 +284,9 @@ def resolve_profiles(
             path = find_profile(name, config_file)
         except FileNotFoundError as exc:
             known = ", ".join(available_profiles(config_file)) or "none"
+            line = (index or {}).get((*_parse_path(key), field))
             problems.append(
-                Problem(str(config_file), None, f"{key}.{field}", f"{exc}; known: {known}")
+                Problem(str(config_file), line, f"{key}.{field}", f"{exc}; known: {known}")
             )
             continue
         if path not in cache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..configfile import ConfigError, Problem, load_yaml, validate
+from ..configfile import ConfigError, Problem, load_indexed
 from ..profiles import Profile, resolve_profiles
 from ..quantities import Resource
 from .config import LossType, Plant
@@ -67,12 +67,10 @@ def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: di
 def load_plant(path: str | Path) -> PlantSpec:
     """Read, validate and cross-check a plant file; raise ConfigError listing every problem."""
     path = Path(path)
-    data, index = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError([Problem(str(path), None, "", "expected a mapping with kind: plant")])
-    plant = validate(Plant, data, str(path), index)
-    profiles = resolve_profiles({f"meters[{i}]": m.profile for i, m in enumerate(plant.meters)},
-                                path)
+    plant, index = load_indexed(Plant, path)
+    profiles = resolve_profiles(
+        {f"meters[{i}]": m.profile for i, m in enumerate(plant.meters)}, path, index=index
+    )
     by_meter = {m.id: profiles[f"meters[{i}]"] for i, m in enumerate(plant.meters)}
     check_plant(plant, by_meter, str(path), index)
     return PlantSpec(plant, by_meter, str(path))

@@ -80,7 +80,7 @@ def test_missing_field_and_bad_time(tmp_path: Path) -> None:
 def test_unknown_profile_lists_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD_HEAD.replace("eastron_sdm630", "eastron_sdm999"))
     (msg,) = problems_of(path)
-    assert "meters[0].profile: no profile named 'eastron_sdm999'" in msg
+    assert ":7: meters[0].profile: no profile named 'eastron_sdm999'" in msg
     assert "eastron_sdm630" in msg  # the known ones are listed
 
 
