@@ -1,0 +1,349 @@
+"""Cleaning kernels: counter readings to time segments of known consumption, and resampling.
+
+Public wrappers, flags and the documented choices live in :mod:`detectors.clean`; this module
+only holds the compiled loops. Flag bits are plain integers here and must match
+``detectors.clean.Quality``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..jit import njit
+
+# Keep in step with detectors.clean.Quality.
+DUPLICATE = 1
+OUT_OF_ORDER = 2
+INVALID = 4
+JITTER = 8
+ROLLOVER = 16
+RESET = 32
+UNKNOWN = 64
+GAP = 128
+IMPOSSIBLE_RATE = 256
+PARTIAL = 512
+NO_DATA = 1024
+
+# Register widths tried when no rollover value is given, each times a power of ten (the
+# profile's scale: a 16-bit register counting 0.01 m3 wraps at 655.36 m3).
+_WIDTHS = (65536.0, 4294967296.0, 18446744073709551616.0)
+_SCALES = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+@njit
+def _order_readings(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by time and drop repeated timestamps: (indices kept, flags per kept reading).
+
+    Of readings sharing a timestamp the last finite one in input order wins (a resent
+    reading corrects the earlier one); the kept reading is flagged DUPLICATE. A reading whose
+    timestamp is earlier than one received before it is flagged OUT_OF_ORDER.
+    """
+    n = ts.shape[0]
+    late = np.zeros(n, dtype=np.int32)
+    latest = np.int64(0)
+    for i in range(n):
+        if i > 0 and ts[i] < latest:
+            late[i] = OUT_OF_ORDER
+        if i == 0 or ts[i] > latest:
+            latest = ts[i]
+    order = np.argsort(ts, kind="mergesort")
+    keep = np.empty(n, dtype=np.int64)
+    flags = np.empty(n, dtype=np.int32)
+    m = 0
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and ts[order[j + 1]] == ts[order[i]]:
+            j += 1
+        chosen = order[j]
+        for k in range(j, i - 1, -1):
+            if math.isfinite(values[order[k]]):
+                chosen = order[k]
+                break
+        f = 0
+        for k in range(i, j + 1):
+            f |= late[order[k]]
+        if j > i:
+            f |= DUPLICATE
+        keep[m] = chosen
+        flags[m] = f
+        m += 1
+        i = j + 1
+    return keep[:m], flags[:m]
+
+
+@njit
+def _plausible(delta: float, dt: float, max_rate_per_s: float, resolution: float) -> bool:
+    """Whether ``delta`` counter units in ``dt`` seconds stay within the rated maximum.
+
+    One ``resolution`` step is always allowed: a coarse counter (a float32 register holding
+    millions) advances in steps larger than the meter can pass in one polling period.
+    """
+    if delta < 0.0:
+        return False
+    if max_rate_per_s > 0.0:
+        return delta <= max_rate_per_s * dt * (1.0 + 1e-9) + resolution + 1e-12
+    return True
+
+
+@njit
+def _wrap(
+    prev: float, cur: float, dt: float, rollover: float, max_rate_per_s: float, resolution: float
+) -> float:
+    """Consumption across a register wrap from ``prev`` to ``cur``, or NaN if not a wrap.
+
+    A given ``rollover`` (> 0) is the only candidate; otherwise 16/32/64-bit maxima times a
+    power of ten are tried, smallest first. Without a rated maximum the wrap must go from
+    the top tenth of the register to its bottom tenth.
+    """
+    if cur < 0.0:
+        return math.nan
+    if rollover > 0.0:
+        wrapped = cur + (rollover - prev)
+        if prev < rollover and _wrap_ok(
+            prev, cur, wrapped, dt, rollover, max_rate_per_s, resolution
+        ):
+            return wrapped
+        return math.nan
+    best = math.inf
+    best_wrapped = math.nan
+    for width in _WIDTHS:
+        for scale in _SCALES:
+            r = width * scale
+            if prev < r and r < best:
+                wrapped = cur + (r - prev)
+                if _wrap_ok(prev, cur, wrapped, dt, r, max_rate_per_s, resolution):
+                    best = r
+                    best_wrapped = wrapped
+    return best_wrapped
+
+
+@njit
+def _wrap_ok(
+    prev: float,
+    cur: float,
+    wrapped: float,
+    dt: float,
+    r: float,
+    max_rate_per_s: float,
+    resolution: float,
+) -> bool:
+    if max_rate_per_s > 0.0:
+        return _plausible(wrapped, dt, max_rate_per_s, resolution)
+    return prev >= 0.9 * r and cur <= 0.1 * r
+
+
+@njit
+def _counter_segments(
+    ts: np.ndarray,
+    values: np.ndarray,
+    in_flags: np.ndarray,
+    rollover: float,
+    max_rate_per_s: float,
+    resolution: float,
+    gap_s: float,
+    jitter_abs: float,
+    jitter_rel: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Consumption between consecutive accepted readings of a sorted, deduplicated counter.
+
+    Returns (t0, t1, delta, flags, before, level): one segment per accepted reading after
+    the first, ``delta`` the consumption over [t0, t1) (NaN when unknown), ``before`` the
+    reference reading it starts from and ``level`` the reading at t1. Per reading, in order:
+
+    * NaN/inf value: skipped, the next segment is flagged INVALID.
+    * rise within the rated maximum (plus one ``resolution`` step): ordinary consumption.
+    * rise above it (IMPOSSIBLE_RATE): the reading is held back. If the next reading fits
+      the old level it was a glitch and is dropped; if it fits the new level the jump is
+      accepted with unknown consumption (NaN); otherwise the newer reading is held instead.
+    * drop up to ``max(jitter_abs, jitter_rel * |level|, resolution)``: JITTER, zero
+      consumption, the higher level stays the reference (no double counting on recovery).
+    * larger drop that a register wrap explains: ROLLOVER.
+    * any other drop: RESET; the new reading is the consumption since the reset when
+      plausible at the rated maximum, otherwise UNKNOWN (NaN).
+
+    A segment longer than ``gap_s`` is flagged GAP; its delta is still exact.
+    """
+    n = ts.shape[0]
+    t0 = np.empty(n, dtype=np.int64)
+    t1 = np.empty(n, dtype=np.int64)
+    delta = np.empty(n, dtype=np.float64)
+    flags = np.empty(n, dtype=np.int32)
+    level = np.empty(n, dtype=np.float64)
+    before = np.empty(n, dtype=np.float64)
+    m = 0
+    have_ref = False
+    ref_t = np.int64(0)
+    ref_v = 0.0
+    held = False
+    held_t = np.int64(0)
+    held_v = 0.0
+    held_f = 0
+    pending = 0
+    for i in range(n):
+        t = ts[i]
+        v = values[i]
+        f = in_flags[i] | pending
+        if not math.isfinite(v):
+            pending = f | INVALID
+            continue
+        pending = 0
+        if not have_ref:
+            have_ref = True
+            ref_t = t
+            ref_v = v
+            pending = f
+            continue
+        dt = float(t - ref_t)
+        d = v - ref_v
+        if d >= 0.0:
+            if _plausible(d, dt, max_rate_per_s, resolution):
+                if held:  # the held reading was a glitch
+                    f |= held_f | IMPOSSIBLE_RATE
+                    held = False
+                seg_d = d
+            elif held and _plausible(v - held_v, float(t - held_t), max_rate_per_s, resolution):
+                # the level really jumped at held_t: unknown consumption up to there
+                t0[m] = ref_t
+                t1[m] = held_t
+                delta[m] = math.nan
+                flags[m] = held_f | IMPOSSIBLE_RATE | UNKNOWN
+                if float(held_t - ref_t) > gap_s:
+                    flags[m] |= GAP
+                before[m] = ref_v
+                level[m] = held_v
+                m += 1
+                ref_t = held_t
+                ref_v = held_v
+                held = False
+                dt = float(t - ref_t)
+                seg_d = v - ref_v
+            else:
+                if held:
+                    pending = held_f | IMPOSSIBLE_RATE
+                held = True
+                held_t = t
+                held_v = v
+                held_f = f | pending
+                pending = 0
+                continue
+        else:
+            if held:
+                f |= held_f | IMPOSSIBLE_RATE
+                held = False
+            drop = -d
+            if drop <= max(jitter_abs, jitter_rel * abs(ref_v), resolution):
+                t0[m] = ref_t
+                t1[m] = t
+                delta[m] = 0.0
+                flags[m] = f | JITTER | (GAP if dt > gap_s else 0)
+                before[m] = ref_v
+                level[m] = v
+                m += 1
+                ref_t = t  # keep ref_v: the higher reading stays the reference
+                continue
+            wrapped = _wrap(ref_v, v, dt, rollover, max_rate_per_s, resolution)
+            if math.isfinite(wrapped):
+                seg_d = wrapped
+                f |= ROLLOVER
+            else:
+                f |= RESET
+                if max_rate_per_s > 0.0 and _plausible(v, dt, max_rate_per_s, resolution):
+                    seg_d = v
+                elif v == 0.0:
+                    seg_d = 0.0
+                else:
+                    seg_d = math.nan
+                    f |= UNKNOWN
+        if dt > gap_s:
+            f |= GAP
+        t0[m] = ref_t
+        t1[m] = t
+        delta[m] = seg_d
+        flags[m] = f
+        before[m] = ref_v
+        level[m] = v
+        m += 1
+        ref_t = t
+        ref_v = v
+    if held:  # the series ends on an implausible reading: glitch or jump, we cannot tell
+        t0[m] = ref_t
+        t1[m] = held_t
+        delta[m] = math.nan
+        gap = GAP if float(held_t - ref_t) > gap_s else 0
+        flags[m] = held_f | IMPOSSIBLE_RATE | UNKNOWN | gap
+        before[m] = ref_v
+        level[m] = held_v
+        m += 1
+    return t0[:m], t1[:m], delta[:m], flags[:m], before[:m], level[:m]
+
+
+@njit
+def _resample_segments(
+    t0: np.ndarray,
+    t1: np.ndarray,
+    delta: np.ndarray,
+    seg_flags: np.ndarray,
+    grid_start: int,
+    interval_s: int,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spread each segment's consumption over the grid intervals it spans, by time.
+
+    Returns (consumption, flags, covered_s) per interval [grid_start + j * interval_s, ...).
+    A NaN delta makes every interval it touches NaN; segment flags are OR-ed into every
+    interval they touch. Intervals covered only in part are flagged PARTIAL, those not
+    covered at all NO_DATA (consumption NaN). Parts of segments outside the grid are dropped.
+    """
+    cons = np.zeros(n, dtype=np.float64)
+    flags = np.zeros(n, dtype=np.int32)
+    covered = np.zeros(n, dtype=np.int64)
+    grid_end = grid_start + n * interval_s
+    for s in range(t0.shape[0]):
+        a = max(t0[s], grid_start)
+        b = min(t1[s], grid_end)
+        if b <= a:
+            continue
+        span = float(t1[s] - t0[s])
+        j = (a - grid_start) // interval_s
+        while j < n:
+            lo = grid_start + j * interval_s
+            if lo >= b:
+                break
+            hi = lo + interval_s
+            overlap = min(b, hi) - max(a, lo)
+            if overlap > 0:
+                cons[j] += delta[s] * (overlap / span)
+                flags[j] |= seg_flags[s]
+                covered[j] += overlap
+            j += 1
+    for j in range(n):
+        if covered[j] == 0:
+            cons[j] = math.nan
+            flags[j] |= NO_DATA
+        elif covered[j] < interval_s:
+            flags[j] |= PARTIAL
+    return cons, flags, covered
+
+
+@njit
+def _resample_gauge(
+    ts: np.ndarray, values: np.ndarray, grid_start: int, interval_s: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and count of the finite readings in each grid interval (NaN mean when none)."""
+    total = np.zeros(n, dtype=np.float64)
+    count = np.zeros(n, dtype=np.int64)
+    for i in range(ts.shape[0]):
+        v = values[i]
+        if not math.isfinite(v) or ts[i] < grid_start:
+            continue
+        j = (ts[i] - grid_start) // interval_s
+        if j < n:
+            total[j] += v
+            count[j] += 1
+    mean = np.empty(n, dtype=np.float64)
+    for j in range(n):
+        mean[j] = total[j] / count[j] if count[j] > 0 else math.nan
+    return mean, count
