@@ -20,6 +20,7 @@ from .configfile import ConfigError
 # subcommand modules, in the order `recp --help` lists them
 COMMANDS = (
     "simulate",
+    "agent",
     "config",
     "profiles",
 )

@@ -285,6 +285,10 @@ class Outbox:
     def depth(self) -> int:
         return self._count
 
+    @property
+    def held(self) -> int:
+        return self._held
+
     def last_seqs(self) -> dict[str, int]:
         """Highest sequence number given to each meter so far."""
         with self._lock:

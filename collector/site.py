@@ -364,13 +364,7 @@ def load_site(path: str | Path) -> SiteSpec:
         raise ConfigError([Problem(str(path), None, "", "expected a mapping with kind: site")])
     site = validate(Site, data, str(path), index)
     names = {f"meters[{i}]": m.profile for i, m in enumerate(site.meters)}
-    try:
-        profiles = resolve_profiles(names, path)
-    except ConfigError as exc:  # locate "meters[3].profile" problems on their line
-        raise ConfigError([
-            Problem(p.file, p.line or index.get(_loc(p.path)), p.path, p.message)
-            for p in exc.problems
-        ]) from None
+    profiles = resolve_profiles(names, path, index=index)
     _cross_check(site, profiles, str(path), index)
     polling = site.polling
     meters = []
@@ -392,15 +386,6 @@ def load_site(path: str | Path) -> SiteSpec:
                                else polling.max_gap_registers),
         ))
     return SiteSpec(site, meters, str(path))
-
-
-def _loc(path: str) -> tuple[int | str, ...]:
-    """``meters[3].profile`` -> ``("meters", 3, "profile")``."""
-    out: list[int | str] = []
-    for part in path.replace("]", "").replace("[", ".").split("."):
-        if part:
-            out.append(int(part) if part.isdigit() else part)
-    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,315 @@
+"""The edge agent: poller -> outbox -> publisher, wired in one task group.
+
+Sinks start first and sources last, and stop in the reverse order: the publisher connects
+before anything is polled, and on shutdown polling stops first, every reading already
+taken is committed, and the publisher drains the outbox (for at most ``drain_timeout_s``)
+before saying goodbye. Readings travel as:
+
+    Bus task -> PollResult -> asyncio queue -> writer task (one SQLite transaction per
+    batch, in a worker thread) -> outbox -> publisher task -> broker
+
+The clock guard decides whether a reading's timestamp can be trusted; readings taken
+before it can are held in the outbox and re-timed from the monotonic clock once it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import __version__, contract
+from .contract import ClockState, Quality
+from .modbus.poller import Poller, PollResult
+from .outbox import Entry, Outbox
+from .publisher import Publisher
+from .quantities import QUANTITIES
+from .site import ClockSettings, MeterSpec, SiteSpec, broker_url, credentials
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+else:  # pragma: no cover - exercised on Python 3.10
+    from taskgroup import TaskGroup
+
+log = logging.getLogger("recp.agent")
+
+QUEUE_SIZE = 10_000  # readings between pollers and the outbox writer
+WRITE_BATCH = 2_000  # readings per outbox transaction at most
+TIME_ERROR = 5  # adjtimex(2): clock not synchronised
+
+
+def kernel_clock_synchronised() -> bool | None:
+    """Whether the kernel says the clock is synchronised (Linux adjtimex); None: unknown."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+        state = libc.adjtimex(buf)
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    return bool(state != TIME_ERROR)
+
+
+class ClockGuard:
+    """Decides whether wall-clock timestamps can be trusted, and notices clock steps."""
+
+    def __init__(self, settings: ClockSettings, kernel: Callable[[], bool | None] = (
+            kernel_clock_synchronised)):
+        self.settings = settings
+        self.kernel = kernel
+        self.not_before = dt.datetime.combine(
+            settings.not_before, dt.time(), dt.timezone.utc).timestamp()
+        self._offset = time.time() - time.monotonic()
+        self._last: bool | None = None
+
+    def synced(self) -> bool:
+        now = time.time()
+        offset = now - time.monotonic()
+        if abs(offset - self._offset) > 1.0:
+            log.warning("clock stepped by %.3f s (sequence numbers are unaffected)",
+                        offset - self._offset)
+        self._offset = offset
+        if self.settings.require == "none":
+            ok = True
+        else:
+            ok = now >= self.not_before
+            if ok and self.settings.require == "ntp":
+                ok = self.kernel() is True
+        if ok != self._last:
+            log.log(logging.INFO if ok else logging.WARNING,
+                    "clock %s require=%s", "trusted" if ok else "NOT trusted: holding readings",
+                    self.settings.require)
+            self._last = ok
+        return ok
+
+
+def retime(payload: bytes, when: float | None) -> bytes:
+    """A held reading's payload with its timestamp corrected (or flagged as unknown)."""
+    data = json.loads(payload)
+    if when is None:
+        data["clock"] = ClockState.UNSYNCED.value
+    else:
+        data["ts"] = contract.format_ts(when)
+        data["clock"] = ClockState.CORRECTED.value
+    return contract.dumps(data)
+
+
+class Agent:
+    """One site's agent. ``await Agent(spec).run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        spec: SiteSpec,
+        *,
+        outbox_path: Path | None = None,
+        broker: str | None = None,
+        drain_timeout_s: float = 10.0,
+        trace_pdu: Callable[[bool, Any], Any] | None = None,
+        clock: ClockGuard | None = None,
+    ):
+        self.spec = spec
+        self.site = spec.site.site
+        self.mqtt = broker_url(spec.site.mqtt, broker)
+        self.credentials = credentials(self.mqtt, Path(spec.file).resolve().parent)
+        self.outbox_path = outbox_path or spec.outbox_path
+        self.drain_timeout_s = drain_timeout_s
+        self.poller = Poller(spec.meters, spec.site.polling, trace_pdu=trace_pdu)
+        self.clock = clock or ClockGuard(spec.site.clock)
+        self.meters: dict[str, MeterSpec] = {m.id: m for m in spec.meters}
+        self.outbox: Outbox | None = None
+        self.publisher: Publisher | None = None
+        self.queue: asyncio.Queue[tuple[PollResult, bool] | None] = asyncio.Queue(QUEUE_SIZE)
+        self.started = time.time()
+        self.readings = 0
+        self.written = 0
+
+    # -- messages -----------------------------------------------------------------------
+    def _render(self, result: PollResult, trusted: bool, stream: str
+                ) -> Callable[[int], tuple[str, bytes]]:
+        meter = self.meters[result.meter]
+        topic = contract.reading_topic(self.site, meter.id)
+        resource = meter.profile.resource.value
+
+        def render(seq: int) -> tuple[str, bytes]:
+            return topic, contract.dumps(contract.reading_payload(
+                site=self.site, meter=meter.id, resource=resource, stream=stream, seq=seq,
+                ts=result.ts, quality=result.quality, values=result.values,
+                errors=result.errors,
+                clock=ClockState.SYNCED if trusted else ClockState.UNSYNCED,
+                latency_ms=None if result.latency_s is None else result.latency_s * 1000,
+            ))
+
+        return render
+
+    def meta_messages(self) -> list[tuple[str, bytes]]:
+        """Retained metadata of every meter, for discovery by consumers."""
+        out = []
+        for m in self.spec.meters:
+            points = {}
+            for p in m.points:
+                q = QUANTITIES[p.name]
+                points[p.name] = {"unit": q.unit, "kind": q.kind.value,
+                                  "description": q.description, "rollover": p.rollover}
+            payload = {
+                "v": contract.VERSION, "site": self.site, "meter": m.id, "name": m.meter.name,
+                "resource": m.profile.resource.value, "profile": m.profile_name,
+                "manufacturer": m.profile.manufacturer, "model": m.profile.model,
+                "interval_s": m.interval_s, "points": points, "tags": m.tags(),
+            }
+            out.append((contract.meta_topic(self.site, m.id), contract.dumps(payload)))
+        return out
+
+    async def health(self) -> dict[str, Any]:
+        assert self.outbox is not None and self.publisher is not None
+        stats = await asyncio.to_thread(self.outbox.stats)
+        now = time.time()
+        devices = {}
+        for d in self.poller.devices:
+            h = d.health()
+            h["last_ok"] = contract.format_ts(h["last_ok"]) if h["last_ok"] else None
+            devices[d.id] = h
+        return {
+            "v": contract.VERSION, "site": self.site, "ts": contract.format_ts(now),
+            "uptime_s": round(now - self.started, 3),
+            "clock": (ClockState.SYNCED if self.clock.synced() else ClockState.UNSYNCED).value,
+            "outbox": {
+                "depth": stats.depth, "held": stats.held, "cap": stats.cap,
+                "dropped": stats.dropped,
+                "oldest_age_s": round(now - stats.oldest_created, 3)
+                if stats.oldest_created else None,
+            },
+            "mqtt": self.publisher.stats.as_dict() | {"readings": self.readings,
+                                                      "written": self.written},
+            "devices": devices,
+        }
+
+    # -- tasks --------------------------------------------------------------------------
+    async def _emit(self, result: PollResult) -> None:
+        self.readings += 1
+        if result.quality is not Quality.OK:
+            log.info("poll meter=%s quality=%s errors=%s", result.meter, result.quality.value,
+                     json.dumps(result.errors)[:300])
+        await self.queue.put((result, self.clock.synced()))
+
+    async def _writer(self) -> None:
+        """Commit readings to the outbox in batches; stop at the None sentinel."""
+        assert self.outbox is not None and self.publisher is not None
+        box, stream = self.outbox, self.outbox.stream
+        done = False
+        while not done:
+            item = await self.queue.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= WRITE_BATCH or self.queue.empty():
+                    break
+                item = self.queue.get_nowait()
+            done = item is None
+            if not batch:
+                continue
+            entries = [Entry(r.meter, self._render(r, ok, stream), held=not ok, mono_ns=r.mono_ns)
+                       for r, ok in batch]
+            release = all(ok for _, ok in batch) and box.held > 0
+
+            def commit(entries: list[Entry] = entries, release: bool = release) -> int:
+                if release:  # same thread call, so held readings go out before newer ones
+                    n = box.release(retime, time.time(), time.monotonic_ns())
+                    log.info("clock trusted: released held readings count=%d", n)
+                return len(box.append(entries))
+
+            self.written += await asyncio.to_thread(commit)
+            self.publisher.wake.set()
+
+    async def _health(self) -> None:
+        assert self.publisher is not None
+        topic = contract.health_topic(self.site)
+        while True:
+            await asyncio.sleep(self.mqtt.health_interval_s)
+            h = await self.health()
+            states = [d["state"] for d in h["devices"].values()]
+            log.info("health devices_up=%d devices_down=%d outbox_depth=%d dropped=%d "
+                     "published=%d mqtt_connected=%s", states.count("up"),
+                     len(states) - states.count("up"), h["outbox"]["depth"],
+                     sum(h["outbox"]["dropped"].values()), h["mqtt"]["published"],
+                     h["mqtt"]["connected"])
+            await self.publisher.publish_now(topic, contract.dumps(h))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order (see the module docstring)."""
+        cfg = self.spec.site.outbox
+        self.outbox = await asyncio.to_thread(
+            Outbox, self.outbox_path, cap=cfg.cap, synchronous=cfg.synchronous)
+        self.publisher = Publisher(
+            self.mqtt, self.site, self.outbox, self.credentials,
+            retained=self.meta_messages, agent=f"recp-monitor {__version__}")
+        log.info("agent starting site=%s meters=%d buses=%d outbox=%s depth=%d stream=%s",
+                 self.site, len(self.meters), len(self.poller.buses), self.outbox_path,
+                 self.outbox.depth, self.outbox.stream)
+        publisher_stop = asyncio.Event()
+        try:
+            async with TaskGroup() as tg:
+                publisher = tg.create_task(self.publisher.run(publisher_stop), name="publisher")
+                writer = tg.create_task(self._writer(), name="outbox writer")
+                health = tg.create_task(self._health(), name="health")
+                poller = tg.create_task(self.poller.run(self._emit), name="poller")
+                await stop.wait()
+                log.info("agent stopping: polling stops, outbox drains")
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                await self.queue.put(None)
+                await writer
+                publisher_stop.set()
+                self.publisher.wake.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(publisher), self.drain_timeout_s)
+                except asyncio.TimeoutError:
+                    log.warning("drain timed out after %.0f s; outbox_depth=%d kept on disk",
+                                self.drain_timeout_s, self.outbox.depth)
+                    publisher.cancel()
+                health.cancel()
+        finally:
+            depth = self.outbox.depth
+            await asyncio.to_thread(self.outbox.close)
+            log.info("agent stopped readings=%d written=%d published=%d outbox_depth=%d",
+                     self.readings, self.written, self.publisher.stats.published, depth)
+
+
+async def poll_once(spec: SiteSpec) -> list[PollResult]:
+    """Poll every meter once (the commissioning check); no broker, no outbox."""
+    return await Poller(spec.meters, spec.site.polling).poll_once()
+
+
+def format_once(spec: SiteSpec, results: list[PollResult]) -> str:
+    """The commissioning table: one block per meter, one line per value."""
+    meters = {m.id: m for m in spec.meters}
+    lines = []
+    for r in results:
+        m = meters[r.meter]
+        latency = f"{r.latency_s * 1000:.1f} ms" if r.latency_s is not None else "-"
+        lines.append(f"{m.id}  {m.profile_name} at {m.meter.connection} unit {m.meter.unit_id}"
+                     f"  {r.quality.value.upper()}  {latency}")
+        for p in m.points:
+            unit = QUANTITIES[p.name].unit
+            if p.name in r.values and r.values[p.name] is not None:
+                text = f"{r.values[p.name]:.12g}"
+            else:
+                text = "-"
+            err = r.errors.get(p.name, "")
+            lines.append(f"    {p.name:28s} {text:>16s} {unit:8s} {err}".rstrip())
+        if "*" in r.errors:
+            lines.append(f"    error: {r.errors['*']}")
+    ok = sum(r.quality is Quality.OK for r in results)
+    lines.append(f"{ok} of {len(results)} meters answered every point")
+    return "\n".join(lines)

@@ -1,0 +1,513 @@
+"""Poll Modbus devices through their profiles: one connection per bus, its devices in turn.
+
+A *link* is one connection: a Modbus TCP port (a meter, or a gateway with several unit ids
+behind it), a transparent serial gateway speaking RTU over TCP, or a local RS485 port. One
+pymodbus client runs one request at a time, so each link has its own client and its own
+task: devices on one link are polled one after the other (never overlapping on a shared
+bus), devices on different links concurrently.
+
+Failure handling, from cheapest to dearest:
+
+- A Modbus exception reply is data: the points of that request get an error and the
+  reading's quality says so. Exception 2 (illegal address) on a request that reads through
+  a gap is answered by splitting it into gap-free requests for good (some devices refuse
+  to read unmapped registers).
+- A request that gets no answer is retried ``retries`` times with a short backoff; then
+  the device's remaining requests are skipped for this poll.
+- After ``offline_after`` polls in a row without any answer a device is *offline*: it is
+  only probed (one try) after a jittered, doubling backoff capped at
+  ``offline_backoff_max_s``, so a dead meter does not cost the bus ``(retries + 1) x
+  timeout`` every cycle. At each of its due times it still yields an error reading, so
+  the gap is visible downstream.
+- A transport failure closes the connection; reconnecting waits a doubling, jittered,
+  capped delay, and meanwhile every due device yields an error reading at no cost.
+
+Only read function codes 1-4 are ever sent (see :data:`READ_FUNCTION_CODES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..contract import Quality
+from ..site import MeterSpec, Polling, RtuConnection, RtuOverTcpConnection, TcpConnection
+from .plan import READ_FUNCTION_CODES, ReadRequest, plan_reads
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+else:  # pragma: no cover - exercised on Python 3.10
+    from taskgroup import TaskGroup
+
+log = logging.getLogger("recp.poller")
+
+EXCEPTION_NAMES = {
+    1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+    4: "device failure", 5: "acknowledge", 6: "device busy", 7: "negative acknowledge",
+    8: "memory parity error", 10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+SILENT_REQUESTS_BEFORE_RECONNECT = 3  # no answer at all on a TCP link: maybe half-open
+GUARD_S = 2.0  # extra wait on top of pymodbus' own timeout before we give up on a call
+
+
+class ReplyError(Exception):
+    """The device answered with a Modbus exception code."""
+
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+
+
+class NoAnswer(Exception):
+    """Nothing (usable) came back within the timeout."""
+
+
+class LinkDown(Exception):
+    """The connection itself failed."""
+
+
+class BadResponse(Exception):
+    """Something came back that is not a valid answer to the request."""
+
+
+@dataclass
+class PollResult:
+    """One poll of one device: its values, what went wrong, and when."""
+
+    meter: str
+    ts: float  # wall clock (epoch seconds) when the poll started
+    mono_ns: int  # monotonic clock at the same moment
+    values: dict[str, float | None]
+    errors: dict[str, str]
+    quality: Quality
+    latency_s: float | None  # None when nothing was sent
+    answered: bool  # the device said anything at all (values or an exception)
+
+
+def jittered(delay: float) -> float:
+    """``delay`` spread over [0.5, 1.0] x delay, so many clients do not retry in step."""
+    return delay * (0.5 + random.random() / 2)
+
+
+# --------------------------------------------------------------------------- links
+
+
+class Link:
+    """One Modbus connection (TCP port, RTU-over-TCP port or serial device)."""
+
+    def __init__(
+        self,
+        connection: TcpConnection | RtuOverTcpConnection | RtuConnection,
+        *,
+        timeout_s: float,
+        reconnect_delay_s: float = 0.5,
+        reconnect_delay_max_s: float = 60.0,
+        trace_pdu: Callable[[bool, Any], Any] | None = None,
+    ):
+        self.connection = connection
+        self.timeout_s = timeout_s
+        self.reconnect_delay_s = reconnect_delay_s
+        self.reconnect_delay_max_s = reconnect_delay_max_s
+        self.trace_pdu = trace_pdu
+        self.frame_gap_s = connection.frame_gap_s if isinstance(connection, RtuConnection) else 0
+        self.client: Any = None
+        self.next_attempt = 0.0  # monotonic time before which we do not try to connect
+        self.delay = 0.0
+        self.last_error = ""
+        self.silent = 0  # requests in a row without any answer
+        self.connects = 0
+        self.requests = 0
+        self._last_io = 0.0
+
+    def __str__(self) -> str:
+        return str(self.connection)
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and bool(self.client.connected)
+
+    def _make_client(self) -> Any:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+        from pymodbus.framer import FramerType
+
+        c = self.connection
+        common: dict[str, Any] = dict(
+            timeout=self.timeout_s, retries=0, reconnect_delay=0, trace_pdu=self.trace_pdu,
+            name=str(c),
+        )
+        client: Any
+        if isinstance(c, RtuConnection):
+            client = AsyncModbusSerialClient(
+                c.device, framer=FramerType.RTU, baudrate=c.baudrate, parity=c.parity,
+                stopbits=c.stopbits, bytesize=c.bytesize, **common,
+            )
+        else:
+            framer = FramerType.SOCKET if isinstance(c, TcpConnection) else FramerType.RTU
+            client = AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
+        # we decide when a silent link is dead (pymodbus would close it after retries+3)
+        client.set_max_no_responses(1 << 30)
+        return client
+
+    async def ensure(self) -> bool:
+        """Connected, or try to connect unless still backing off; never raises."""
+        if self.connected:
+            return True
+        now = time.monotonic()
+        if now < self.next_attempt:
+            return False
+        self.close()
+        try:
+            self.client = self._make_client()
+            self.client.ctx.comm_params.timeout_connect = max(self.timeout_s, 1.0)
+            ok = await asyncio.wait_for(self.client.connect(), max(self.timeout_s, 1.0) + GUARD_S)
+        except Exception as exc:
+            ok = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        if ok and self.connected:
+            self.delay = 0.0
+            self.silent = 0
+            self.connects += 1
+            self.last_error = ""
+            log.info("link up link=%s connects=%d", self, self.connects)
+            return True
+        self.close()
+        self.delay = min(max(self.delay * 2, self.reconnect_delay_s), self.reconnect_delay_max_s)
+        self.next_attempt = time.monotonic() + jittered(self.delay)
+        self.last_error = self.last_error or "connection refused or timed out"
+        log.warning("link down link=%s retry_in_s=%.1f error=%s", self, self.delay,
+                    self.last_error)
+        return False
+
+    def mark_down(self, reason: str) -> None:
+        self.last_error = reason
+        self.close()
+        self.delay = min(max(self.delay * 2, self.reconnect_delay_s), self.reconnect_delay_max_s)
+        self.next_attempt = time.monotonic() + jittered(self.delay)
+        log.warning("link lost link=%s error=%s retry_in_s=%.1f", self, reason, self.delay)
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception as exc:
+                log.debug("closing %s: %s", self, exc)
+            self.client = None
+
+    async def read(self, req: ReadRequest, timeout_s: float) -> Sequence[int] | Sequence[bool]:
+        """One read request, one try; raise ReplyError, NoAnswer, LinkDown or BadResponse."""
+        if req.function_code not in READ_FUNCTION_CODES:  # belt and braces: never write
+            raise ValueError(f"refusing to send function code {req.function_code}")
+        if not self.connected:
+            raise LinkDown(self.last_error or "not connected")
+        if self.frame_gap_s:
+            wait = self._last_io + self.frame_gap_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        client = self.client
+        client.ctx.comm_params.timeout_connect = timeout_s
+        method = {
+            3: client.read_holding_registers, 4: client.read_input_registers,
+            1: client.read_coils, 2: client.read_discrete_inputs,
+        }[req.function_code]
+        self.requests += 1
+        try:
+            rr = await asyncio.wait_for(
+                method(req.address, count=req.count, device_id=req.unit_id), timeout_s + GUARD_S
+            )
+        except ConnectionException as exc:
+            raise LinkDown(str(exc)) from None
+        except ModbusIOException as exc:
+            raise NoAnswer(f"no answer within {timeout_s:g} s") from exc
+        except asyncio.TimeoutError:
+            raise NoAnswer(f"no answer within {timeout_s:g} s") from None
+        except ModbusException as exc:
+            raise BadResponse(str(exc)) from None
+        except OSError as exc:
+            raise LinkDown(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self._last_io = time.monotonic()
+        if rr is None:
+            raise BadResponse("empty response")
+        if rr.isError():
+            raise ReplyError(int(getattr(rr, "exception_code", 0)))
+        words = rr.bits if req.table.is_bits else rr.registers
+        if len(words) < req.count:
+            raise BadResponse(f"{len(words)} {req.unit} in the answer, asked for {req.count}")
+        if rr.function_code != req.function_code:
+            raise BadResponse(f"answer has function code {rr.function_code}")
+        return words
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class Device:
+    """A meter on a link, with its read plan, schedule and health."""
+
+    spec: MeterSpec
+    requests: list[ReadRequest]
+    next_due: float = 0.0  # monotonic
+    consecutive_failures: int = 0
+    offline: bool = False
+    offline_delay: float = 0.0
+    next_probe: float = 0.0
+    polls: int = 0
+    failures: int = 0
+    overruns: int = 0
+    last_ok: float | None = None  # wall clock
+    last_error: str = ""
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def state(self) -> str:
+        if self.offline:
+            return "offline"
+        return "down" if self.consecutive_failures else "up"
+
+    def health(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        return {
+            "state": self.state, "polls": self.polls, "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures, "last_ok": self.last_ok,
+            "latency_ms_p50": round(lat[len(lat) // 2] * 1000, 3) if lat else None,
+            "latency_ms_max": round(lat[-1] * 1000, 3) if lat else None,
+            "last_error": self.last_error,
+        }
+
+
+def plan_device(spec: MeterSpec) -> list[ReadRequest]:
+    return plan_reads(
+        spec.points, spec.meter.unit_id,
+        max_registers=spec.profile.max_registers_per_request,
+        max_gap_registers=spec.max_gap_registers,
+    )
+
+
+Emit = Callable[[PollResult], Awaitable[None]]
+
+
+class Bus:
+    """A link and the devices behind it, polled one at a time on their schedules."""
+
+    def __init__(self, link: Link, devices: list[Device], polling: Polling):
+        self.link = link
+        self.devices = devices
+        self.polling = polling
+
+    async def run(self, emit: Emit) -> None:
+        """Poll every device on its interval until cancelled."""
+        now = time.monotonic()
+        for d in self.devices:
+            d.next_due = now
+        try:
+            while True:
+                dev = min(self.devices, key=lambda d: d.next_due)
+                delay = dev.next_due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await emit(await self.poll(dev))
+                interval = dev.spec.interval_s
+                dev.next_due += interval
+                late = time.monotonic() - dev.next_due
+                if late >= 0:  # skip missed slots instead of bursting to catch up
+                    missed = math.floor(late / interval) + 1
+                    dev.next_due += missed * interval
+                    dev.overruns += missed
+        finally:
+            self.link.close()
+
+    async def poll(self, dev: Device, *, once: bool = False) -> PollResult:
+        """Poll one device now (or report why not); update its health."""
+        ts, mono = time.time(), time.monotonic_ns()
+        now = mono / 1e9
+        if dev.offline and not once and now < dev.next_probe:
+            reason = f"offline; next probe in {dev.next_probe - now:.0f} s"
+            return self._failed(dev, ts, mono, reason, None, count=False)
+        if not await self.link.ensure():
+            reason = f"no connection to {self.link}: {self.link.last_error}"
+            return self._failed(dev, ts, mono, reason, None, count=False)
+        probing = dev.offline and not once
+        retries = 0 if probing else dev.spec.retries
+        t0 = time.perf_counter()
+        values: dict[str, float | None] = {}
+        errors: dict[str, str] = {}
+        answered = False
+        pending = list(dev.requests)
+        while pending:
+            req = pending.pop(0)
+            try:
+                words = await self._read(req, dev, retries)
+            except ReplyError as exc:
+                answered = True
+                if exc.code == 2 and req.has_gaps:
+                    parts = req.split()
+                    i = dev.requests.index(req)
+                    dev.requests[i : i + 1] = parts
+                    pending[:0] = parts
+                    log.info("split request meter=%s request=%s into=%d reason=%s",
+                             dev.id, req.describe(), len(parts), exc)
+                    continue
+                for name in req.names:
+                    errors[name] = str(exc)
+                continue
+            except NoAnswer as exc:
+                for name in req.names + [n for r in pending for n in r.names]:
+                    errors[name] = str(exc) if name in req.names else "skipped: no answer"
+                self.link.silent += 1
+                if (self.link.silent >= SILENT_REQUESTS_BEFORE_RECONNECT
+                        and not isinstance(self.link.connection, RtuConnection)):
+                    self.link.mark_down(f"{self.link.silent} requests without an answer")
+                break
+            except LinkDown as exc:
+                self.link.mark_down(str(exc))
+                for name in req.names + [n for r in pending for n in r.names]:
+                    errors[name] = f"connection lost: {exc}"
+                break
+            except BadResponse as exc:
+                answered = True
+                for name in req.names:
+                    errors[name] = f"bad response: {exc}"
+                continue
+            answered = True
+            self.link.silent = 0
+            for name, value in req.decode(words).items():
+                values[name] = value
+                if value is None:
+                    errors[name] = "not a number"
+        latency = time.perf_counter() - t0
+        good = sum(v is not None for v in values.values())
+        total = sum(len(r.names) for r in dev.requests)
+        quality = Quality.OK if good == total else Quality.PARTIAL if good else Quality.ERROR
+        dev.polls += 1
+        if quality is Quality.ERROR:
+            reason = next(iter(errors.values()), "no values")
+            return self._failed(dev, ts, mono, reason, latency, errors=errors, count=not answered,
+                                answered=answered)
+        dev.latencies.append(latency)
+        dev.last_ok = ts
+        dev.last_error = "; ".join(sorted(set(errors.values())))[:200]
+        if dev.offline or dev.consecutive_failures:
+            log.info("device up meter=%s link=%s after_failures=%d", dev.id, self.link,
+                     dev.consecutive_failures)
+        dev.consecutive_failures, dev.offline, dev.offline_delay = 0, False, 0.0
+        return PollResult(dev.id, ts, mono, values, errors, quality, latency, True)
+
+    async def _read(self, req: ReadRequest, dev: Device, retries: int
+                    ) -> Sequence[int] | Sequence[bool]:
+        for attempt in range(retries + 1):
+            try:
+                return await self.link.read(req, dev.spec.timeout_s)
+            except NoAnswer:
+                if attempt == retries:
+                    raise
+                await asyncio.sleep(self.polling.retry_backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _failed(
+        self, dev: Device, ts: float, mono: int, reason: str, latency: float | None, *,
+        errors: dict[str, str] | None = None, count: bool = True, answered: bool = False,
+    ) -> PollResult:
+        """An error reading; a poll that got no answer counts towards going offline."""
+        dev.failures += 1
+        dev.last_error = reason
+        if count:
+            dev.consecutive_failures += 1
+            if dev.offline:
+                dev.offline_delay = min(dev.offline_delay * 2, self.polling.offline_backoff_max_s)
+                dev.next_probe = time.monotonic() + jittered(dev.offline_delay)
+            elif dev.consecutive_failures >= self.polling.offline_after:
+                dev.offline = True
+                dev.offline_delay = min(max(2 * dev.spec.interval_s, 1.0),
+                                        self.polling.offline_backoff_max_s)
+                dev.next_probe = time.monotonic() + jittered(dev.offline_delay)
+                log.warning("device offline meter=%s link=%s failures=%d probe_in_s=%.1f "
+                            "error=%s", dev.id, self.link, dev.consecutive_failures,
+                            dev.offline_delay, reason)
+        return PollResult(dev.id, ts, mono, {}, errors or {"*": reason}, Quality.ERROR, latency,
+                          answered)
+
+
+# --------------------------------------------------------------------------- poller
+
+
+class Poller:
+    """Every bus of a site, polled concurrently."""
+
+    def __init__(
+        self,
+        meters: Sequence[MeterSpec],
+        polling: Polling,
+        *,
+        trace_pdu: Callable[[bool, Any], Any] | None = None,
+    ):
+        self.polling = polling
+        groups: dict[tuple[str, ...], list[MeterSpec]] = {}
+        for m in meters:
+            groups.setdefault(m.meter.connection.key, []).append(m)
+        self.buses: list[Bus] = []
+        for specs in groups.values():
+            link = Link(
+                specs[0].meter.connection,
+                timeout_s=max(s.timeout_s for s in specs),
+                reconnect_delay_s=polling.reconnect_delay_s,
+                reconnect_delay_max_s=polling.reconnect_delay_max_s,
+                trace_pdu=trace_pdu,
+            )
+            self.buses.append(Bus(link, [Device(s, plan_device(s)) for s in specs], polling))
+        if any(isinstance(b.link.connection, RtuConnection) for b in self.buses):
+            check_serial_support()
+
+    @property
+    def devices(self) -> list[Device]:
+        return [d for b in self.buses for d in b.devices]
+
+    async def run(self, emit: Emit) -> None:
+        """Poll until cancelled; one named task per bus."""
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log what matters
+        async with TaskGroup() as tg:
+            for bus in self.buses:
+                tg.create_task(bus.run(emit), name=f"bus {bus.link}")
+
+    async def poll_once(self) -> list[PollResult]:
+        """Poll every device once (buses concurrently), then close the connections."""
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+        async def one_bus(bus: Bus) -> list[PollResult]:
+            try:
+                return [await bus.poll(d, once=True) for d in bus.devices]
+            finally:
+                bus.link.close()
+
+        results = await asyncio.gather(*(one_bus(b) for b in self.buses))
+        order = {d.id: i for i, d in enumerate(self.devices)}
+        return sorted((r for rs in results for r in rs), key=lambda r: order[r.meter])
+
+
+def check_serial_support() -> None:
+    """RTU on a serial port needs pyserial; say so at start-up, not at the first poll."""
+    import importlib.util
+
+    from ..configfile import ConfigError, Problem
+
+    if importlib.util.find_spec("serial") is None:
+        raise ConfigError([Problem(
+            "site", None, "meters.connection",
+            "type rtu needs pyserial, which is not installed: pip install pyserial "
+            "(or pymodbus[serial])",
+        )])

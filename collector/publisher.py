@@ -1,0 +1,336 @@
+"""Publish the outbox to an MQTT broker (aiomqtt 2.x, MQTT 5, QoS 1), reconnecting forever.
+
+aiomqtt neither reconnects nor lets a publish wait for a connection, so this module owns
+the connection loop: connect (with the last will set), publish the birth and the retained
+meter metadata, then drain the outbox oldest first, a batch at a time, with at most
+``max_inflight`` unacknowledged messages and at most ``max_rate_per_s`` messages a second.
+A reading leaves the outbox only when its PUBACK has arrived with a success reason code
+(or, with ``confirm: consumer``, when the consumer's retained high-water mark has passed
+it). Any failure ends the session; the next one starts after a capped, jittered backoff
+and sends again whatever is still in the outbox, so delivery is at-least-once and a
+repeat carries the same ``(stream, seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import contract
+from .outbox import Outbox, Row
+from .site import Credentials, Mqtt
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+else:  # pragma: no cover - exercised on Python 3.10
+    from exceptiongroup import BaseExceptionGroup
+    from taskgroup import TaskGroup
+
+log = logging.getLogger("recp.publisher")
+
+
+class Rejected(Exception):
+    """The broker answered a publish with a failure reason code."""
+
+
+class _AckingClient(aiomqtt.Client):
+    """aiomqtt client whose publish returns after PUBACK and reports its reason code.
+
+    aiomqtt 2.x's ``publish`` ignores the PUBACK reason code, so a broker refusing a
+    message (e.g. "not authorized") would look like a success and the reading would be
+    deleted. This subclass keeps the code per message id, and remembers the broker's
+    Receive Maximum from the CONNACK so we never exceed it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.puback_codes: dict[int, Any] = {}
+        self.receive_maximum: int | None = None
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any = None) -> None:
+        value = getattr(properties, "ReceiveMaximum", None)
+        self.receive_maximum = int(value) if value else None
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        self.puback_codes[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False,
+                            timeout: float) -> None:
+        """Publish at QoS 1 and wait for its PUBACK; raise Rejected or aiomqtt.MqttError."""
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        if not info.is_published():
+            done = asyncio.Event()
+            with self._pending_call(info.mid, done, self._pending_publishes):
+                await self._wait_for(done.wait(), timeout=timeout)
+        code = self.puback_codes.pop(info.mid, None)
+        if code is not None and getattr(code, "is_failure", False):
+            raise Rejected(f"{topic}: {code}")
+
+
+def tls_context(mqtt: Mqtt) -> ssl.SSLContext | None:
+    """An SSL context that verifies the broker's certificate (unless told not to)."""
+    if not mqtt.use_tls:
+        return None
+    tls = mqtt.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls and tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls and tls.insecure_skip_verify:
+        log.warning("TLS certificate verification is OFF (insecure_skip_verify): anyone on "
+                    "the path can read and alter readings")
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass
+class PublisherStats:
+    connected: bool = False
+    sessions: int = 0
+    published: int = 0
+    rejected: int = 0
+    failures: int = 0
+    last_error: str = ""
+    connected_since: float | None = None
+    publish_seconds: float = 0.0
+    batches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected, "sessions": self.sessions,
+            "published": self.published, "rejected": self.rejected,
+            "failures": self.failures, "last_error": self.last_error,
+        }
+
+
+class Publisher:
+    """The outbox's way to the broker (see the module docstring)."""
+
+    def __init__(
+        self,
+        mqtt: Mqtt,
+        site: str,
+        outbox: Outbox,
+        credentials: Credentials,
+        *,
+        retained: Callable[[], Sequence[tuple[str, bytes]]] = lambda: (),
+        agent: str = "",
+    ):
+        self.mqtt = mqtt
+        self.site = site
+        self.outbox = outbox
+        self.credentials = credentials
+        self.retained = retained  # (topic, payload) published retained on every connect
+        self.agent = agent
+        self.client_id = mqtt.client_id or f"recp-agent-{site}"
+        self.wake = asyncio.Event()  # set when new readings are in the outbox
+        self.stats = PublisherStats()
+        self.connected_event = asyncio.Event()
+        self._client: _AckingClient | None = None
+        self._tls = tls_context(mqtt)
+
+    def _status(self, state: contract.AgentState, reason: str) -> bytes:
+        return contract.dumps({
+            "v": contract.VERSION, "site": self.site, "state": state.value,
+            "ts": contract.format_ts(time.time()), "agent": self.agent,
+            "stream": self.outbox.stream, "reason": reason,
+        })
+
+    def _make_client(self) -> _AckingClient:
+        m = self.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        will = aiomqtt.Will(
+            contract.status_topic(self.site),
+            self._status(contract.AgentState.OFFLINE, "connection lost (last will)"),
+            qos=1, retain=True,
+        )
+        return _AckingClient(
+            m.host, m.port,
+            username=self.credentials.username, password=self.credentials.password,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+            will=will, clean_start=False, properties=props, keepalive=m.keepalive_s,
+            timeout=m.connect_timeout_s, tls_context=self._tls,
+            tls_insecure=bool(m.tls and m.tls.insecure_skip_verify) or None,
+            max_inflight_messages=m.max_inflight,
+            logger=logging.getLogger("recp.publisher.paho"),
+        )
+
+    # -- the loop -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a session up and drain the outbox until ``stop`` is set and it is drained
+        (or the broker is away when stopping: what is left stays in the outbox)."""
+        delay = 0.0
+        while True:
+            try:
+                await self._session(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the session failed: MqttError, OSError, Rejected, ...
+                self.stats.failures += 1
+                self.stats.last_error = _describe(exc)
+                if self.stats.connected:
+                    log.warning("mqtt disconnected error=%s outbox_depth=%d",
+                                self.stats.last_error, self.outbox.depth)
+                else:
+                    log.warning("mqtt connect failed broker=%s error=%s", self.mqtt.url,
+                                self.stats.last_error)
+            finally:
+                self._client = None
+                self.stats.connected = False
+                self.connected_event.clear()
+            if stop.is_set():
+                log.warning("stopping without a broker: outbox_depth=%d kept on disk",
+                            self.outbox.depth)
+                return
+            delay = min(max(2 * delay, self.mqtt.reconnect_delay_s),
+                        self.mqtt.reconnect_delay_max_s)
+            wait = delay * (0.5 + random.random() / 2)
+            log.info("mqtt reconnect_in_s=%.2f", wait)
+            await _wait_event(stop, wait)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        client = self._make_client()
+        async with client:
+            self._client = client
+            self.stats.connected = True
+            self.stats.sessions += 1
+            self.stats.connected_since = time.time()
+            inflight = min(self.mqtt.max_inflight, client.receive_maximum or 65535)
+            log.info("mqtt connected broker=%s client_id=%s session=%d inflight=%d "
+                     "outbox_depth=%d", self.mqtt.url, self.client_id, self.stats.sessions,
+                     inflight, self.outbox.depth)
+            timeout = self.mqtt.publish_timeout_s
+            await client.publish_acked(
+                contract.status_topic(self.site),
+                self._status(contract.AgentState.ONLINE, "connected"), retain=True,
+                timeout=timeout)
+            for topic, payload in self.retained():
+                await client.publish_acked(topic, payload, retain=True, timeout=timeout)
+            if self.mqtt.confirm == "consumer":
+                await client.subscribe(contract.subscription(self.site, "ack"), qos=1,
+                                       timeout=timeout)
+            self.connected_event.set()
+            async with TaskGroup() as tg:
+                watcher = tg.create_task(self._watch(client), name="mqtt watch")
+                await self._send(client, stop, inflight)
+                await client.publish_acked(
+                    contract.status_topic(self.site),
+                    self._status(contract.AgentState.OFFLINE, "stopped"), retain=True,
+                    timeout=timeout)
+                watcher.cancel()
+            log.info("mqtt leaving published=%d outbox_depth=%d", self.stats.published,
+                     self.outbox.depth)
+
+    async def _watch(self, client: _AckingClient) -> None:
+        """Notice a lost connection (raises) and apply consumers' acknowledgements."""
+        async for message in client.messages:
+            if self.mqtt.confirm != "consumer" or not str(message.topic).endswith("/ack"):
+                continue
+            meter = str(message.topic).split("/")[-2]
+            raw = message.payload
+            try:
+                if not isinstance(raw, (bytes, bytearray, str)):
+                    raise ValueError(f"payload is {type(raw).__name__}, not JSON")
+                ack = contract.Ack.model_validate_json(raw)
+            except ValueError as exc:
+                log.warning("bad ack topic=%s error=%s", message.topic, exc)
+                continue
+            n = await asyncio.to_thread(self.outbox.confirm, meter, ack.stream, ack.seq)
+            if n:
+                log.debug("confirmed meter=%s seq=%d deleted=%d", meter, ack.seq, n)
+
+    async def _send(self, client: _AckingClient, stop: asyncio.Event, inflight: int) -> None:
+        """Drain the outbox in commit order until stopping with nothing left to send."""
+        cursor = 0  # id of the last row sent in this session
+        window = asyncio.Semaphore(inflight)
+        timeout = self.mqtt.publish_timeout_s
+        delete = self.mqtt.confirm == "puback"
+
+        async def one(row: Row) -> None:
+            async with window:
+                await client.publish_acked(row.topic, row.payload, timeout=timeout)
+
+        while True:
+            self.wake.clear()
+            rows = await asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch)
+            if not rows:
+                if stop.is_set():
+                    return
+                await _wait_event(self.wake, 1.0, also=stop)
+                continue
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
+            sent = [r for r, res in zip(rows, results, strict=True) if res is None]
+            if delete and sent:
+                await asyncio.to_thread(self.outbox.delete, [r.id for r in sent])
+            self.stats.published += len(sent)
+            self.stats.batches += 1
+            self.stats.publish_seconds += time.monotonic() - t0
+            errors = [res for res in results if isinstance(res, BaseException)]
+            if errors:
+                rejected = [e for e in errors if isinstance(e, Rejected)]
+                self.stats.rejected += len(rejected)
+                if rejected:
+                    log.error("broker rejected readings count=%d first=%s (kept in outbox)",
+                              len(rejected), rejected[0])
+                raise errors[0]
+            cursor = rows[-1].id
+            spare = len(rows) / self.mqtt.max_rate_per_s - (time.monotonic() - t0)
+            if spare > 0:  # bounded drain rate after an outage
+                await asyncio.sleep(spare)
+
+    async def publish_now(self, topic: str, payload: bytes, *, retain: bool = True) -> bool:
+        """Publish a status-like message if connected (not through the outbox)."""
+        client = self._client
+        if client is None or not self.stats.connected:
+            return False
+        try:
+            await client.publish_acked(topic, payload, retain=retain,
+                                       timeout=self.mqtt.publish_timeout_s)
+            return True
+        except (aiomqtt.MqttError, Rejected, RuntimeError) as exc:
+            log.debug("could not publish %s: %s", topic, exc)
+            return False
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception, unwrapping task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+async def _wait_event(event: asyncio.Event, timeout: float, also: asyncio.Event | None = None
+                      ) -> None:
+    """Wait until ``event`` (or ``also``) is set or ``timeout`` seconds pass."""
+    waits = [asyncio.ensure_future(event.wait())]
+    if also is not None:
+        waits.append(asyncio.ensure_future(also.wait()))
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
