@@ -92,6 +92,7 @@ class Segments:
     flags: NDArray[np.int32]
     before: FloatArray  # counter reading the delta starts from (the reference level)
     level: FloatArray  # counter reading at t1
+    resolution: float  # the counter's step used for plausibility and jitter
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ class Consumption:
     def valid(self) -> NDArray[np.bool_]:
         """Intervals whose consumption is known."""
         return np.isfinite(self.consumption)
+
+    @property
+    def resolution(self) -> float:
+        """The counter's step (counter units): smaller differences are not meaningful."""
+        return self.segments.resolution
 
     def rate_per_h(self) -> FloatArray:
         """Mean rate per interval in counter units per hour."""
@@ -187,7 +193,7 @@ def counter_segments(
         positive("jitter_abs", jitter_abs, allow_zero=True),
         positive("jitter_rel", jitter_rel, allow_zero=True),
     )
-    return Segments(t0, t1, delta, f, before, level)
+    return Segments(t0, t1, delta, f, before, level, float(resolution))
 
 
 def _grid(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -187,3 +188,389 @@ def resample_gauge(
 def as_array(values: list[float]) -> np.ndarray:
     """Helper for comparisons in tests."""
     return np.asarray(values, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- anomaly
+
+WEEK, DAY = 7 * 86400, 86400
+MONDAY = 3 * 86400  # 1970-01-01 was a Thursday
+SIGMA_PER_MAD = 1.4826
+NAN = math.nan
+
+
+def fsum_left(values: list[float]) -> float:
+    """Left-to-right float sum, like the kernels' running sums (``sum`` may compensate)."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+def _mean(values: list[float]) -> float:
+    return fsum_left(values) / len(values)
+
+
+def _median_mad(values: list[float]) -> tuple[float, float]:
+    med = statistics.median(values)
+    return med, statistics.median([abs(v - med) for v in values])
+
+
+class _Profile:
+    """Recent values per time-of-week slot, with time-of-day slots as the fallback."""
+
+    def __init__(self, slot_s: int, tow_depth: int, tod_depth: int, offset_s: int) -> None:
+        self.slot_s, self.offset_s = slot_s, offset_s
+        self.tow: list[list[float]] = [[] for _ in range(WEEK // slot_s)]
+        self.tod: list[list[float]] = [[] for _ in range(DAY // slot_s)]
+        self.tow_depth, self.tod_depth = tow_depth, tod_depth
+
+    def slots(self, t: int) -> tuple[list[float], list[float]]:
+        week_slot = math.floor((t + self.offset_s + MONDAY) / self.slot_s) % len(self.tow)
+        day_slot = math.floor((t + self.offset_s) / self.slot_s) % len(self.tod)
+        return self.tow[week_slot], self.tod[day_slot]
+
+    def lookup(self, t: int, min_count: int) -> tuple[float, float] | None:
+        week, day = self.slots(t)
+        for ring in (week, day):
+            if len(ring) >= min_count:
+                return _median_mad(ring)
+        return None
+
+    def learn(self, t: int, x: float) -> None:
+        week, day = self.slots(t)
+        for ring, depth in ((week, self.tow_depth), (day, self.tod_depth)):
+            ring.append(x)
+            if len(ring) > depth:
+                ring.pop(0)
+
+
+def spike(
+    t: list[int],
+    x: list[float],
+    *,
+    slot_s: int,
+    tow_depth: int,
+    tod_depth: int,
+    min_count: int,
+    utc_offset_s: int,
+    floor_rel: float,
+    floor_abs: float,
+    warmup_n: int,
+) -> tuple[list[float], list[tuple[float, float]]]:
+    """Robust z of each interval against the values seen before in its slot."""
+    profile = _Profile(slot_s, tow_depth, tod_depth, utc_offset_s)
+    learned: list[float] = []
+    scores, outs = [], []
+    for ti, xi in zip(t, x, strict=True):
+        if not math.isfinite(xi):
+            scores.append(0.0)
+            outs.append((NAN, NAN))
+            continue
+        found = profile.lookup(ti, min_count)
+        score, out = 0.0, (NAN, NAN)
+        if found is not None and len(learned) >= warmup_n:
+            med, mad = found
+            level = _mean(learned) if learned else 0.0
+            scale = max(
+                SIGMA_PER_MAD * mad, floor_rel * abs(med), floor_rel * level, floor_abs, 1e-12
+            )
+            score, out = max(0.0, (xi - med) / scale), (med, scale)
+        profile.learn(ti, xi)
+        learned.append(abs(xi))
+        scores.append(score)
+        outs.append(out)
+    return scores, outs
+
+
+def stuck(
+    t: list[int],
+    x: list[float],
+    active: list[float],
+    *,
+    slot_s: int,
+    tow_depth: int,
+    tod_depth: int,
+    min_count: int,
+    utc_offset_s: int,
+    interval_s: int,
+    eps: float,
+    warmup_n: int,
+) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """Hours standing still while production runs or the profile says it should move."""
+    profile = _Profile(slot_s, tow_depth, tod_depth, utc_offset_s)
+    learned = 0
+    run_n, run_start, run_expected = 0, NAN, 0.0
+    scores, outs = [], []
+    for ti, xi, ai in zip(t, x, active, strict=True):
+        if not math.isfinite(xi):
+            scores.append(0.0)
+            outs.append((NAN, NAN, NAN))
+            continue
+        found = profile.lookup(ti, min_count)
+        med = found[0] if found is not None else NAN
+        should_move = learned >= warmup_n and ((found is not None and med > eps) or ai >= 0.5)
+        if xi > eps:
+            run_n, run_start, run_expected = 0, NAN, 0.0
+        elif should_move:
+            if run_n == 0:
+                run_start = float(ti)
+            run_n += 1
+            if found is not None:
+                run_expected += max(med, 0.0)
+        scores.append(run_n * interval_s / 3600.0)
+        outs.append((run_start, run_expected, med) if run_n else (NAN, NAN, med))
+        profile.learn(ti, xi)
+        learned += 1
+    return scores, outs
+
+
+class _LevelShift:
+    """CUSUM / Page-Hinkley on nightly means, written out one rule at a time."""
+
+    def __init__(self, p: dict[str, Any]) -> None:
+        self.p = p
+        self.ref_nights: list[tuple[float, float]] = []  # (rate, temperature), newest last
+        self.pending: list[tuple[float, float]] = []  # nights of an excursion in progress
+        self.mean_nights: list[float] = []  # Page-Hinkley reference: nights outside alarms
+        self.s = 0.0  # CUSUM, or Page-Hinkley cumulative sum
+        self.m = 0.0  # Page-Hinkley running minimum
+        self.alarm = False
+        self.change_t = NAN
+        self.shift: list[float] = []  # night - reference over the excursion
+        self.c = 0.0
+        self.close_t = NAN
+        self.last_shift_end = NAN
+        self.ref = NAN
+        self.min_step = NAN
+        self.slope = 0.0
+        self.t_mid = NAN
+
+    def weather(self) -> tuple[float, float]:
+        """Least-squares slope of rate on temperature over the reference nights."""
+        pairs = [(y, t) for y, t in self.ref_nights if math.isfinite(t)]
+        if len(pairs) < 3:
+            return 0.0, NAN
+        ys = [y for y, _ in pairs]
+        ts = [t for _, t in pairs]
+        t_mean, y_mean = _mean(ts), _mean(ys)
+        sxx = fsum_left([(t - t_mean) ** 2 for t in ts])
+        sxy = fsum_left([(t - t_mean) * (y - y_mean) for y, t in pairs])
+        t_mid = statistics.median(ts)
+        if sxx <= 1e-9 * len(ts):
+            return 0.0, t_mid
+        return sxy / sxx, t_mid
+
+    @staticmethod
+    def adjusted(y: float, temp: float, slope: float, t_mid: float) -> float:
+        if slope == 0 or not math.isfinite(temp) or not math.isfinite(t_mid):
+            return y
+        return y - slope * (temp - t_mid)
+
+    def night(self, y_raw: float, temp: float, start: float) -> tuple[float, float]:
+        """Learn one night; (score or -1 when an alarm closes, weather-normalised rate)."""
+        p = self.p
+        end = start + p["length"]
+        if len(self.ref_nights) < p["min_ref"]:
+            self._remember(y_raw, temp)
+            self.mean_nights.append(y_raw)
+            return 0.0, y_raw
+        if not self.alarm:
+            slope, t_mid = self.weather() if p["use_temperature"] else (0.0, NAN)
+            adj = [self.adjusted(v, t, slope, t_mid) for v, t in self.ref_nights]
+            med, mad = _median_mad(adj)
+            y = self.adjusted(y_raw, temp, slope, t_mid)
+            cusum = p["method"] == "cusum"
+            ref = med if cusum else _mean(self.mean_nights)
+            min_step = max(
+                p["step_sigma"] * SIGMA_PER_MAD * mad,
+                p["step_rel"] * abs(ref),
+                p["step_abs"],
+                1e-12,
+            )
+            k, h = min_step / 2, p["h_steps"] * min_step
+            self.ref, self.min_step, self.slope, self.t_mid = ref, min_step, slope, t_mid
+            if cusum:
+                before = self.s
+                self.s = max(0.0, self.s + y - ref - k)
+                stat = self.s
+            else:
+                before = self.s - self.m
+                self.s += y - ref - k
+                self.m = min(self.m, self.s)
+                stat = self.s - self.m
+                self.mean_nights.append(y)
+            if stat > 0:
+                if before == 0:
+                    self.change_t, self.shift = start, []
+                self.shift.append(y - ref)
+                self.last_shift_end = end
+            else:
+                self.change_t = NAN
+            if stat > h:
+                self.alarm, self.c, self.close_t = True, 0.0, NAN
+                self.pending = []  # a real step never joins the reference
+                return max(1.0, _mean(self.shift) / min_step), y
+            if stat == 0:  # quiet again: the excursion was normal after all
+                for night in self.pending:
+                    self._remember(*night)
+                self.pending = []
+                self._remember(y_raw, temp)
+            else:
+                if len(self.pending) >= p["ref_nights"]:
+                    for night in self.pending:
+                        self._remember(*night)
+                    self.pending = []
+                self.pending.append((y_raw, temp))
+            return stat / h, y
+        y = self.adjusted(y_raw, temp, self.slope, self.t_mid)
+        step = _mean(self.shift)
+        before = self.c
+        self.c = max(0.0, self.c + self.ref + step / 2 - y)
+        if self.c == 0:
+            self.shift.append(y - self.ref)
+            self.last_shift_end = end
+            self.close_t = NAN
+        elif before == 0:
+            self.close_t = (self.last_shift_end + start) / 2
+        if self.c > p["h_steps"] * self.min_step:
+            self.alarm, self.s, self.m, self.c = False, 0.0, 0.0, 0.0
+            return -1.0, y
+        return max(1.0, _mean(self.shift) / self.min_step), y
+
+    def _remember(self, y: float, temp: float) -> None:
+        self.ref_nights.append((y, temp))
+        if len(self.ref_nights) > self.p["ref_nights"]:
+            self.ref_nights.pop(0)
+
+
+def level_shift(
+    t: list[int],
+    x: list[float],
+    active: list[float],
+    temperature: list[float],
+    *,
+    night_start_h: float,
+    night_end_h: float,
+    interval_s: int,
+    min_coverage: float,
+    ref_nights: int,
+    min_ref: int,
+    step_sigma: float,
+    step_rel: float,
+    step_abs: float,
+    h_steps: float,
+    method: str,
+    use_temperature: bool,
+) -> tuple[list[float], list[tuple[float, ...]]]:
+    """Nightly mean rates (and temperatures) outside production, fed to :class:`_LevelShift`."""
+    start_s = night_start_h * 3600
+    length = ((night_end_h - night_start_h) % 24) * 3600 or DAY
+    det = _LevelShift(
+        dict(length=length, min_ref=min_ref, ref_nights=ref_nights, step_sigma=step_sigma,
+             step_rel=step_rel, step_abs=step_abs, h_steps=h_steps, method=method,
+             use_temperature=use_temperature)
+    )  # fmt: skip
+    key: int | None = None
+    acc: list[float] = []
+    temps: list[float] = []
+    score = 0.0
+    scores, outs = [], []
+    for ti, xi, ai, temp in zip(t, x, active, temperature, strict=True):
+        night_key = math.floor((ti - start_s) / DAY)
+        inside = (ti - start_s) - night_key * DAY < length
+        closed_end = adjusted = measured = night_start = NAN
+        closed = False
+        if key is not None and (not inside or night_key != key):
+            begin = key * DAY + start_s
+            if acc and len(acc) >= min_coverage * length / interval_s:
+                measured = _mean(acc) * 3600 / interval_s
+                night_temp = _mean(temps) if temps else NAN
+                night_start = begin
+                close_t = det.close_t
+                score, adjusted = det.night(measured, night_temp, begin)
+                if score < 0:
+                    closed = True
+                    closed_end = close_t if math.isfinite(close_t) else begin
+                    score = 0.0
+            key, acc, temps = None, [], []
+        if inside:
+            key = night_key
+            if math.isfinite(xi) and not ai >= 0.5:
+                acc.append(xi)
+                if math.isfinite(temp):
+                    temps.append(temp)
+        step = _mean(det.shift) if det.shift and math.isfinite(det.change_t) else NAN
+        outs.append(
+            (float(det.alarm), det.change_t, step, det.ref, closed_end, adjusted,
+             det.min_step, night_start, measured, det.slope)
+        )  # fmt: skip
+        if closed:
+            det.change_t, det.close_t, det.shift = NAN, NAN, []
+        scores.append(score)
+    return scores, outs
+
+
+def drift(
+    t: list[int],
+    x: list[float],
+    production: list[float],
+    *,
+    utc_offset_s: int,
+    interval_s: int,
+    min_coverage: float,
+    ref_days: int,
+    window_days: int,
+    min_rel: float,
+    confirm_days: int,
+    use_production: bool,
+    min_production: float,
+) -> tuple[list[float], list[tuple[float, ...]]]:
+    """Rolling median of daily values against the median of the first days."""
+    reference: list[float] = []
+    ref = NAN
+    window: list[float] = []
+    alarm, streak, dev = False, 0, NAN
+    key: int | None = None
+    cons = prod = 0.0
+    n = 0
+    scores, outs = [], []
+    for ti, xi, pi in zip(t, x, production, strict=True):
+        day = math.floor((ti + utc_offset_s) / DAY)
+        value, value_start = NAN, NAN
+        if key is not None and day != key:
+            if n > 0 and n >= min_coverage * DAY / interval_s:
+                y = NAN
+                if use_production:
+                    if prod > min_production:
+                        y = cons / prod
+                else:
+                    y = cons / n * 3600 / interval_s
+                if math.isfinite(y):
+                    value, value_start = y, key * DAY - utc_offset_s
+                    if not math.isfinite(ref):
+                        reference.append(y)
+                        if len(reference) >= ref_days:
+                            ref = statistics.median(reference[-ref_days:])
+                    else:
+                        window = [*window, y][-window_days:]
+                        if len(window) == window_days:
+                            dev = statistics.median(window) / ref - 1 if ref != 0 else 0.0
+                            if not alarm:
+                                streak = streak + 1 if dev >= min_rel else 0
+                                if streak >= confirm_days:
+                                    alarm, streak = True, 0
+                            else:
+                                streak = streak + 1 if dev < min_rel / 2 else 0
+                                if streak >= confirm_days:
+                                    alarm, streak = False, 0
+            key, cons, prod, n = None, 0.0, 0.0, 0
+        if key is None:
+            key = day
+        if math.isfinite(xi) and (not use_production or math.isfinite(pi)):
+            cons += xi
+            n += 1
+            if use_production:
+                prod += pi
+        scores.append(max(0.0, dev / min_rel) if math.isfinite(dev) else 0.0)
+        outs.append((float(alarm), dev, ref, value, value_start))
+    return scores, outs

@@ -1,0 +1,679 @@
+"""Anomaly kernels: one compiled step per detector, shared by the batch loop and streaming.
+
+Every detector keeps its state in three float64 arrays (``fs`` scalars, ``ra`` and ``rb``
+rings) and has a step ``_X_step(p, fs, ra, rb, t, x, active, prod, temp, out) -> score`` that
+scores the interval starting at ``t`` against what was learned before it, then learns it,
+writing diagnostics into ``out``. ``_X_batch`` loops the step over arrays. Public wrappers,
+parameters and events live in :mod:`detectors.anomaly`.
+
+Rings hold recent values per time slot: row ``r`` is ``[count, next position, values...]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..jit import njit
+
+WEEK_S = 7 * 86400
+DAY_S = 86400
+MONDAY_SHIFT_S = 3 * 86400  # 1970-01-01 was a Thursday: shift so slot 0 starts on Monday
+MAD_TO_SIGMA = 1.4826
+
+# ---------------------------------------------------------------------------------- rings
+
+
+@njit
+def _ring_push(ring: np.ndarray, row: int, value: float) -> None:
+    """Store ``value`` in ring row ``row``, overwriting the oldest when full."""
+    depth = ring.shape[1] - 2
+    pos = int(ring[row, 1])
+    ring[row, 2 + pos] = value
+    ring[row, 1] = (pos + 1) % depth
+    if ring[row, 0] < depth:
+        ring[row, 0] += 1.0
+
+
+@njit
+def _ring_median_mad(ring: np.ndarray, row: int) -> tuple[float, float]:
+    """Median and median absolute deviation of the values in ring row ``row``."""
+    n = int(ring[row, 0])
+    vals = ring[row, 2 : 2 + n].copy()
+    med = np.median(vals)
+    return med, np.median(np.abs(vals - med))
+
+
+@njit
+def _slots(t: float, slot_s: float, offset_s: float, n_tow: int, n_tod: int) -> tuple[int, int]:
+    """(time-of-week slot from Monday 00:00, time-of-day slot) of ``t`` in local time."""
+    k = math.floor((t + offset_s + MONDAY_SHIFT_S) / slot_s)
+    d = math.floor((t + offset_s) / slot_s)
+    return int(k % n_tow), int(d % n_tod)
+
+
+@njit
+def _profile(
+    ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float
+) -> tuple[bool, float, float]:
+    """(found, median, MAD) from the time-of-week slot, else the time-of-day slot."""
+    if ra[tow, 0] >= min_count:
+        med, mad = _ring_median_mad(ra, tow)
+        return True, med, mad
+    if rb[tod, 0] >= min_count:
+        med, mad = _ring_median_mad(rb, tod)
+        return True, med, mad
+    return False, math.nan, math.nan
+
+
+# ---------------------------------------------------------------------------------- spikes
+
+# parameters
+SP_SLOT, SP_OFFSET, SP_MIN_COUNT, SP_FLOOR_REL, SP_FLOOR_ABS, SP_WARMUP = 0, 1, 2, 3, 4, 5
+SP_NPARAM = 6
+# scalar state: points learned, sum of |x| learned
+SP_N, SP_ABS_SUM = 0, 1
+SP_NSTATE = 2
+SP_NOUT = 2  # expected (slot median), scale
+
+
+@njit
+def _spike_step(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: float,
+    x: float,
+    active: float,
+    prod: float,
+    temp: float,
+    out: np.ndarray,
+) -> float:
+    """Robust z-score of ``x`` against the median and MAD of its time-of-week slot.
+
+    The scale is floored at ``floor_rel`` times the slot median and times the mean level
+    learned so far (so a flat stretch with zero spread does not make every rise infinite).
+    Only rises score (spikes); falls and warm-up give 0.
+    """
+    out[0] = math.nan
+    out[1] = math.nan
+    score = 0.0
+    if not math.isfinite(x):
+        return score
+    tow, tod = _slots(t, p[SP_SLOT], p[SP_OFFSET], ra.shape[0], rb.shape[0])
+    found, med, mad = _profile(ra, rb, tow, tod, p[SP_MIN_COUNT])
+    if found and fs[SP_N] >= p[SP_WARMUP]:
+        level = fs[SP_ABS_SUM] / fs[SP_N] if fs[SP_N] > 0 else 0.0
+        scale = max(
+            MAD_TO_SIGMA * mad,
+            p[SP_FLOOR_REL] * abs(med),
+            p[SP_FLOOR_REL] * level,
+            p[SP_FLOOR_ABS],
+            1e-12,
+        )
+        out[0] = med
+        out[1] = scale
+        score = max(0.0, (x - med) / scale)
+    _ring_push(ra, tow, x)
+    _ring_push(rb, tod, x)
+    fs[SP_N] += 1.0
+    fs[SP_ABS_SUM] += abs(x)
+    return score
+
+
+@njit
+def _spike_batch(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: np.ndarray,
+    x: np.ndarray,
+    active: np.ndarray,
+    prod: np.ndarray,
+    temp: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and diagnostics (expected, scale) of every interval, learning as it goes."""
+    n = t.shape[0]
+    scores = np.empty(n)
+    outs = np.empty((n, SP_NOUT))
+    for i in range(n):
+        scores[i] = _spike_step(
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i]
+        )
+    return scores, outs
+
+
+# ---------------------------------------------------------------------------------- stuck
+
+ST_SLOT, ST_OFFSET, ST_MIN_COUNT, ST_INTERVAL, ST_EPS, ST_WARMUP = 0, 1, 2, 3, 4, 5
+ST_NPARAM = 6
+ST_N, ST_RUN_N, ST_RUN_START, ST_RUN_EXPECTED = 0, 1, 2, 3
+ST_NSTATE = 4
+ST_NOUT = 3  # run start, expected (unmetered) during the run, slot median
+
+
+@njit
+def _stuck_step(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: float,
+    x: float,
+    active: float,
+    prod: float,
+    temp: float,
+    out: np.ndarray,
+) -> float:
+    """Hours the counter has stood still while it should move (score), 0 when it moves.
+
+    It should move while production runs (``active`` >= 0.5) or when the time-of-week
+    profile's median for the slot is above ``eps``. Standing still when nothing is
+    expected neither extends nor ends a run; moving (``x`` > ``eps``) ends it.
+    """
+    out[0] = math.nan
+    out[1] = math.nan
+    out[2] = math.nan
+    if not math.isfinite(x):
+        return 0.0
+    tow, tod = _slots(t, p[ST_SLOT], p[ST_OFFSET], ra.shape[0], rb.shape[0])
+    found, med, _ = _profile(ra, rb, tow, tod, p[ST_MIN_COUNT])
+    warm = fs[ST_N] >= p[ST_WARMUP]
+    expected = warm and ((found and med > p[ST_EPS]) or active >= 0.5)
+    if x > p[ST_EPS]:
+        fs[ST_RUN_N] = 0.0
+        fs[ST_RUN_START] = math.nan
+        fs[ST_RUN_EXPECTED] = 0.0
+    elif expected:
+        if fs[ST_RUN_N] == 0.0:
+            fs[ST_RUN_START] = t
+        fs[ST_RUN_N] += 1.0
+        if found:
+            fs[ST_RUN_EXPECTED] += max(med, 0.0)
+    score = fs[ST_RUN_N] * p[ST_INTERVAL] / 3600.0
+    if fs[ST_RUN_N] > 0.0:
+        out[0] = fs[ST_RUN_START]
+        out[1] = fs[ST_RUN_EXPECTED]
+    out[2] = med
+    _ring_push(ra, tow, x)
+    _ring_push(rb, tod, x)
+    fs[ST_N] += 1.0
+    return score
+
+
+@njit
+def _stuck_batch(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: np.ndarray,
+    x: np.ndarray,
+    active: np.ndarray,
+    prod: np.ndarray,
+    temp: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (hours stuck) and diagnostics of every interval, learning as it goes."""
+    n = t.shape[0]
+    scores = np.empty(n)
+    outs = np.empty((n, ST_NOUT))
+    for i in range(n):
+        scores[i] = _stuck_step(
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i]
+        )
+    return scores, outs
+
+
+# ---------------------------------------------------------------------------------- level shift
+
+(
+    LS_START,
+    LS_LENGTH,
+    LS_INTERVAL,
+    LS_COVERAGE,
+    LS_MIN_REF,
+    LS_STEP_SIGMA,
+    LS_STEP_REL,
+    LS_STEP_ABS,
+    LS_H_STEPS,
+    LS_METHOD,
+    LS_USE_TEMP,
+) = range(11)
+LS_NPARAM = 11
+CUSUM, PAGE_HINKLEY = 0.0, 1.0
+(
+    LS_KEY,  # day number of the night being accumulated (NaN: none)
+    LS_ACC_SUM,
+    LS_ACC_N,
+    LS_ACC_T_SUM,  # outdoor temperature over the night's intervals
+    LS_ACC_T_N,
+    LS_S,  # CUSUM statistic, or Page-Hinkley cumulative sum m
+    LS_M,  # Page-Hinkley running minimum of m
+    LS_ALARM,
+    LS_CHANGE_T,  # start of the first night of the current excursion
+    LS_SHIFT_SUM,  # sum of (night - reference) over the excursion's shifted nights
+    LS_SHIFT_N,
+    LS_C,  # closing CUSUM: evidence the level went back
+    LS_CLOSE_T,  # estimated end once closing evidence started
+    LS_LAST_SHIFT_END,  # end of the last night still shifted
+    LS_MEAN_SUM,  # Page-Hinkley reference: sum and count of nights outside alarms
+    LS_MEAN_N,
+    LS_REF,  # reference level (counter units per hour) in use
+    LS_MIN_STEP,  # smallest step worth finding, counter units per hour
+    LS_SLOPE,  # change of the night rate per degree C, fitted on the reference nights
+    LS_T_MID,  # median temperature of the reference nights (rates are normalised to it)
+    LS_SCORE,
+) = range(21)
+LS_NSTATE = 21
+# alarm, change start, step/h, reference/h, closed end, night value (weather-normalised),
+# min step, night start, night value as measured, slope per degree C
+LS_NOUT = 10
+
+
+@njit
+def _ls_new_state() -> np.ndarray:
+    fs = np.zeros(LS_NSTATE)
+    fs[LS_KEY] = math.nan
+    fs[LS_CHANGE_T] = math.nan
+    fs[LS_CLOSE_T] = math.nan
+    fs[LS_LAST_SHIFT_END] = math.nan
+    fs[LS_REF] = math.nan
+    fs[LS_MIN_STEP] = math.nan
+    fs[LS_T_MID] = math.nan
+    return fs
+
+
+@njit
+def _ls_weather(ra: np.ndarray) -> tuple[float, float]:
+    """(slope per degree C, median temperature) of the reference nights; slope 0 if unknown.
+
+    Least squares of night rate on night temperature over the nights with a temperature;
+    fewer than three such nights or no temperature spread give no correction.
+    """
+    n = int(ra[0, 0])
+    ys = ra[0, 2 : 2 + n]
+    ts = ra[1, 2 : 2 + n]
+    ok = np.isfinite(ts)
+    m = int(ok.sum())
+    if m < 3:
+        return 0.0, math.nan
+    yv = ys[ok]
+    tv = ts[ok]
+    t_mean = 0.0
+    y_mean = 0.0
+    for i in range(m):  # plain running sums: the reference twin adds in the same order
+        t_mean += tv[i]
+        y_mean += yv[i]
+    t_mean /= m
+    y_mean /= m
+    sxx = 0.0
+    sxy = 0.0
+    for i in range(m):
+        sxx += (tv[i] - t_mean) ** 2
+        sxy += (tv[i] - t_mean) * (yv[i] - y_mean)
+    t_mid = np.median(tv)
+    if sxx <= 1e-9 * m:
+        return 0.0, t_mid
+    return sxy / sxx, t_mid
+
+
+@njit
+def _ls_adjusted(y: float, temp: float, slope: float, t_mid: float) -> float:
+    """Night rate normalised to the reference temperature (unchanged without one)."""
+    if slope == 0.0 or not math.isfinite(temp) or not math.isfinite(t_mid):
+        return y
+    return y - slope * (temp - t_mid)
+
+
+@njit
+def _ls_flush(ra: np.ndarray, rb: np.ndarray) -> None:
+    """Move the pending nights (oldest first) into the reference ring and empty them."""
+    n = int(rb[0, 0])
+    for i in range(n):
+        _ring_push(ra, 0, rb[0, 2 + i])
+        _ring_push(ra, 1, rb[1, 2 + i])
+    rb[:, :2] = 0.0
+
+
+@njit
+def _ls_night(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    y_raw: float,
+    temp: float,
+    start: float,
+) -> tuple[float, float]:
+    """Take one night (mean rate, mean temperature); (score, weather-normalised rate).
+
+    The score is -1 when an alarm closes with this night.
+    """
+    end = start + p[LS_LENGTH]
+    if ra[0, 0] < p[LS_MIN_REF]:  # warm-up: learn the reference
+        _ring_push(ra, 0, y_raw)
+        _ring_push(ra, 1, temp)
+        fs[LS_MEAN_SUM] += y_raw
+        fs[LS_MEAN_N] += 1.0
+        return 0.0, y_raw
+    if fs[LS_ALARM] == 0.0:
+        slope, t_mid = 0.0, math.nan
+        if p[LS_USE_TEMP] != 0.0:
+            slope, t_mid = _ls_weather(ra)
+        n = int(ra[0, 0])
+        adj = np.empty(n)
+        for i in range(n):
+            adj[i] = _ls_adjusted(ra[0, 2 + i], ra[1, 2 + i], slope, t_mid)
+        med = np.median(adj)
+        mad = np.median(np.abs(adj - med))
+        y = _ls_adjusted(y_raw, temp, slope, t_mid)
+        ref = med if p[LS_METHOD] == CUSUM else fs[LS_MEAN_SUM] / fs[LS_MEAN_N]
+        min_step = max(
+            p[LS_STEP_SIGMA] * MAD_TO_SIGMA * mad,
+            p[LS_STEP_REL] * abs(ref),
+            p[LS_STEP_ABS],
+            1e-12,
+        )
+        k = 0.5 * min_step
+        h = p[LS_H_STEPS] * min_step
+        fs[LS_REF] = ref
+        fs[LS_MIN_STEP] = min_step
+        fs[LS_SLOPE] = slope
+        fs[LS_T_MID] = t_mid
+        if p[LS_METHOD] == CUSUM:
+            before = fs[LS_S]
+            fs[LS_S] = max(0.0, fs[LS_S] + y - ref - k)
+            stat = fs[LS_S]
+        else:
+            before = fs[LS_S] - fs[LS_M]
+            fs[LS_S] += y - ref - k
+            fs[LS_M] = min(fs[LS_M], fs[LS_S])
+            stat = fs[LS_S] - fs[LS_M]
+            fs[LS_MEAN_SUM] += y
+            fs[LS_MEAN_N] += 1.0
+        if stat > 0.0:
+            if before == 0.0:
+                fs[LS_CHANGE_T] = start
+                fs[LS_SHIFT_SUM] = 0.0
+                fs[LS_SHIFT_N] = 0.0
+            fs[LS_SHIFT_SUM] += y - ref
+            fs[LS_SHIFT_N] += 1.0
+            fs[LS_LAST_SHIFT_END] = end
+        else:
+            fs[LS_CHANGE_T] = math.nan
+        if stat > h:
+            fs[LS_ALARM] = 1.0
+            fs[LS_C] = 0.0
+            fs[LS_CLOSE_T] = math.nan
+            rb[:, :2] = 0.0  # the excursion's nights never join the reference
+            return max(1.0, fs[LS_SHIFT_SUM] / fs[LS_SHIFT_N] / min_step), y
+        # Nights of an excursion wait in ``rb`` until it ends: back to quiet, they join the
+        # reference; raising an alarm, they are dropped. So the reference learns every
+        # normal night (learning only quiet ones biases it low) and never a real step.
+        if stat == 0.0:
+            _ls_flush(ra, rb)
+            _ring_push(ra, 0, y_raw)
+            _ring_push(ra, 1, temp)
+        else:
+            if rb[0, 0] >= rb.shape[1] - 2:  # a long, slow excursion: it is the new normal
+                _ls_flush(ra, rb)
+            _ring_push(rb, 0, y_raw)
+            _ring_push(rb, 1, temp)
+        return stat / h, y
+    # in alarm: reference, weather correction and step size are frozen; watch for the
+    # level going back
+    ref = fs[LS_REF]
+    min_step = fs[LS_MIN_STEP]
+    y = _ls_adjusted(y_raw, temp, fs[LS_SLOPE], fs[LS_T_MID])
+    step = fs[LS_SHIFT_SUM] / fs[LS_SHIFT_N]
+    before = fs[LS_C]
+    fs[LS_C] = max(0.0, fs[LS_C] + ref + 0.5 * step - y)
+    if fs[LS_C] == 0.0:
+        fs[LS_SHIFT_SUM] += y - ref
+        fs[LS_SHIFT_N] += 1.0
+        fs[LS_LAST_SHIFT_END] = end
+        fs[LS_CLOSE_T] = math.nan
+    elif before == 0.0:
+        fs[LS_CLOSE_T] = 0.5 * (fs[LS_LAST_SHIFT_END] + start)
+    if fs[LS_C] > p[LS_H_STEPS] * min_step:
+        fs[LS_ALARM] = 0.0
+        fs[LS_S] = 0.0
+        fs[LS_M] = 0.0
+        fs[LS_C] = 0.0
+        return -1.0, y  # closed: the caller reports the end
+    return max(1.0, fs[LS_SHIFT_SUM] / fs[LS_SHIFT_N] / min_step), y
+
+
+@njit
+def _ls_step(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: float,
+    x: float,
+    active: float,
+    prod: float,
+    temp: float,
+    out: np.ndarray,
+) -> float:
+    """Base-load level shift: CUSUM (or Page-Hinkley) over nightly mean rates.
+
+    Intervals starting inside the night window (``start`` s after UTC midnight, ``length``
+    s long) and not in production (``active`` < 0.5 or unknown) are averaged per night; a
+    night with enough coverage becomes one observation when the first interval after it
+    arrives. With ``use_temp``, nights are normalised to the reference nights' median
+    temperature using the slope fitted on those nights (heating and cooling loads follow
+    the weather). The score is the statistic over its threshold before an alarm, and the
+    step in units of the smallest step worth finding during one (at least 1).
+    """
+    for j in range(LS_NOUT):
+        out[j] = math.nan
+    offset = t - p[LS_START]
+    key = math.floor(offset / DAY_S)
+    inside = offset - key * DAY_S < p[LS_LENGTH]
+    closed = False
+    if math.isfinite(fs[LS_KEY]) and (not inside or key != fs[LS_KEY]):
+        start = fs[LS_KEY] * DAY_S + p[LS_START]
+        expected_n = p[LS_LENGTH] / p[LS_INTERVAL]
+        if fs[LS_ACC_N] > 0 and fs[LS_ACC_N] >= p[LS_COVERAGE] * expected_n:
+            night = fs[LS_ACC_SUM] / fs[LS_ACC_N] * 3600.0 / p[LS_INTERVAL]
+            night_t = fs[LS_ACC_T_SUM] / fs[LS_ACC_T_N] if fs[LS_ACC_T_N] > 0 else math.nan
+            close_t = fs[LS_CLOSE_T]
+            score, adjusted = _ls_night(p, fs, ra, rb, night, night_t, start)
+            out[5] = adjusted
+            out[7] = start
+            out[8] = night
+            if score < 0.0:
+                closed = True
+                out[4] = close_t if math.isfinite(close_t) else start
+                score = 0.0
+            fs[LS_SCORE] = score
+        fs[LS_KEY] = math.nan
+        fs[LS_ACC_SUM] = 0.0
+        fs[LS_ACC_N] = 0.0
+        fs[LS_ACC_T_SUM] = 0.0
+        fs[LS_ACC_T_N] = 0.0
+    if inside:
+        fs[LS_KEY] = key
+        if math.isfinite(x) and not active >= 0.5:
+            fs[LS_ACC_SUM] += x
+            fs[LS_ACC_N] += 1.0
+            if math.isfinite(temp):
+                fs[LS_ACC_T_SUM] += temp
+                fs[LS_ACC_T_N] += 1.0
+    out[0] = fs[LS_ALARM]
+    out[1] = fs[LS_CHANGE_T]
+    if fs[LS_SHIFT_N] > 0.0 and math.isfinite(fs[LS_CHANGE_T]):
+        out[2] = fs[LS_SHIFT_SUM] / fs[LS_SHIFT_N]
+    out[3] = fs[LS_REF]
+    out[6] = fs[LS_MIN_STEP]
+    out[9] = fs[LS_SLOPE]
+    if closed:  # reported above; start afresh
+        fs[LS_CHANGE_T] = math.nan
+        fs[LS_CLOSE_T] = math.nan
+        fs[LS_SHIFT_SUM] = 0.0
+        fs[LS_SHIFT_N] = 0.0
+    return fs[LS_SCORE]
+
+
+@njit
+def _ls_batch(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: np.ndarray,
+    x: np.ndarray,
+    active: np.ndarray,
+    prod: np.ndarray,
+    temp: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and diagnostics of every interval (see :func:`_ls_step`)."""
+    n = t.shape[0]
+    scores = np.empty(n)
+    outs = np.empty((n, LS_NOUT))
+    for i in range(n):
+        scores[i] = _ls_step(p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i])
+    return scores, outs
+
+
+# ---------------------------------------------------------------------------------- drift
+
+(
+    DR_OFFSET,
+    DR_INTERVAL,
+    DR_COVERAGE,
+    DR_REF_DAYS,
+    DR_MIN_REL,
+    DR_CONFIRM,
+    DR_USE_PROD,
+    DR_MIN_PROD,
+) = range(8)
+DR_NPARAM = 8
+(
+    DR_KEY,  # local day number being accumulated (NaN: none)
+    DR_CONS,
+    DR_PROD,
+    DR_N,
+    DR_REF,  # reference daily value (median of the first ref_days days), NaN until known
+    DR_ALARM,
+    DR_ABOVE,  # consecutive days above min_rel (or, in alarm, below min_rel / 2)
+    DR_DEV,  # last rolling deviation from the reference
+) = range(8)
+DR_NSTATE = 8
+DR_NOUT = 5  # alarm, deviation, reference, day value finalised here, that day's start
+
+
+@njit
+def _dr_new_state() -> np.ndarray:
+    fs = np.zeros(DR_NSTATE)
+    fs[DR_KEY] = math.nan
+    fs[DR_REF] = math.nan
+    fs[DR_DEV] = math.nan
+    return fs
+
+
+@njit
+def _dr_day(p: np.ndarray, fs: np.ndarray, ra: np.ndarray, rb: np.ndarray, y: float) -> None:
+    """Take one day's value: learn the reference, then track the rolling median's deviation."""
+    if not math.isfinite(fs[DR_REF]):
+        _ring_push(ra, 0, y)
+        if ra[0, 0] >= p[DR_REF_DAYS]:
+            fs[DR_REF] = _ring_median_mad(ra, 0)[0]
+        return
+    _ring_push(rb, 0, y)
+    if rb[0, 0] < rb.shape[1] - 2:
+        return
+    ref = fs[DR_REF]
+    dev = _ring_median_mad(rb, 0)[0] / ref - 1.0 if ref != 0.0 else 0.0
+    fs[DR_DEV] = dev
+    if fs[DR_ALARM] == 0.0:
+        fs[DR_ABOVE] = fs[DR_ABOVE] + 1.0 if dev >= p[DR_MIN_REL] else 0.0
+        if fs[DR_ABOVE] >= p[DR_CONFIRM]:
+            fs[DR_ALARM] = 1.0
+            fs[DR_ABOVE] = 0.0
+    else:
+        fs[DR_ABOVE] = fs[DR_ABOVE] + 1.0 if dev < 0.5 * p[DR_MIN_REL] else 0.0
+        if fs[DR_ABOVE] >= p[DR_CONFIRM]:
+            fs[DR_ALARM] = 0.0
+            fs[DR_ABOVE] = 0.0
+
+
+@njit
+def _dr_step(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: float,
+    x: float,
+    active: float,
+    prod: float,
+    temp: float,
+    out: np.ndarray,
+) -> float:
+    """Gradual drift: rolling median of daily values against a reference, relative.
+
+    A day's value is its consumption per unit produced (``use_prod``; days producing no
+    more than ``min_prod`` are skipped) or its mean rate per hour. The first ``ref_days``
+    days set the reference; then the median of the last ``window`` days (the ring size)
+    is compared with it. The score is the deviation over ``min_rel`` (>= 1: drifted); an
+    alarm needs ``confirm`` days in a row above it and ends after as many below half of it.
+    """
+    for j in range(DR_NOUT):
+        out[j] = math.nan
+    key = math.floor((t + p[DR_OFFSET]) / DAY_S)
+    if math.isfinite(fs[DR_KEY]) and key != fs[DR_KEY]:
+        expected_n = DAY_S / p[DR_INTERVAL]
+        if fs[DR_N] >= p[DR_COVERAGE] * expected_n and fs[DR_N] > 0:
+            y = math.nan
+            if p[DR_USE_PROD] != 0.0:
+                if fs[DR_PROD] > p[DR_MIN_PROD]:
+                    y = fs[DR_CONS] / fs[DR_PROD]
+            else:
+                y = fs[DR_CONS] / fs[DR_N] * 3600.0 / p[DR_INTERVAL]
+            if math.isfinite(y):
+                _dr_day(p, fs, ra, rb, y)
+                out[3] = y
+                out[4] = fs[DR_KEY] * DAY_S - p[DR_OFFSET]
+        fs[DR_KEY] = math.nan
+        fs[DR_CONS] = 0.0
+        fs[DR_PROD] = 0.0
+        fs[DR_N] = 0.0
+    if not math.isfinite(fs[DR_KEY]):
+        fs[DR_KEY] = key
+    if math.isfinite(x) and (p[DR_USE_PROD] == 0.0 or math.isfinite(prod)):
+        fs[DR_CONS] += x
+        fs[DR_N] += 1.0
+        if p[DR_USE_PROD] != 0.0:
+            fs[DR_PROD] += prod
+    out[0] = fs[DR_ALARM]
+    out[1] = fs[DR_DEV]
+    out[2] = fs[DR_REF]
+    dev = fs[DR_DEV]
+    return max(0.0, dev / p[DR_MIN_REL]) if math.isfinite(dev) else 0.0
+
+
+@njit
+def _dr_batch(
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: np.ndarray,
+    x: np.ndarray,
+    active: np.ndarray,
+    prod: np.ndarray,
+    temp: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and diagnostics of every interval (see :func:`_dr_step`)."""
+    n = t.shape[0]
+    scores = np.empty(n)
+    outs = np.empty((n, DR_NOUT))
+    for i in range(n):
+        scores[i] = _dr_step(p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i])
+    return scores, outs
