@@ -25,7 +25,7 @@ Choices, in the order the readings meet them:
   the old level the reading was a glitch and is dropped; if it fits the new level the jump is
   accepted with UNKNOWN consumption.
 * Gaps: two readings further apart than ``gap_s`` (default: the larger of the interval and
-  three sampling periods). The counter difference across a gap is exact, but *when* it was
+  three typical sampling periods). The counter difference across a gap is exact, but *when* it was
   used is not known, so it is never spread over the gap: every interval the gap touches
   gets NaN consumption and the GAP flag, and the consumption of those intervals is kept as
   one lump per gap in ``gap_consumption``. Shorter holes (a missed poll) are spread by time
@@ -146,16 +146,19 @@ def order_readings(
     """Readings sorted by time with repeated timestamps dropped, and their flags."""
     ts = as_timestamps("timestamps_s", timestamps_s)
     vs = as_values("values", values, ts.shape[0])
-    keep, flags = k._order_readings(ts, vs)
+    in_order = ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1]))
+    order = np.arange(ts.size) if in_order else np.argsort(ts, kind="stable")
+    keep, flags = k._order_readings(ts, vs, order)
     return ts[keep], vs[keep], flags
 
 
 def infer_resolution(values: FloatArray) -> float:
-    """The counter's step: the smallest rise between consecutive finite readings (0: none)."""
-    finite = values[np.isfinite(values)]
-    steps = np.diff(finite)
-    rises = steps[steps > 0]
-    return float(rises.min()) if rises.size else 0.0
+    """The counter's step: the smallest rise between consecutive finite readings (0: none).
+
+    For a smooth counter this is the least consumed between two polls, an upper bound of
+    the true step; it only loosens the jitter and plausibility tolerances by that much.
+    """
+    return float(k._min_rise(np.ascontiguousarray(values, dtype=np.float64)))
 
 
 def counter_segments(
@@ -175,6 +178,22 @@ def counter_segments(
     readings); one step is always plausible and a drop of one step is jitter.
     """
     ts, vs, flags = order_readings(timestamps_s, values)
+    return _segments(ts, vs, flags, rollover, max_rate_per_h, resolution, gap_s, jitter_abs,
+                     jitter_rel)  # fmt: skip
+
+
+def _segments(
+    ts: IntArray,
+    vs: FloatArray,
+    flags: NDArray[np.int32],
+    rollover: float | None,
+    max_rate_per_h: float | None,
+    resolution: float | None,
+    gap_s: float,
+    jitter_abs: float,
+    jitter_rel: float,
+) -> Segments:
+    """:func:`counter_segments` on readings already sorted and deduplicated."""
     roll = positive("rollover", rollover) if rollover is not None else 0.0
     per_s = positive("max_rate_per_h", max_rate_per_h) / 3600.0 if max_rate_per_h else 0.0
     if resolution is None:
@@ -235,23 +254,16 @@ def clean_counter(
     readings. See the module docstring for every choice made on the way.
     """
     interval = _interval(interval_s)
-    ts_in = as_timestamps("timestamps_s", timestamps_s)
+    ts_in, vs, reading_flags = order_readings(timestamps_s, values)
     if gap_s is None:
-        steps = np.diff(np.unique(ts_in))
+        # the typical sampling period, from at most ~10,000 evenly spread steps
+        steps = np.diff(ts_in)[:: max(1, ts_in.size // 10_000)]
         gap_s = max(float(interval), 3.0 * float(np.median(steps)) if steps.size else 0.0)
     if meter is not None:
         rollover = meter.rollover if rollover is None else rollover
         max_rate_per_h = meter.max_rate_per_h if max_rate_per_h is None else max_rate_per_h
-    seg = counter_segments(
-        ts_in,
-        values,
-        rollover=rollover,
-        max_rate_per_h=max_rate_per_h,
-        resolution=resolution,
-        gap_s=gap_s,
-        jitter_abs=jitter_abs,
-        jitter_rel=jitter_rel,
-    )
+    seg = _segments(ts_in, vs, reading_flags, rollover, max_rate_per_h, resolution, gap_s,
+                    jitter_abs, jitter_rel)  # fmt: skip
     unit = meter.unit if meter is not None else ""
     if ts_in.size == 0 and (start_s is None or end_s is None):
         empty_i = np.zeros(0, dtype=np.int64)
@@ -268,8 +280,8 @@ def clean_counter(
             (),
             seg,
         )
-    first = int(ts_in.min()) if ts_in.size else int(start_s or 0)
-    last = int(ts_in.max()) if ts_in.size else int(end_s or 0)
+    first = int(ts_in[0]) if ts_in.size else int(start_s or 0)
+    last = int(ts_in[-1]) if ts_in.size else int(end_s or 0)
     lo, n = _grid(first, last, interval, start_s, end_s)
     cons, flags, _ = k._resample_segments(seg.t0_s, seg.t1_s, seg.delta, seg.flags, lo, interval, n)
     starts = lo + interval * np.arange(n, dtype=np.int64)

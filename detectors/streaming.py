@@ -82,6 +82,7 @@ class KernelDetector(StreamingDetector):
     _ra: FloatArray
     _rb: FloatArray
     _out: FloatArray
+    _work: FloatArray
 
     def _setup(self, p: FloatArray, fs: FloatArray, ra: FloatArray, rb: FloatArray) -> None:
         self._p = np.ascontiguousarray(p, dtype=np.float64)
@@ -89,6 +90,7 @@ class KernelDetector(StreamingDetector):
         self._ra = np.ascontiguousarray(ra, dtype=np.float64)
         self._rb = np.ascontiguousarray(rb, dtype=np.float64)
         self._out = np.empty(self.n_out)
+        self._work = np.empty(max(self._ra.shape[1], self._rb.shape[1]))
 
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
@@ -99,7 +101,7 @@ class KernelDetector(StreamingDetector):
         return float(
             step(
                 self._p, fs, ra, rb, float(x.t_s), float(x.value), float(x.active),
-                float(x.production), float(x.temperature), self._out,
+                float(x.production), float(x.temperature), self._out, self._work,
             )
         )  # fmt: skip
 

@@ -7,6 +7,7 @@ compare kernel and twin on generated inputs (NaN, inf, empty, constant stretches
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from typing import Any
@@ -36,6 +37,13 @@ def order_readings(ts: list[int], values: list[float]) -> tuple[list[int], list[
         keep.append(chosen)
         flags.append(f)
     return keep, flags
+
+
+def min_rise(values: list[float]) -> float:
+    """Smallest rise between consecutive finite values, 0 when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    rises = [b - a for a, b in itertools.pairwise(finite) if b > a]
+    return min(rises) if rises else 0.0
 
 
 def _fits(delta: float, dt: float, max_rate_per_s: float, resolution: float) -> bool:

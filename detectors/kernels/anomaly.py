@@ -1,9 +1,10 @@
 """Anomaly kernels: one compiled step per detector, shared by the batch loop and streaming.
 
 Every detector keeps its state in three float64 arrays (``fs`` scalars, ``ra`` and ``rb``
-rings) and has a step ``_X_step(p, fs, ra, rb, t, x, active, prod, temp, out) -> score`` that
-scores the interval starting at ``t`` against what was learned before it, then learns it,
-writing diagnostics into ``out``. ``_X_batch`` loops the step over arrays. Public wrappers,
+rings) and has a step ``_X_step(p, fs, ra, rb, t, x, active, prod, temp, out, work)``
+that scores the interval starting at ``t`` against what was learned before it, then learns
+it, writing diagnostics into ``out`` (``work`` is scratch space of ``_work_size`` floats,
+so the step allocates nothing). ``_X_batch`` loops the step over arrays. Public wrappers,
 parameters and events live in :mod:`detectors.anomaly`.
 
 Rings hold recent values per time slot: row ``r`` is ``[count, next position, values...]``.
@@ -37,12 +38,44 @@ def _ring_push(ring: np.ndarray, row: int, value: float) -> None:
 
 
 @njit
-def _ring_median_mad(ring: np.ndarray, row: int) -> tuple[float, float]:
+def _work_size(ra: np.ndarray, rb: np.ndarray) -> int:
+    """Scratch space a step needs: the longest ring row."""
+    return max(ra.shape[1], rb.shape[1])
+
+
+@njit
+def _sorted_median(buf: np.ndarray, n: int) -> float:
+    """Median of ``buf[:n]``, sorting it in place (insertion sort: rings are small)."""
+    for i in range(1, n):
+        v = buf[i]
+        j = i - 1
+        while j >= 0 and buf[j] > v:
+            buf[j + 1] = buf[j]
+            j -= 1
+        buf[j + 1] = v
+    half = n // 2
+    return buf[half] if n % 2 else 0.5 * (buf[half - 1] + buf[half])
+
+
+@njit
+def _ring_median(ring: np.ndarray, row: int, work: np.ndarray) -> float:
+    """Median of the values in ring row ``row`` (``work``: scratch space, no allocation)."""
+    n = int(ring[row, 0])
+    for i in range(n):
+        work[i] = ring[row, 2 + i]
+    return _sorted_median(work, n)
+
+
+@njit
+def _ring_median_mad(ring: np.ndarray, row: int, work: np.ndarray) -> tuple[float, float]:
     """Median and median absolute deviation of the values in ring row ``row``."""
     n = int(ring[row, 0])
-    vals = ring[row, 2 : 2 + n].copy()
-    med = np.median(vals)
-    return med, np.median(np.abs(vals - med))
+    for i in range(n):
+        work[i] = ring[row, 2 + i]
+    med = _sorted_median(work, n)
+    for i in range(n):
+        work[i] = abs(work[i] - med)
+    return med, _sorted_median(work, n)
 
 
 @njit
@@ -54,15 +87,27 @@ def _slots(t: float, slot_s: float, offset_s: float, n_tow: int, n_tod: int) -> 
 
 
 @njit
+def _profile_median(
+    ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float, work: np.ndarray
+) -> tuple[bool, float]:
+    """(found, median) from the time-of-week slot, else the time-of-day slot."""
+    if ra[tow, 0] >= min_count:
+        return True, _ring_median(ra, tow, work)
+    if rb[tod, 0] >= min_count:
+        return True, _ring_median(rb, tod, work)
+    return False, math.nan
+
+
+@njit
 def _profile(
-    ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float
+    ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float, work: np.ndarray
 ) -> tuple[bool, float, float]:
     """(found, median, MAD) from the time-of-week slot, else the time-of-day slot."""
     if ra[tow, 0] >= min_count:
-        med, mad = _ring_median_mad(ra, tow)
+        med, mad = _ring_median_mad(ra, tow, work)
         return True, med, mad
     if rb[tod, 0] >= min_count:
-        med, mad = _ring_median_mad(rb, tod)
+        med, mad = _ring_median_mad(rb, tod, work)
         return True, med, mad
     return False, math.nan, math.nan
 
@@ -90,6 +135,7 @@ def _spike_step(
     prod: float,
     temp: float,
     out: np.ndarray,
+    work: np.ndarray,
 ) -> float:
     """Robust z-score of ``x`` against the median and MAD of its time-of-week slot.
 
@@ -103,7 +149,7 @@ def _spike_step(
     if not math.isfinite(x):
         return score
     tow, tod = _slots(t, p[SP_SLOT], p[SP_OFFSET], ra.shape[0], rb.shape[0])
-    found, med, mad = _profile(ra, rb, tow, tod, p[SP_MIN_COUNT])
+    found, med, mad = _profile(ra, rb, tow, tod, p[SP_MIN_COUNT], work)
     if found and fs[SP_N] >= p[SP_WARMUP]:
         level = fs[SP_ABS_SUM] / fs[SP_N] if fs[SP_N] > 0 else 0.0
         scale = max(
@@ -139,9 +185,10 @@ def _spike_batch(
     n = t.shape[0]
     scores = np.empty(n)
     outs = np.empty((n, SP_NOUT))
+    work = np.empty(_work_size(ra, rb))
     for i in range(n):
         scores[i] = _spike_step(
-            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i]
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i], work
         )
     return scores, outs
 
@@ -167,6 +214,7 @@ def _stuck_step(
     prod: float,
     temp: float,
     out: np.ndarray,
+    work: np.ndarray,
 ) -> float:
     """Hours the counter has stood still while it should move (score), 0 when it moves.
 
@@ -180,7 +228,7 @@ def _stuck_step(
     if not math.isfinite(x):
         return 0.0
     tow, tod = _slots(t, p[ST_SLOT], p[ST_OFFSET], ra.shape[0], rb.shape[0])
-    found, med, _ = _profile(ra, rb, tow, tod, p[ST_MIN_COUNT])
+    found, med = _profile_median(ra, rb, tow, tod, p[ST_MIN_COUNT], work)
     warm = fs[ST_N] >= p[ST_WARMUP]
     expected = warm and ((found and med > p[ST_EPS]) or active >= 0.5)
     if x > p[ST_EPS]:
@@ -220,9 +268,10 @@ def _stuck_batch(
     n = t.shape[0]
     scores = np.empty(n)
     outs = np.empty((n, ST_NOUT))
+    work = np.empty(_work_size(ra, rb))
     for i in range(n):
         scores[i] = _stuck_step(
-            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i]
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i], work
         )
     return scores, outs
 
@@ -314,7 +363,7 @@ def _ls_weather(ra: np.ndarray) -> tuple[float, float]:
     for i in range(m):
         sxx += (tv[i] - t_mean) ** 2
         sxy += (tv[i] - t_mean) * (yv[i] - y_mean)
-    t_mid = np.median(tv)
+    t_mid = _sorted_median(tv, m)  # tv is a copy: sorting it is harmless
     if sxx <= 1e-9 * m:
         return 0.0, t_mid
     return sxy / sxx, t_mid
@@ -347,6 +396,7 @@ def _ls_night(
     y_raw: float,
     temp: float,
     start: float,
+    work: np.ndarray,
 ) -> tuple[float, float]:
     """Take one night (mean rate, mean temperature); (score, weather-normalised rate).
 
@@ -364,11 +414,12 @@ def _ls_night(
         if p[LS_USE_TEMP] != 0.0:
             slope, t_mid = _ls_weather(ra)
         n = int(ra[0, 0])
-        adj = np.empty(n)
         for i in range(n):
-            adj[i] = _ls_adjusted(ra[0, 2 + i], ra[1, 2 + i], slope, t_mid)
-        med = np.median(adj)
-        mad = np.median(np.abs(adj - med))
+            work[i] = _ls_adjusted(ra[0, 2 + i], ra[1, 2 + i], slope, t_mid)
+        med = _sorted_median(work, n)
+        for i in range(n):
+            work[i] = abs(work[i] - med)
+        mad = _sorted_median(work, n)
         y = _ls_adjusted(y_raw, temp, slope, t_mid)
         ref = med if p[LS_METHOD] == CUSUM else fs[LS_MEAN_SUM] / fs[LS_MEAN_N]
         min_step = max(
@@ -459,6 +510,7 @@ def _ls_step(
     prod: float,
     temp: float,
     out: np.ndarray,
+    work: np.ndarray,
 ) -> float:
     """Base-load level shift: CUSUM (or Page-Hinkley) over nightly mean rates.
 
@@ -483,7 +535,7 @@ def _ls_step(
             night = fs[LS_ACC_SUM] / fs[LS_ACC_N] * 3600.0 / p[LS_INTERVAL]
             night_t = fs[LS_ACC_T_SUM] / fs[LS_ACC_T_N] if fs[LS_ACC_T_N] > 0 else math.nan
             close_t = fs[LS_CLOSE_T]
-            score, adjusted = _ls_night(p, fs, ra, rb, night, night_t, start)
+            score, adjusted = _ls_night(p, fs, ra, rb, night, night_t, start, work)
             out[5] = adjusted
             out[7] = start
             out[8] = night
@@ -536,8 +588,11 @@ def _ls_batch(
     n = t.shape[0]
     scores = np.empty(n)
     outs = np.empty((n, LS_NOUT))
+    work = np.empty(_work_size(ra, rb))
     for i in range(n):
-        scores[i] = _ls_step(p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i])
+        scores[i] = _ls_step(
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i], work
+        )
     return scores, outs
 
 
@@ -578,18 +633,20 @@ def _dr_new_state() -> np.ndarray:
 
 
 @njit
-def _dr_day(p: np.ndarray, fs: np.ndarray, ra: np.ndarray, rb: np.ndarray, y: float) -> None:
+def _dr_day(
+    p: np.ndarray, fs: np.ndarray, ra: np.ndarray, rb: np.ndarray, y: float, work: np.ndarray
+) -> None:
     """Take one day's value: learn the reference, then track the rolling median's deviation."""
     if not math.isfinite(fs[DR_REF]):
         _ring_push(ra, 0, y)
         if ra[0, 0] >= p[DR_REF_DAYS]:
-            fs[DR_REF] = _ring_median_mad(ra, 0)[0]
+            fs[DR_REF] = _ring_median(ra, 0, work)
         return
     _ring_push(rb, 0, y)
     if rb[0, 0] < rb.shape[1] - 2:
         return
     ref = fs[DR_REF]
-    dev = _ring_median_mad(rb, 0)[0] / ref - 1.0 if ref != 0.0 else 0.0
+    dev = _ring_median(rb, 0, work) / ref - 1.0 if ref != 0.0 else 0.0
     fs[DR_DEV] = dev
     if fs[DR_ALARM] == 0.0:
         fs[DR_ABOVE] = fs[DR_ABOVE] + 1.0 if dev >= p[DR_MIN_REL] else 0.0
@@ -615,6 +672,7 @@ def _dr_step(
     prod: float,
     temp: float,
     out: np.ndarray,
+    work: np.ndarray,
 ) -> float:
     """Gradual drift: rolling median of daily values against a reference, relative.
 
@@ -637,7 +695,7 @@ def _dr_step(
             else:
                 y = fs[DR_CONS] / fs[DR_N] * 3600.0 / p[DR_INTERVAL]
             if math.isfinite(y):
-                _dr_day(p, fs, ra, rb, y)
+                _dr_day(p, fs, ra, rb, y, work)
                 out[3] = y
                 out[4] = fs[DR_KEY] * DAY_S - p[DR_OFFSET]
         fs[DR_KEY] = math.nan
@@ -674,6 +732,9 @@ def _dr_batch(
     n = t.shape[0]
     scores = np.empty(n)
     outs = np.empty((n, DR_NOUT))
+    work = np.empty(_work_size(ra, rb))
     for i in range(n):
-        scores[i] = _dr_step(p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i])
+        scores[i] = _dr_step(
+            p, fs, ra, rb, float(t[i]), x[i], active[i], prod[i], temp[i], outs[i], work
+        )
     return scores, outs

@@ -33,12 +33,16 @@ _SCALES = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
 @njit
-def _order_readings(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort by time and drop repeated timestamps: (indices kept, flags per kept reading).
+def _order_readings(
+    ts: np.ndarray, values: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop repeated timestamps: (indices kept, in time order; flags per kept reading).
 
-    Of readings sharing a timestamp the last finite one in input order wins (a resent
-    reading corrects the earlier one); the kept reading is flagged DUPLICATE. A reading whose
-    timestamp is earlier than one received before it is flagged OUT_OF_ORDER.
+    ``order`` sorts ``ts`` stably (the wrapper gets it from numpy, whose stable sort is
+    fast on nearly sorted data). Of readings sharing a timestamp the last finite one in
+    input order wins (a resent reading corrects the earlier one); the kept reading is
+    flagged DUPLICATE. A reading whose timestamp is earlier than one received before it
+    is flagged OUT_OF_ORDER.
     """
     n = ts.shape[0]
     late = np.zeros(n, dtype=np.int32)
@@ -48,30 +52,46 @@ def _order_readings(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
             late[i] = OUT_OF_ORDER
         if i == 0 or ts[i] > latest:
             latest = ts[i]
-    order = np.argsort(ts, kind="mergesort")
     keep = np.empty(n, dtype=np.int64)
     flags = np.empty(n, dtype=np.int32)
     m = 0
     i = 0
     while i < n:
         j = i
-        while j + 1 < n and ts[order[j + 1]] == ts[order[i]]:
+        t = ts[order[i]]
+        while j + 1 < n and ts[order[j + 1]] == t:
             j += 1
-        chosen = order[j]
-        for k in range(j, i - 1, -1):
-            if math.isfinite(values[order[k]]):
-                chosen = order[k]
-                break
-        f = 0
-        for k in range(i, j + 1):
-            f |= late[order[k]]
-        if j > i:
-            f |= DUPLICATE
-        keep[m] = chosen
-        flags[m] = f
+        if j == i:  # the common case: a single reading
+            keep[m] = order[i]
+            flags[m] = late[order[i]]
+        else:
+            chosen = order[j]
+            for k in range(j, i - 1, -1):
+                if math.isfinite(values[order[k]]):
+                    chosen = order[k]
+                    break
+            f = DUPLICATE
+            for k in range(i, j + 1):
+                f |= late[order[k]]
+            keep[m] = chosen
+            flags[m] = f
         m += 1
         i = j + 1
     return keep[:m], flags[:m]
+
+
+@njit
+def _min_rise(values: np.ndarray) -> float:
+    """Smallest rise between consecutive finite values (0 when there is none)."""
+    best = math.inf
+    prev = math.nan
+    for v in values:
+        if not math.isfinite(v):
+            continue
+        if math.isfinite(prev) and v > prev and v - prev < best:
+            best = v - prev
+        prev = v
+    return best if math.isfinite(best) else 0.0
 
 
 @njit

@@ -78,10 +78,17 @@ params = st.tuples(
 @given(readings())
 def test_order_readings_matches_naive(data: tuple[np.ndarray, np.ndarray]) -> None:
     ts, vs = data
-    keep, flags = k._order_readings(ts, vs)
+    keep, flags = k._order_readings(ts, vs, np.argsort(ts, kind="stable"))
     want_keep, want_flags = naive.order_readings(ts.tolist(), vs.tolist())
     assert keep.tolist() == want_keep
     assert flags.tolist() == want_flags
+
+
+@SETTINGS
+@given(readings())
+def test_min_rise_matches_naive(data: tuple[np.ndarray, np.ndarray]) -> None:
+    _, vs = data
+    assert k._min_rise(vs) == naive.min_rise(vs.tolist())
 
 
 @SETTINGS
@@ -90,7 +97,7 @@ def test_counter_segments_matches_naive(
     data: tuple[np.ndarray, np.ndarray], p: tuple[float, float, float, float, float, float]
 ) -> None:
     ts, vs = data
-    keep, flags = k._order_readings(ts, vs)
+    keep, flags = k._order_readings(ts, vs, np.argsort(ts, kind="stable"))
     got = k._counter_segments(ts[keep], vs[keep], flags, *p)
     want = naive.counter_segments(ts[keep].tolist(), vs[keep].tolist(), flags.tolist(), *p)
     assert len(got[0]) == len(want)
@@ -111,7 +118,7 @@ def test_resample_segments_matches_naive(
     shift: int,
 ) -> None:
     ts, vs = data
-    keep, flags = k._order_readings(ts, vs)
+    keep, flags = k._order_readings(ts, vs, np.argsort(ts, kind="stable"))
     t0, t1, d, f, _, _ = k._counter_segments(ts[keep], vs[keep], flags, *p)
     start = shift * interval
     n = 45 * 60 // interval
@@ -129,7 +136,7 @@ def test_resample_gauge_matches_naive(
     data: tuple[np.ndarray, np.ndarray], interval: int, shift: int
 ) -> None:
     ts, vs = data
-    keep, _ = k._order_readings(ts, vs)
+    keep, _ = k._order_readings(ts, vs, np.argsort(ts, kind="stable"))
     start, n = shift * interval, 45 * 60 // interval
     mean, count = k._resample_gauge(ts[keep], vs[keep], start, interval, n)
     want_mean, want_count = naive.resample_gauge(
