@@ -747,7 +747,8 @@ def detect_drift(
         slope, icpt = np.polyfit(d_x, d_y, 1)
         if slope <= 0:
             continue
-        start = max(float(inp.t[0]), float(d_t[0] - icpt / slope * k.DAY_S))
+        root = float(d_t[0] - icpt / slope * k.DAY_S)
+        start = max(float(inp.t[0]), root // inp.interval_s * inp.interval_s)
         span = (inp.t >= start) & (inp.t < upto) & np.isfinite(inp.x)
         r = np.clip(icpt + slope * (inp.t[span] - d_t[0]) / k.DAY_S, 0.0, None)
         excess = float(np.sum(inp.x[span] * r / (1.0 + r)))
