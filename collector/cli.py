@@ -23,6 +23,7 @@ COMMANDS = (
     "agent",
     "config",
     "profiles",
+    "grafana",
 )
 
 EXTRAS_HINT = {
