@@ -15,7 +15,6 @@ before it can are held in the outbox and re-timed from the monotonic clock once 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import datetime as dt
 import json
@@ -27,17 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, contract
+from .aio import TaskGroup, stop_task
 from .contract import ClockState, Quality
 from .modbus.poller import Poller, PollResult
 from .outbox import Entry, Outbox
 from .publisher import Publisher
 from .quantities import QUANTITIES
 from .site import ClockSettings, MeterSpec, SiteSpec, broker_url, credentials
-
-if sys.version_info >= (3, 11):
-    from asyncio import TaskGroup
-else:  # pragma: no cover - exercised on Python 3.10
-    from taskgroup import TaskGroup
 
 log = logging.getLogger("recp.agent")
 
@@ -256,28 +251,26 @@ class Agent:
         log.info("agent starting site=%s meters=%d buses=%d outbox=%s depth=%d stream=%s",
                  self.site, len(self.meters), len(self.poller.buses), self.outbox_path,
                  self.outbox.depth, self.outbox.stream)
-        publisher_stop = asyncio.Event()
+        poller_stop, publisher_stop = asyncio.Event(), asyncio.Event()
         try:
             async with TaskGroup() as tg:
                 publisher = tg.create_task(self.publisher.run(publisher_stop), name="publisher")
                 writer = tg.create_task(self._writer(), name="outbox writer")
                 health = tg.create_task(self._health(), name="health")
-                poller = tg.create_task(self.poller.run(self._emit), name="poller")
+                poller = tg.create_task(self.poller.run(self._emit, poller_stop), name="poller")
                 await stop.wait()
                 log.info("agent stopping: polling stops, outbox drains")
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                poller_stop.set()  # a poll in progress finishes (bounded by its timeouts)
+                longest = max(m.timeout_s * (m.retries + 1) for m in self.spec.meters)
+                await stop_task(poller, longest * len(self.spec.meters) + 5)
                 await self.queue.put(None)
                 await writer
                 publisher_stop.set()
                 self.publisher.wake.set()
-                try:
-                    await asyncio.wait_for(asyncio.shield(publisher), self.drain_timeout_s)
-                except asyncio.TimeoutError:
-                    log.warning("drain timed out after %.0f s; outbox_depth=%d kept on disk",
-                                self.drain_timeout_s, self.outbox.depth)
-                    publisher.cancel()
+                await stop_task(publisher, self.drain_timeout_s)
+                if self.outbox.depth:
+                    log.warning("stopped before the outbox drained; outbox_depth=%d kept on "
+                                "disk for the next start", self.outbox.depth)
                 health.cancel()
         finally:
             depth = self.outbox.depth

@@ -29,14 +29,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from . import contract
+from .aio import TaskGroup, wait_event
 from .outbox import Outbox, Row
 from .site import Credentials, Mqtt
 
-if sys.version_info >= (3, 11):
-    from asyncio import TaskGroup
-else:  # pragma: no cover - exercised on Python 3.10
+if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10
     from exceptiongroup import BaseExceptionGroup
-    from taskgroup import TaskGroup
 
 log = logging.getLogger("recp.publisher")
 
@@ -207,7 +205,7 @@ class Publisher:
                         self.mqtt.reconnect_delay_max_s)
             wait = delay * (0.5 + random.random() / 2)
             log.info("mqtt reconnect_in_s=%.2f", wait)
-            await _wait_event(stop, wait)
+            await wait_event(stop, wait)
 
     async def _session(self, stop: asyncio.Event) -> None:
         client = self._make_client()
@@ -217,6 +215,7 @@ class Publisher:
             self.stats.sessions += 1
             self.stats.connected_since = time.time()
             inflight = min(self.mqtt.max_inflight, client.receive_maximum or 65535)
+            client.pending_calls_threshold = inflight + 10  # aiomqtt warns above this
             log.info("mqtt connected broker=%s client_id=%s session=%d inflight=%d "
                      "outbox_depth=%d", self.mqtt.url, self.client_id, self.stats.sessions,
                      inflight, self.outbox.depth)
@@ -277,7 +276,7 @@ class Publisher:
             if not rows:
                 if stop.is_set():
                     return
-                await _wait_event(self.wake, 1.0, also=stop)
+                await wait_event(self.wake, 1.0, also=stop)
                 continue
             t0 = time.monotonic()
             results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
@@ -320,17 +319,4 @@ def _describe(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
-
-
-async def _wait_event(event: asyncio.Event, timeout: float, also: asyncio.Event | None = None
-                      ) -> None:
-    """Wait until ``event`` (or ``also``) is set or ``timeout`` seconds pass."""
-    waits = [asyncio.ensure_future(event.wait())]
-    if also is not None:
-        waits.append(asyncio.ensure_future(also.wait()))
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 

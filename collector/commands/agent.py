@@ -40,7 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import faulthandler
     import signal
+
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     from ..site import load_site
 

@@ -31,21 +31,16 @@ import asyncio
 import logging
 import math
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..aio import TaskGroup, wait_event
 from ..contract import Quality
 from ..site import MeterSpec, Polling, RtuConnection, RtuOverTcpConnection, TcpConnection
 from .plan import READ_FUNCTION_CODES, ReadRequest, plan_reads
-
-if sys.version_info >= (3, 11):
-    from asyncio import TaskGroup
-else:  # pragma: no cover - exercised on Python 3.10
-    from taskgroup import TaskGroup
 
 log = logging.getLogger("recp.poller")
 
@@ -310,18 +305,22 @@ class Bus:
         self.devices = devices
         self.polling = polling
 
-    async def run(self, emit: Emit) -> None:
-        """Poll every device on its interval until cancelled."""
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        """Poll every device on its interval until ``stop`` is set."""
         now = time.monotonic()
         for d in self.devices:
             d.next_due = now
         try:
-            while True:
+            while not stop.is_set():
                 dev = min(self.devices, key=lambda d: d.next_due)
                 delay = dev.next_due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await emit(await self.poll(dev))
+                if delay > 0 and await wait_event(stop, delay):
+                    break
+                result = await self.poll(dev)
+                if stop.is_set():  # polled while stopping: still a reading, keep it
+                    await emit(result)
+                    break
+                await emit(result)
                 interval = dev.spec.interval_s
                 dev.next_due += interval
                 late = time.monotonic() - dev.next_due
@@ -477,12 +476,12 @@ class Poller:
     def devices(self) -> list[Device]:
         return [d for b in self.buses for d in b.devices]
 
-    async def run(self, emit: Emit) -> None:
-        """Poll until cancelled; one named task per bus."""
+    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; one named task per bus."""
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log what matters
         async with TaskGroup() as tg:
             for bus in self.buses:
-                tg.create_task(bus.run(emit), name=f"bus {bus.link}")
+                tg.create_task(bus.run(emit, stop), name=f"bus {bus.link}")
 
     async def poll_once(self) -> list[PollResult]:
         """Poll every device once (buses concurrently), then close the connections."""

@@ -1,0 +1,430 @@
+"""The edge agent against the virtual plant and a real Mosquitto on loopback.
+
+Each test serves the demo plant (in-process, or as ``recp simulate``), writes a site file
+pointing at its ports, runs the agent, and checks what arrived at a subscriber with a
+persistent MQTT 5 session: values equal to what the plant serves, every sequence number
+from 1 to the agent's last, nothing written to a meter, silent units not stalling others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from collector import contract
+from collector.agent import Agent
+from collector.plant import Engine, load_plant
+from collector.plant.load import PlantSpec
+from collector.plant.server import PlantServer
+from collector.site import load_site
+
+if TYPE_CHECKING:
+    from conftest import MosquittoServer
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_PLANT = REPO / "edge_config" / "plants" / "demo.yaml"
+DEMO_SITE = REPO / "edge_config" / "sites" / "demo.yaml"
+TIMEOUT = 15.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Subscriber:
+    """A paho client with a persistent session, collecting every message it receives.
+
+    It reconnects by itself when the broker goes away, and the broker keeps its session
+    and subscription (and queues QoS 1 messages for it) while it is disconnected.
+    """
+
+    def __init__(self, broker: MosquittoServer, topic: str = "recp/v1/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.topic = topic
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.05, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect(broker.host, broker.port, keepalive=10, clean_start=False,
+                            properties=props)
+        self.client.loop_start()
+        assert self._subscribed.wait(TIMEOUT), "subscriber did not subscribe"
+
+    def _on_connect(self, client: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure and not flags.session_present:
+            client.subscribe(self.topic, qos=1)
+        elif not rc.is_failure:
+            self._subscribed.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def readings(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith("/reading")]
+
+    def last(self, topic: str) -> dict | None:
+        with self._lock:
+            found = [p for t, p, _ in self.messages if t == topic]
+        return json.loads(found[-1]) if found else None
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def demo_plant(start: str | None = None, losses: list[dict] | None = None,
+               tmp_path: Path | None = None) -> PlantSpec:
+    """The demo plant, frozen (speed 0), optionally from another start or other losses."""
+    if losses is not None:
+        assert tmp_path is not None
+        data = yaml.safe_load(DEMO_PLANT.read_text())
+        data["losses"] = losses
+        path = tmp_path / "plant.yaml"
+        path.write_text(yaml.safe_dump(data))
+        spec = load_plant(path)
+    else:
+        spec = load_plant(DEMO_PLANT)
+    changes: dict[str, Any] = {"speed": 0.0}
+    if start:
+        changes["start"] = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    plant = type(spec.plant).model_validate(spec.plant.model_dump() | changes)
+    return PlantSpec(plant, spec.profiles, spec.file)
+
+
+def write_site(tmp_path: Path, ports: dict[int, int], broker: MosquittoServer, *,
+               polling: dict | None = None, mqtt_extra: dict | None = None,
+               meters: list[str] | None = None) -> Path:
+    """The demo site file, pointed at the plant's actual ports and the test broker."""
+    data = yaml.safe_load(DEMO_SITE.read_text())
+    data["mqtt"] = {"url": broker.url, "reconnect_delay_s": 0.1, "reconnect_delay_max_s": 0.5,
+                    "publish_timeout_s": 3, "connect_timeout_s": 3, **(mqtt_extra or {})}
+    data["outbox"] = {"path": str(tmp_path / "outbox.sqlite")}
+    data["polling"] = {"interval_s": 0.2, "timeout_s": 0.3, "retries": 1,
+                       "reconnect_delay_s": 0.1, "reconnect_delay_max_s": 0.5, **(polling or {})}
+    kept = []
+    for m in data["meters"]:
+        if meters is not None and m["id"] not in meters:
+            continue
+        m["connection"]["port"] = ports[m["connection"]["port"]]
+        m.pop("interval_s", None)
+        kept.append(m)
+    data["meters"] = kept
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+async def run_agent(site: Path, seconds: float, during: Callable[[], Any] | None = None,
+                    **agent_kw: Any) -> Agent:
+    """Run the agent for ``seconds`` (calling ``during`` in a thread meanwhile), then stop."""
+    agent = Agent(load_site(site), drain_timeout_s=TIMEOUT, **agent_kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    if during is not None:
+        await asyncio.to_thread(during)
+    else:
+        await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, TIMEOUT + 5)
+    return agent
+
+
+def last_seqs(outbox: Path) -> dict[str, int]:
+    db = sqlite3.connect(outbox)
+    try:
+        return dict(db.execute("SELECT meter, last_seq FROM sequences"))
+    finally:
+        db.close()
+
+
+def check_complete(readings: list[dict], last: dict[str, int]) -> dict[str, int]:
+    """Every seq 1..last per meter arrived, repeats are identical, first arrivals in order.
+
+    Returns the number of repeated deliveries per meter (at-least-once delivery).
+    """
+    by_meter: dict[str, dict[int, dict]] = defaultdict(dict)
+    order: dict[str, list[int]] = defaultdict(list)
+    repeats: dict[str, int] = defaultdict(int)
+    for r in readings:
+        contract.Reading.model_validate(r)
+        seen = by_meter[r["meter"]]
+        if r["seq"] in seen:
+            assert seen[r["seq"]] == r, f"seq {r['seq']} of {r['meter']} changed on repeat"
+            repeats[r["meter"]] += 1
+            continue
+        seen[r["seq"]] = r
+        order[r["meter"]].append(r["seq"])
+    assert set(by_meter) == set(last)
+    for meter, n in last.items():
+        missing = sorted(set(range(1, n + 1)) - set(by_meter[meter]))
+        assert not missing, f"{meter}: {len(missing)} of {n} readings missing: {missing[:10]}"
+        assert max(by_meter[meter]) == n
+        assert order[meter] == sorted(order[meter]), f"{meter} arrived out of order"
+    return dict(repeats)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServer,
+                                                       tmp_path: Path):
+    """Frozen plant: every configured value arrives on its topic, equal to what is served."""
+    sub = Subscriber(mosquitto)
+    spec = demo_plant()
+
+    async def main() -> tuple[dict, Agent]:
+        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto)
+            agent = await run_agent(site, 1.0)
+            return plant.status(), agent
+
+    status, agent = asyncio.run(main())
+    sub.wait_for(lambda: sub.last(contract.status_topic("demo_dairy")) is not None
+                 and sub.last(contract.status_topic("demo_dairy"))["state"] == "offline",
+                 "the agent's goodbye")
+    readings = sub.readings()
+    sub.close()
+    check_complete(readings, last_seqs(tmp_path / "outbox.sqlite"))
+    served = status["meters"]
+    assert {r["meter"] for r in readings} == set(served)
+    for r in readings:
+        assert r["quality"] == "ok", r
+        assert r["values"] == served[r["meter"]]["values"]  # exact: same decoding, JSON floats
+        assert r["site"] == "demo_dairy" and r["ts"].endswith("Z")
+    per_meter = defaultdict(int)
+    for r in readings:
+        per_meter[r["meter"]] += 1
+    assert min(per_meter.values()) >= 3  # 0.2 s interval for 1 s
+    for meter in served:
+        meta = sub.last(contract.meta_topic("demo_dairy", meter))
+        assert meta is not None
+        m = contract.MeterMeta.model_validate(meta)
+        assert set(m.points) == set(served[meter]["values"])
+    meta = contract.MeterMeta.model_validate(sub.last(contract.meta_topic("demo_dairy",
+                                                                          "el_main")))
+    assert meta.points["energy_kwh"].unit == "kWh" and meta.points["energy_kwh"].kind == "counter"
+    assert meta.tags["price_per_unit"] == 0.21 and meta.profile == "schneider_pm5560"
+    assert agent.publisher is not None and agent.publisher.stats.sessions == 1
+
+
+def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path):
+    """SIGKILL the broker mid-run; afterwards every reading is there, in order, once each
+    after de-duplication by (meter, seq), and repeats are byte-identical."""
+    sub = Subscriber(mosquitto)
+    spec = demo_plant()
+    timeline: dict[str, float] = {}
+
+    def outage() -> None:
+        time.sleep(1.0)
+        mosquitto.kill()
+        timeline["killed"] = time.monotonic()
+        time.sleep(2.0)
+        mosquitto.start()
+        timeline["restarted"] = time.monotonic()
+        time.sleep(1.5)
+
+    async def main() -> Agent:
+        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto, polling={"interval_s": 0.1})
+            return await run_agent(site, 0, during=outage)
+
+    agent = asyncio.run(main())
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    total = sum(last.values())
+    assert total >= 300  # 10 meters x 10/s x ~4.5 s, minus start-up
+    sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
+                 f"all {total} readings at the subscriber")
+    repeats = check_complete(sub.readings(), last)
+    sub.close()
+    assert agent.publisher is not None
+    assert agent.publisher.stats.sessions >= 2
+    # the outage was real: readings were made while the broker was down
+    assert agent.outbox is not None
+    print(f"readings={total} repeats={sum(repeats.values())} "
+          f"sessions={agent.publisher.stats.sessions}")
+
+
+def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path):
+    """SIGKILL the agent process twice; the restarted agent sends what the dead one stored."""
+    status = tmp_path / "status.json"
+    plant = subprocess.Popen(
+        [sys.executable, "-m", "collector", "simulate", "-c", str(DEMO_PLANT), "--port-base",
+         "0", "--speed", "0", "--status", str(status)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sub = Subscriber(mosquitto)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ports = {int(k): v for k, v in json.loads(status.read_text())["ports"].items()}
+        site = write_site(tmp_path, ports, mosquitto, polling={"interval_s": 0.1})
+        argv = [sys.executable, "-m", "collector", "agent", "-v", "-c", str(site)]
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        for _ in range(2):
+            agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            time.sleep(1.5)
+            agent.send_signal(signal.SIGKILL)
+            agent.wait(5)
+        sub.wait_for(lambda: sub.last(contract.status_topic("demo_dairy")) is not None
+                     and "will" in sub.last(contract.status_topic("demo_dairy"))["reason"],
+                     "the last will after SIGKILL")
+        log = tmp_path / "agent.log"
+        with log.open("w") as out:
+            agent = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
+            time.sleep(1.5)
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                for _ in range(3):
+                    agent.send_signal(signal.SIGUSR1)
+                    time.sleep(0.5)
+                agent.kill()
+                pytest.fail(f"agent did not stop on SIGTERM:\n{log.read_text()[-3000:]}")
+        assert agent.returncode == 0, log.read_text()[-3000:]
+    finally:
+        plant.terminate()
+        plant.wait(5)
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    total = sum(last.values())
+    sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
+                 f"all {total} readings at the subscriber")
+    check_complete(sub.readings(), last)
+    sub.close()
+    assert min(last.values()) >= 10
+
+
+def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: MosquittoServer,
+                                                             tmp_path: Path):
+    """A unit in a dropout (silent) and one answering exceptions: both report bad quality,
+    the others keep their schedule; the silent unit's neighbour on the same gateway is
+    delayed by at most one timeout once the silent unit is backed off."""
+    losses = [
+        {"meter": "steam_pasteuriser", "type": "dropout", "start": "2026-01-05T00:00:00Z",
+         "end": "2026-01-06T00:00:00Z"},
+        {"meter": "el_packaging", "type": "exception", "start": "2026-01-05T00:00:00Z",
+         "end": "2026-01-06T00:00:00Z", "code": 4, "probability": 1.0},
+    ]
+    spec = demo_plant(losses=losses, tmp_path=tmp_path)
+    sub = Subscriber(mosquitto)
+    interval, timeout = 0.2, 0.25
+
+    async def main() -> Agent:
+        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto, polling={
+                "interval_s": interval, "timeout_s": timeout, "retries": 1,
+                "offline_after": 2, "offline_backoff_max_s": 1.0})
+            return await run_agent(site, 4.0)
+
+    agent = asyncio.run(main())
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    sub.wait_for(lambda: len(sub.readings()) >= sum(last.values()), "all readings")
+    readings = sub.readings()
+    sub.close()
+    check_complete(readings, last)
+    by_meter: dict[str, list[dict]] = defaultdict(list)
+    for r in readings:
+        by_meter[r["meter"]].append(r)
+
+    silent = by_meter["steam_pasteuriser"]
+    assert all(r["quality"] == "error" for r in silent)
+    assert any("offline" in r["errors"].get("*", "") for r in silent)
+    assert any("no answer" in e for r in silent for e in r["errors"].values())
+    failing = by_meter["el_packaging"]
+    assert all(r["quality"] == "error" for r in failing)
+    assert all("exception 4 (device failure)" in r["errors"].values() for r in failing
+               if "*" not in r["errors"])
+    devices = {d.id: d for d in agent.poller.devices}
+    assert devices["steam_pasteuriser"].state == "offline"
+    assert devices["el_packaging"].state != "offline"  # it answers: no backoff
+
+    def gaps(meter: str) -> list[float]:
+        ts = [dt.datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+              for r in by_meter[meter]]
+        return [b - a for a, b in itertools.pairwise(ts)]
+
+    for meter in ("el_main", "water_main", "prod_line", "outdoor"):  # other gateways
+        assert all(r["quality"] == "ok" for r in by_meter[meter])
+        assert max(gaps(meter)) < interval + 0.1, (meter, max(gaps(meter)))
+        assert len(by_meter[meter]) >= 4.0 / interval - 2
+    # same gateway as the silent unit: at worst one try (with retries) per poll until it is
+    # backed off, then one probe timeout at most
+    neighbour = gaps("steam_main")
+    assert all(r["quality"] == "ok" for r in by_meter["steam_main"])
+    assert max(neighbour) < interval + 2 * timeout + 0.05 + 0.1
+    settled = neighbour[len(neighbour) // 2 :]
+    assert max(settled) < interval + timeout + 0.1, settled
+    assert len(by_meter["steam_main"]) >= 4.0 / interval * 0.6
+
+
+def test_agent_never_sends_a_write_function_code(mosquitto: MosquittoServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """The plant's servers record every request's function code: only 1-4 ever arrive."""
+    from pymodbus.server import ModbusTcpServer
+
+    import collector.plant.server as plant_server
+
+    seen: list[int] = []
+
+    def trace(sending: bool, pdu: Any) -> Any:
+        if not sending:
+            seen.append(pdu.function_code)
+        return pdu
+
+    def traced_server(*args: Any, **kwargs: Any) -> ModbusTcpServer:
+        return ModbusTcpServer(*args, trace_pdu=trace, **kwargs)
+
+    monkeypatch.setattr(plant_server, "ModbusTcpServer", traced_server)
+    spec = demo_plant()
+
+    async def main() -> None:
+        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto)
+            await run_agent(site, 0.6)
+
+    asyncio.run(main())
+    assert len(seen) > 50
+    assert set(seen) <= {1, 2, 3, 4}, sorted(set(seen))
+    assert {2, 3, 4} <= set(seen)  # discrete inputs, holding and input registers all read
