@@ -79,5 +79,8 @@ def write_csv(
             f.close()
     truth = engine.truth()
     write_json(outdir / "truth.json", truth)
-    write_json(outdir / "meters.json", {"plant": engine.plant.name, "meters": truth["meters"]})
+    write_json(
+        outdir / "meters.json",
+        {"plant": engine.plant.name, "timezone": engine.plant.timezone, "meters": truth["meters"]},
+    )
     return CsvSummary(outdir, rows, missing, len(engine.meters), iso(engine.start), iso(engine.end))

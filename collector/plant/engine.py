@@ -237,6 +237,7 @@ class Engine:
         return {
             "format": "recp-truth/1",
             "plant": self.plant.name,
+            "timezone": self.plant.timezone,
             "seed": self.plant.seed,
             "start": iso(self.start),
             "now": iso(now),
