@@ -19,6 +19,7 @@ import random
 import ssl
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,17 +45,18 @@ class Rejected(Exception):
 
 
 class _AckingClient(aiomqtt.Client):
-    """aiomqtt client whose publish returns after PUBACK and reports its reason code.
+    """aiomqtt client with a cheap QoS 1 publish that resolves on PUBACK with its reason code.
 
     aiomqtt 2.x's ``publish`` ignores the PUBACK reason code, so a broker refusing a
     message (e.g. "not authorized") would look like a success and the reading would be
-    deleted. This subclass keeps the code per message id, and remembers the broker's
-    Receive Maximum from the CONNACK so we never exceed it.
+    deleted; it also costs a task and a scan of all pending calls per message. Here each
+    publish is one future keyed by message id, failed at once when the connection drops.
+    The broker's Receive Maximum from the CONNACK is kept so we never exceed it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.puback_codes: dict[int, Any] = {}
+        self._acks: dict[int, asyncio.Future[Any]] = {}
         self.receive_maximum: int | None = None
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
@@ -65,22 +67,46 @@ class _AckingClient(aiomqtt.Client):
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
-        self.puback_codes[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)
+        fut = self._acks.pop(mid, None)  # called in the event loop (socket reader callback)
+        if fut is not None and not fut.done():
+            fut.set_result(reason_code)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any = None) -> None:
+        self._loop.call_soon_threadsafe(self._fail_pending, f"disconnected ({reason_code})")
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    def _fail_pending(self, why: str) -> None:
+        acks, self._acks = self._acks, {}
+        for fut in acks.values():
+            if not fut.done():
+                fut.set_exception(aiomqtt.MqttError(why))
+
+    def publish_future(self, topic: str, payload: bytes, *, retain: bool = False
+                       ) -> asyncio.Future[Any]:
+        """Send at QoS 1 now; the future gets the PUBACK reason code."""
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._acks[info.mid] = fut
+        return fut
 
     async def publish_acked(self, topic: str, payload: bytes, *, retain: bool = False,
                             timeout: float) -> None:
         """Publish at QoS 1 and wait for its PUBACK; raise Rejected or aiomqtt.MqttError."""
-        info = self._client.publish(topic, payload, 1, retain)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "could not publish")
-        if not info.is_published():
-            done = asyncio.Event()
-            with self._pending_call(info.mid, done, self._pending_publishes):
-                await self._wait_for(done.wait(), timeout=timeout)
-        code = self.puback_codes.pop(info.mid, None)
-        if code is not None and getattr(code, "is_failure", False):
-            raise Rejected(f"{topic}: {code}")
+        fut = self.publish_future(topic, payload, retain=retain)
+        await asyncio.wait({fut}, timeout=timeout)
+        if not fut.done():
+            fut.cancel()
+            raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s")
+        check_puback(topic, fut.result())
+
+
+def check_puback(topic: str, code: Any) -> None:
+    """Raise Rejected for a failure reason code (0x80 and above); 0x10 "no subscribers" is ok."""
+    if code is not None and getattr(code, "is_failure", False):
+        raise Rejected(f"{topic}: {code}")
 
 
 def tls_context(mqtt: Mqtt) -> ssl.SSLContext | None:
@@ -215,7 +241,6 @@ class Publisher:
             self.stats.sessions += 1
             self.stats.connected_since = time.time()
             inflight = min(self.mqtt.max_inflight, client.receive_maximum or 65535)
-            client.pending_calls_threshold = inflight + 10  # aiomqtt warns above this
             log.info("mqtt connected broker=%s client_id=%s session=%d inflight=%d "
                      "outbox_depth=%d", self.mqtt.url, self.client_id, self.stats.sessions,
                      inflight, self.outbox.depth)
@@ -260,44 +285,74 @@ class Publisher:
                 log.debug("confirmed meter=%s seq=%d deleted=%d", meter, ack.seq, n)
 
     async def _send(self, client: _AckingClient, stop: asyncio.Event, inflight: int) -> None:
-        """Drain the outbox in commit order until stopping with nothing left to send."""
-        cursor = 0  # id of the last row sent in this session
-        window = asyncio.Semaphore(inflight)
+        """Drain the outbox in commit order until stopping with nothing left to send.
+
+        A sliding window of at most ``inflight`` unacknowledged publishes; acknowledged
+        readings are deleted a batch at a time (and on the way out, whatever happens).
+        """
+        cursor = 0  # id of the last row taken from the outbox in this session
+        queued: deque[Row] = deque()
+        outstanding: dict[asyncio.Future[Any], Row] = {}
+        acked: list[int] = []
         timeout = self.mqtt.publish_timeout_s
         delete = self.mqtt.confirm == "puback"
+        rate = self.mqtt.max_rate_per_s
+        burst_start, burst_sent = time.monotonic(), 0
 
-        async def one(row: Row) -> None:
-            async with window:
-                await client.publish_acked(row.topic, row.payload, timeout=timeout)
+        async def flush() -> None:
+            if acked:
+                ids = list(acked)
+                acked.clear()
+                if delete:
+                    await asyncio.to_thread(self.outbox.delete, ids)
 
-        while True:
-            self.wake.clear()
-            rows = await asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch)
-            if not rows:
-                if stop.is_set():
-                    return
-                await wait_event(self.wake, 1.0, also=stop)
-                continue
-            t0 = time.monotonic()
-            results = await asyncio.gather(*(one(r) for r in rows), return_exceptions=True)
-            sent = [r for r, res in zip(rows, results, strict=True) if res is None]
-            if delete and sent:
-                await asyncio.to_thread(self.outbox.delete, [r.id for r in sent])
-            self.stats.published += len(sent)
-            self.stats.batches += 1
-            self.stats.publish_seconds += time.monotonic() - t0
-            errors = [res for res in results if isinstance(res, BaseException)]
-            if errors:
-                rejected = [e for e in errors if isinstance(e, Rejected)]
-                self.stats.rejected += len(rejected)
-                if rejected:
-                    log.error("broker rejected readings count=%d first=%s (kept in outbox)",
-                              len(rejected), rejected[0])
-                raise errors[0]
-            cursor = rows[-1].id
-            spare = len(rows) / self.mqtt.max_rate_per_s - (time.monotonic() - t0)
-            if spare > 0:  # bounded drain rate after an outage
-                await asyncio.sleep(spare)
+        try:
+            while True:
+                if not queued and len(outstanding) < inflight:
+                    self.wake.clear()
+                    rows = await asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch)
+                    if rows:
+                        queued.extend(rows)
+                        cursor = rows[-1].id
+                while queued and len(outstanding) < inflight:
+                    wait = burst_sent / rate - (time.monotonic() - burst_start)
+                    if wait > 0:  # bounded drain rate after an outage
+                        break
+                    row = queued.popleft()
+                    outstanding[client.publish_future(row.topic, row.payload)] = row
+                    burst_sent += 1
+                if not outstanding:
+                    await flush()
+                    if queued:  # rate-limited
+                        await asyncio.sleep(max(burst_sent / rate
+                                                - (time.monotonic() - burst_start), 0.001))
+                        continue
+                    if stop.is_set():
+                        return
+                    await wait_event(self.wake, 1.0, also=stop)
+                    burst_start, burst_sent = time.monotonic(), 0
+                    continue
+                done, _ = await asyncio.wait(outstanding, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s "
+                                            f"({len(outstanding)} outstanding)")
+                for fut in done:
+                    row = outstanding.pop(fut)
+                    try:
+                        check_puback(row.topic, fut.result())
+                    except Rejected as exc:
+                        self.stats.rejected += 1
+                        log.error("broker rejected a reading (kept in outbox) error=%s", exc)
+                        raise
+                    acked.append(row.id)
+                    self.stats.published += 1
+                if len(acked) >= self.mqtt.batch:
+                    await flush()
+        finally:
+            for fut in outstanding:
+                fut.cancel()
+            await flush()
 
     async def publish_now(self, topic: str, payload: bytes, *, retain: bool = True) -> bool:
         """Publish a status-like message if connected (not through the outbox)."""

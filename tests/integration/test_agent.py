@@ -70,7 +70,7 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.reconnect_delay_set(1, 1)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self.client.connect(broker.host, broker.port, keepalive=10, clean_start=False,
@@ -86,13 +86,13 @@ class Subscriber:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def readings(self) -> list[dict]:
         with self._lock:
             return [json.loads(p) for t, p, _ in self.messages if t.endswith("/reading")]
 
-    def last(self, topic: str) -> dict | None:
+    def last(self, topic: str) -> Any:
         with self._lock:
             found = [p for t, p, _ in self.messages if t == topic]
         return json.loads(found[-1]) if found else None
@@ -229,7 +229,7 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
         assert r["quality"] == "ok", r
         assert r["values"] == served[r["meter"]]["values"]  # exact: same decoding, JSON floats
         assert r["site"] == "demo_dairy" and r["ts"].endswith("Z")
-    per_meter = defaultdict(int)
+    per_meter: dict[str, int] = defaultdict(int)
     for r in readings:
         per_meter[r["meter"]] += 1
     assert min(per_meter.values()) >= 3  # 0.2 s interval for 1 s
@@ -238,10 +238,9 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
         assert meta is not None
         m = contract.MeterMeta.model_validate(meta)
         assert set(m.points) == set(served[meter]["values"])
-    meta = contract.MeterMeta.model_validate(sub.last(contract.meta_topic("demo_dairy",
-                                                                          "el_main")))
-    assert meta.points["energy_kwh"].unit == "kWh" and meta.points["energy_kwh"].kind == "counter"
-    assert meta.tags["price_per_unit"] == 0.21 and meta.profile == "schneider_pm5560"
+    el = contract.MeterMeta.model_validate(sub.last(contract.meta_topic("demo_dairy", "el_main")))
+    assert el.points["energy_kwh"].unit == "kWh" and el.points["energy_kwh"].kind == "counter"
+    assert el.tags["price_per_unit"] == 0.21 and el.profile == "schneider_pm5560"
     assert agent.publisher is not None and agent.publisher.stats.sessions == 1
 
 
@@ -299,10 +298,15 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
         site = write_site(tmp_path, ports, mosquitto, polling={"interval_s": 0.1})
         argv = [sys.executable, "-m", "collector", "agent", "-v", "-c", str(site)]
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        def some_more_readings() -> None:  # the agent is up and publishing (slow machines)
+            n = len(sub.readings())
+            sub.wait_for(lambda: len(sub.readings()) >= n + 30, "30 more readings")
+
         for _ in range(2):
             agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-            time.sleep(1.5)
+            some_more_readings()
+            time.sleep(0.3)  # and committing some that are not published yet
             agent.send_signal(signal.SIGKILL)
             agent.wait(5)
         sub.wait_for(lambda: sub.last(contract.status_topic("demo_dairy")) is not None
@@ -311,7 +315,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
         log = tmp_path / "agent.log"
         with log.open("w") as out:
             agent = subprocess.Popen(argv, env=env, stdout=out, stderr=out)
-            time.sleep(1.5)
+            some_more_readings()
             agent.send_signal(signal.SIGTERM)
             try:
                 agent.wait(TIMEOUT)
@@ -331,7 +335,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
                  f"all {total} readings at the subscriber")
     check_complete(sub.readings(), last)
     sub.close()
-    assert min(last.values()) >= 10
+    assert min(last.values()) >= 5
 
 
 def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: MosquittoServer,
@@ -339,7 +343,7 @@ def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: Mosquitto
     """A unit in a dropout (silent) and one answering exceptions: both report bad quality,
     the others keep their schedule; the silent unit's neighbour on the same gateway is
     delayed by at most one timeout once the silent unit is backed off."""
-    losses = [
+    losses: list[dict[str, Any]] = [
         {"meter": "steam_pasteuriser", "type": "dropout", "start": "2026-01-05T00:00:00Z",
          "end": "2026-01-06T00:00:00Z"},
         {"meter": "el_packaging", "type": "exception", "start": "2026-01-05T00:00:00Z",
@@ -386,7 +390,7 @@ def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: Mosquitto
 
     for meter in ("el_main", "water_main", "prod_line", "outdoor"):  # other gateways
         assert all(r["quality"] == "ok" for r in by_meter[meter])
-        assert max(gaps(meter)) < interval + 0.1, (meter, max(gaps(meter)))
+        assert max(gaps(meter)) < interval + 0.15, (meter, max(gaps(meter)))
         assert len(by_meter[meter]) >= 4.0 / interval - 2
     # same gateway as the silent unit: at worst one try (with retries) per poll until it is
     # backed off, then one probe timeout at most
