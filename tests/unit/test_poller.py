@@ -1,0 +1,235 @@
+"""The poller's failure handling, with a scripted link instead of a network."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from collector.contract import Quality
+from collector.modbus import poller as poller_mod
+from collector.modbus.plan import ReadRequest
+from collector.modbus.poller import (
+    BadResponse,
+    Bus,
+    Device,
+    Link,
+    LinkDown,
+    NoAnswer,
+    ReplyError,
+    plan_device,
+)
+from collector.site import MeterSpec, Polling, TcpConnection, load_site
+
+T = TypeVar("T")
+Behaviour = Callable[[ReadRequest], Sequence[int] | Sequence[bool] | Exception]
+
+
+class ScriptedLink(Link):
+    """A link whose answers come from a function of the request."""
+
+    def __init__(self, behaviour: Behaviour, connects: bool = True):
+        super().__init__(TcpConnection(type="tcp", host="x", port=1), timeout_s=0.1,
+                         reconnect_delay_s=0.01, reconnect_delay_max_s=0.04)
+        self.behaviour = behaviour
+        self.can_connect = connects
+        self.sent: list[ReadRequest] = []
+        self.up = False
+
+    @property
+    def connected(self) -> bool:
+        return self.up
+
+    async def ensure(self) -> bool:
+        if self.up:
+            return True
+        self.up = self.can_connect
+        if not self.up:
+            self.last_error = "refused"
+        return self.up
+
+    def close(self) -> None:
+        self.up = False
+
+    async def read(self, req: ReadRequest, timeout_s: float) -> Sequence[int] | Sequence[bool]:
+        self.sent.append(req)
+        answer = self.behaviour(req)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def meter(tmp_path: Path, profile: str = "eastron_sdm120", **extra: object) -> MeterSpec:
+    extras = "".join(f", {k}: {v}" for k, v in extra.items())
+    f = tmp_path / "site.yaml"
+    f.write_text(
+        "kind: site\nsite: s\nmeters:\n"
+        f"  - {{id: m, profile: {profile}, connection: {{type: tcp, host: x}}{extras}}}\n"
+    )
+    return load_site(f).meters[0]
+
+
+def zeros(req: ReadRequest) -> list[int] | list[bool]:
+    return [False] * req.count if req.table.is_bits else [0] * req.count
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_all_points_read_gives_ok(tmp_path: Path):
+    spec = meter(tmp_path)
+    bus = Bus(ScriptedLink(zeros), [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.OK and r.errors == {} and r.answered
+    assert set(r.values) == {p.name for p in spec.points}
+    assert dev.state == "up" and dev.polls == 1
+
+
+def test_exception_reply_is_a_bad_reading_not_a_crash(tmp_path: Path):
+    spec = meter(tmp_path, max_gap_registers=0)
+    first = plan_device(spec)[0]
+
+    def some_fail(req: ReadRequest) -> list[int] | Exception:
+        return ReplyError(4) if req == first else [0] * req.count
+
+    bus = Bus(ScriptedLink(some_fail), [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.PARTIAL
+    assert all(r.errors[n] == "exception 4 (device failure)" for n in first.names)
+    assert dev.state == "up"  # it answered
+
+
+def test_exception_2_on_a_gap_request_splits_it_for_good(tmp_path: Path):
+    spec = meter(tmp_path, max_gap_registers=20)
+    gappy = [q for q in plan_device(spec) if q.has_gaps]
+    assert gappy
+
+    def refuse_gaps(req: ReadRequest) -> list[int] | Exception:
+        return ReplyError(2) if req.has_gaps else [0] * req.count
+
+    link = ScriptedLink(refuse_gaps)
+    bus = Bus(link, [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.OK
+    assert not any(q.has_gaps for q in dev.requests)
+    n = len(link.sent)
+    run(bus.poll(dev))
+    assert len(link.sent) - n == len(dev.requests)  # no more failed tries
+
+
+def test_silent_device_goes_offline_and_is_only_probed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    spec = meter(tmp_path, retries=2, interval_s=1)
+    link = ScriptedLink(lambda req: NoAnswer("no answer within 0.1 s"))
+    polling = Polling(offline_after=2, retry_backoff_s=0, offline_backoff_max_s=8)
+    bus = Bus(link, [dev := Device(spec, plan_device(spec))], polling)
+    clock = [1000.0]
+    monkeypatch.setattr(poller_mod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(poller_mod.time, "monotonic_ns", lambda: int(clock[0] * 1e9))
+    monkeypatch.setattr(poller_mod, "jittered", lambda d: d)
+
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.ERROR and not r.answered
+    assert len(link.sent) == 3  # one request, tried 1 + retries times; the rest skipped
+    assert "skipped: no answer" in r.errors.values()
+    run(bus.poll(dev))
+    assert dev.state == "offline" and len(link.sent) == 6
+
+    r = run(bus.poll(dev))  # before the probe time: nothing sent
+    assert len(link.sent) == 6 and "offline" in r.errors["*"]
+    clock[0] += 2.0  # first backoff: 2 x interval
+    run(bus.poll(dev))
+    assert len(link.sent) == 7  # a probe is one try, no retries
+    clock[0] += 3.9
+    run(bus.poll(dev))
+    assert len(link.sent) == 7  # backoff doubled to 4 s
+    clock[0] += 0.2
+    run(bus.poll(dev))
+    assert len(link.sent) == 8
+
+    link.behaviour = zeros  # it comes back
+    clock[0] += 8.0
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.OK and dev.state == "up" and dev.consecutive_failures == 0
+
+
+def test_exceptions_never_make_a_device_offline(tmp_path: Path):
+    spec = meter(tmp_path)
+    bus = Bus(ScriptedLink(lambda req: ReplyError(6)), [dev := Device(spec, plan_device(spec))],
+              Polling(offline_after=1))
+    for _ in range(3):
+        r = run(bus.poll(dev))
+        assert r.quality is Quality.ERROR and r.answered
+    assert dev.state == "up" and dev.failures == 3
+
+
+def test_garbage_answers_are_bad_readings(tmp_path: Path):
+    spec = meter(tmp_path)
+    bus = Bus(ScriptedLink(lambda req: BadResponse("2 registers in the answer, asked for 4")),
+              [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.ERROR
+    assert all(e.startswith("bad response") for e in r.errors.values())
+
+
+def test_lost_connection_reports_and_backs_off(tmp_path: Path):
+    spec = meter(tmp_path)
+    link = ScriptedLink(lambda req: LinkDown("connection reset"))
+    bus = Bus(link, [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.ERROR and "connection lost" in next(iter(r.errors.values()))
+    assert not link.up and link.next_attempt > 0
+
+
+def test_no_connection_costs_nothing_and_says_why(tmp_path: Path):
+    spec = meter(tmp_path)
+    link = ScriptedLink(zeros, connects=False)
+    bus = Bus(link, [dev := Device(spec, plan_device(spec))], Polling())
+    r = run(bus.poll(dev))
+    assert r.quality is Quality.ERROR and "no connection" in r.errors["*"]
+    assert link.sent == [] and r.latency_s is None
+
+
+def test_devices_on_one_bus_are_polled_in_turn_on_schedule(tmp_path: Path):
+    f = tmp_path / "site.yaml"
+    f.write_text(
+        "kind: site\nsite: s\nmeters:\n"
+        "  - {id: a, profile: eastron_sdm120, unit_id: 1, interval_s: 0.05,"
+        " connection: {type: tcp, host: x}}\n"
+        "  - {id: b, profile: eastron_sdm120, unit_id: 2, interval_s: 0.1,"
+        " connection: {type: tcp, host: x}}\n"
+    )
+    specs = load_site(f).meters
+    active = 0
+    overlap = False
+
+    class Slow(ScriptedLink):
+        async def read(self, req: ReadRequest, timeout_s: float) -> Sequence[int]:
+            nonlocal active, overlap
+            active += 1
+            overlap = overlap or active > 1
+            await asyncio.sleep(0.001)
+            active -= 1
+            return [0] * req.count
+
+    bus = Bus(Slow(zeros), [Device(s, plan_device(s)) for s in specs], Polling())
+    got: list[str] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        async def emit(r: poller_mod.PollResult) -> None:
+            got.append(r.meter)
+
+        task = asyncio.create_task(bus.run(emit, stop))
+        await asyncio.sleep(0.52)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+    run(main())
+    assert not overlap
+    assert 9 <= got.count("a") <= 12 and 5 <= got.count("b") <= 7
