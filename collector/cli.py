@@ -21,6 +21,7 @@ from .configfile import ConfigError
 COMMANDS = (
     "simulate",
     "agent",
+    "detect",
     "config",
     "profiles",
     "grafana",

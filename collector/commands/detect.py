@@ -1,0 +1,69 @@
+"""``recp detect -c analytics.yaml``: the detector service (needs the analytics extra)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "detect"
+HELP = "run the detector service: MQTT readings -> detectors -> InfluxDB and alerts"
+DESCRIPTION = """\
+Subscribe to every agent's readings (MQTT contract v1, persistent session, QoS 1), run the
+streaming detectors per meter and write readings, interval consumption, anomaly scores,
+events and self-metrics to InfluxDB (docs/influx-schema.md). Alerts open and close on
+recp/v1/_alerts/{site}/{meter}; malformed payloads go to recp/v1/_deadletter/{site}.
+Points wait in an on-disk spool while the database is away; a message is acknowledged to
+the broker only once its points are in the spool. Detector state is checkpointed
+periodically and on SIGTERM, and restored on start.
+
+The broker URL comes from --broker, else $RECP_MQTT_URL, else the file; the InfluxDB URL
+from --influx, else $RECP_INFLUX_URL, else the file; secrets from $RECP_MQTT_PASSWORD and
+$RECP_INFLUX_TOKEN or the file's *_env / *_file settings. See docs/detector-service.md.
+
+examples:
+  recp detect -c edge_config/analytics.yaml -v
+  recp config check edge_config/analytics.yaml
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE",
+                   help="analytics file (kind: analytics)")
+    p.add_argument("--broker", metavar="URL", help="override the broker URL")
+    p.add_argument("--influx", metavar="URL", help="override the InfluxDB URL")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    from typing import Any
+
+    # a SIGTERM during start-up (numba imports take a moment) still means a clean stop
+    early: list[int] = []
+
+    def remember(signum: int, frame: Any) -> None:
+        early.append(signum)
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        from detectors.service.config import load_analytics
+        from detectors.service.service import DetectService
+
+        spec = load_analytics(args.config, mqtt_url=args.broker, influx_url=args.influx)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
+
+    async def main() -> int:
+        service = DetectService(spec)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if early:
+            stop.set()
+        await service.run(stop)
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,302 @@
+"""The detector service's configuration file (``kind: analytics``).
+
+Validated once at start-up without any network call. Secrets (the broker password, the
+InfluxDB token) come from an environment variable or a file, never inline. Precedence,
+highest first: command-line flags, environment (``RECP_MQTT_URL``, ``RECP_MQTT_USERNAME``,
+``RECP_MQTT_PASSWORD``, ``RECP_INFLUX_URL``, ``RECP_INFLUX_TOKEN``), the file, the defaults.
+Relative paths (spool, checkpoint) are taken from the file's directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from collector.configfile import ConfigError, Problem, Strict, load_indexed
+from collector.contract import check_id
+
+
+def _no_inline(value: Any, what: str) -> None:
+    if value is not None:
+        raise ValueError(
+            f"inline {what}s are not accepted; use {what}_env (an environment variable) or "
+            f"{what}_file"
+        )
+
+
+def _secret(env: str | None, file: Path | None, base: Path) -> str | None:
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError([Problem(str(base), None, "", f"environment variable {env} is "
+                                       "not set")])
+        return value
+    if file is not None:
+        path = file if file.is_absolute() else base.parent / file
+        try:
+            return path.read_text(encoding="utf-8").splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError([Problem(str(base), None, "", f"cannot read {path}: {exc}")]) \
+                from None
+    return None
+
+
+class Tls(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class Mqtt(Strict):
+    """The broker the agents publish to."""
+
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://")
+    client_id: str | None = Field(None, description="fixed id (persistent session); default "
+                                  "recp-detect-<instance>-p<partition>")
+    username: str | None = None
+    password: str | None = Field(None, description="not accepted: use password_env or _file")
+    password_env: str | None = None
+    password_file: Path | None = None
+    tls: Tls | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(7 * 86400, ge=60, description="broker keeps our session "
+                                  "(and queues readings for us) this long while we are away")
+    receive_maximum: int = Field(2000, ge=1, le=65535, description="unacknowledged messages "
+                                 "the broker may send us at once")
+    sites: list[str] = Field(default_factory=list, description="subscribe to these sites "
+                             "only (default: every site)")
+    shared_group: str | None = Field(None, description="subscribe as $share/<group>/... "
+                                     "(only for stateless fan-out; see docs)")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    publish_timeout_s: float = Field(10.0, gt=0)
+    reconnect_delay_s: float = Field(0.5, gt=0)
+    reconnect_delay_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("password", mode="before")
+    @classmethod
+    def _no_password(cls, value: Any) -> None:
+        _no_inline(value, "password")
+        return None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        if parts.username or parts.password:
+            raise ValueError("put no credentials in the URL; use username and password_env")
+        return url
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, sites: list[str]) -> list[str]:
+        return [check_id(s, "site id") for s in sites]
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts" or self.tls is not None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
+
+
+class Influx(Strict):
+    """Where points are written (InfluxDB 2/3 or VictoriaMetrics, /api/v2/write)."""
+
+    url: str = Field("http://127.0.0.1:8086")
+    org: str = "recp"
+    bucket: str = "recp"
+    token: str | None = Field(None, description="not accepted: use token_env or token_file")
+    token_env: str | None = None
+    token_file: Path | None = None
+    timeout_s: float = Field(10.0, gt=0, description="per write request")
+    batch: int = Field(5000, ge=1, le=100_000, description="points per write request")
+    retry_delay_s: float = Field(0.5, gt=0)
+    retry_delay_max_s: float = Field(30.0, gt=0)
+    gzip: bool = False
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _no_token(cls, value: Any) -> None:
+        _no_inline(value, "token")
+        return None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected http://host:port or https://host:port")
+        return url
+
+
+class Spool(Strict):
+    path: Path = Field(Path("recp-detect-spool.sqlite"), description="SQLite file")
+    cap: int = Field(2_000_000, ge=1000, description="points kept at most; intake pauses "
+                     "before this is reached")
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class Checkpoint(Strict):
+    path: Path = Field(Path("recp-detect-state.json"))
+    interval_s: float = Field(60.0, ge=1.0, description="save detector state this often")
+
+
+class Partition(Strict):
+    """This instance handles the meters with crc32("site/meter") % count == index."""
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> Partition:
+        if self.index >= self.count:
+            raise ValueError(f"index must be below count ({self.count})")
+        return self
+
+
+class Processing(Strict):
+    interval_s: int = Field(900, ge=60, le=86400, description="consumption interval (UTC "
+                            "aligned); must divide a day")
+    batch: int = Field(2000, ge=1, le=100_000, description="messages handled at once")
+    batch_wait_s: float = Field(0.05, ge=0, le=5, description="wait to fill a batch")
+    max_payload_bytes: int = Field(65536, ge=256)
+    max_future_s: float = Field(300.0, ge=0, description="readings further ahead of our "
+                                "clock are dead letters")
+    oldest_ts: str = Field("2000-01-01T00:00:00Z", description="older readings are dead "
+                           "letters")
+    require_meta: bool = Field(False, description="dead-letter readings of meters without "
+                               "a retained meta message")
+    utc_offset_s: int = Field(0, description="local time for time-of-week slots")
+    night_hours_utc: tuple[float, float] = (0.0, 4.0)
+    partition: Partition = Partition()
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_day(cls, value: int) -> int:
+        if 86400 % value:
+            raise ValueError("must divide a day (86400 s), e.g. 300, 900 or 3600")
+        return value
+
+
+class Alerts(Strict):
+    """When events open and close (hysteresis) and how they are published."""
+
+    spike_open: float = Field(6.0, gt=0, description="robust z that opens a spike")
+    spike_close: float = Field(3.0, ge=0, description="robust z below which it may close")
+    spike_min_rel: float = Field(0.4, ge=0, description="and this much above usual")
+    stuck_hours: float = Field(2.0, gt=0)
+    close_after: int = Field(2, ge=1, description="quiet intervals before an event closes")
+    qos: Literal[0, 1] = 1
+
+    @model_validator(mode="after")
+    def _order(self) -> Alerts:
+        if self.spike_close > self.spike_open:
+            raise ValueError("spike_close must not exceed spike_open (hysteresis)")
+        return self
+
+
+class SiteSettings(Strict):
+    currency: str = "EUR"
+    utc_offset_s: int | None = None
+    price_per_unit: dict[str, float] = Field(default_factory=dict, description="unit -> "
+                                             "price, when a meter's meta has none")
+    co2_kg_per_unit: dict[str, float] = Field(default_factory=dict)
+
+
+class Analytics(Strict):
+    """An analytics file (``kind: analytics``)."""
+
+    kind: Literal["analytics"]
+    instance: str = Field("detect", description="name in self-metrics and status topics")
+    mqtt: Mqtt = Mqtt()
+    influx: Influx = Influx()
+    spool: Spool = Spool()
+    checkpoint: Checkpoint = Checkpoint()
+    processing: Processing = Processing()
+    alerts: Alerts = Alerts()
+    sites: dict[str, SiteSettings] = Field(default_factory=dict)
+    metrics_interval_s: float = Field(10.0, ge=0.5)
+    ack_interval_s: float = Field(1.0, ge=0.05, description="publish consumer acks this often")
+    drain_timeout_s: float = Field(10.0, ge=0, description="on shutdown, keep writing the "
+                                   "spool this long")
+
+    @field_validator("instance")
+    @classmethod
+    def _instance(cls, value: str) -> str:
+        return check_id(value, "instance")
+
+    @field_validator("sites")
+    @classmethod
+    def _site_ids(cls, value: dict[str, SiteSettings]) -> dict[str, SiteSettings]:
+        for key in value:
+            check_id(key, "site id")
+        return value
+
+
+@dataclass(frozen=True)
+class AnalyticsSpec:
+    """A validated analytics file with secrets and paths resolved."""
+
+    config: Analytics
+    file: str
+    mqtt_url: str
+    mqtt_username: str | None
+    mqtt_password: str | None
+    influx_url: str
+    influx_token: str | None
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else Path(self.file).resolve().parent / p
+
+    @property
+    def spool_path(self) -> Path:
+        return self.path(self.config.spool.path)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path(self.config.checkpoint.path)
+
+    @property
+    def client_id(self) -> str:
+        c = self.config
+        part = c.processing.partition
+        return c.mqtt.client_id or f"recp-detect-{c.instance}-p{part.index}of{part.count}"
+
+    def site(self, site: str) -> SiteSettings:
+        return self.config.sites.get(site) or SiteSettings()
+
+
+def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
+                   influx_url: str | None = None) -> AnalyticsSpec:
+    """Read and validate an analytics file; resolve environment and secrets."""
+    cfg, _ = load_indexed(Analytics, path)
+    file = Path(path)
+    m, i = cfg.mqtt, cfg.influx
+    url = mqtt_url or os.environ.get("RECP_MQTT_URL") or m.url
+    if mqtt_url or os.environ.get("RECP_MQTT_URL"):
+        Mqtt._url(url)  # same check as the file's
+    password = os.environ.get("RECP_MQTT_PASSWORD") or _secret(m.password_env,
+                                                               m.password_file, file)
+    token = os.environ.get("RECP_INFLUX_TOKEN") or _secret(i.token_env, i.token_file, file)
+    return AnalyticsSpec(
+        config=cfg,
+        file=str(file),
+        mqtt_url=url,
+        mqtt_username=os.environ.get("RECP_MQTT_USERNAME") or m.username,
+        mqtt_password=password,
+        influx_url=influx_url or os.environ.get("RECP_INFLUX_URL") or i.url,
+        influx_token=token,
+    )

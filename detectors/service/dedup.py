@@ -1,0 +1,72 @@
+"""Exactly-once per reading on top of at-least-once delivery.
+
+A reading is identified by (site, meter, stream, seq); ``seq`` grows by one per reading.
+Per stream we keep ``done``, the highest seq below which every reading was seen, and the
+seqs seen above it (bounded: when more than ``window`` pile up, the hole below them is
+given up as a gap the agent made, e.g. readings its capped outbox dropped). ``done`` is
+also the consumer's high-water mark published on the ack topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Key = tuple[str, str, str]  # site, meter, stream
+
+
+class SeqTracker:
+    def __init__(self, window: int = 4096) -> None:
+        self.window = window
+        self._done: dict[Key, int] = {}
+        self._above: dict[Key, set[int]] = {}
+
+    def seen(self, key: Key, seq: int) -> bool:
+        """Whether ``seq`` was already accepted (without recording it)."""
+        done = self._done.get(key)
+        if done is None:
+            return False
+        return seq <= done or seq in self._above.get(key, ())
+
+    def accept(self, key: Key, seq: int) -> bool:
+        """Record ``seq``; False if it is a duplicate."""
+        done = self._done.get(key)
+        if done is None:
+            # first reading of a stream seen: everything before it is another consumer's
+            self._done[key] = seq
+            return True
+        if seq <= done:
+            return False
+        above = self._above.setdefault(key, set())
+        if seq in above:
+            return False
+        if seq == done + 1:
+            done = seq
+            while done + 1 in above:
+                done += 1
+                above.discard(done)
+        else:
+            above.add(seq)
+            if len(above) > self.window:
+                done = min(above)
+                above.discard(done)
+                while done + 1 in above:
+                    done += 1
+                    above.discard(done)
+        self._done[key] = done
+        return True
+
+    def done(self, key: Key) -> int:
+        return self._done.get(key, 0)
+
+    def snapshot(self) -> list[list[Any]]:
+        return [[*k, d, sorted(self._above.get(k, ()))] for k, d in self._done.items()]
+
+    @classmethod
+    def restore(cls, rows: list[list[Any]], window: int = 4096) -> SeqTracker:
+        obj = cls(window)
+        for site, meter, stream, done, above in rows:
+            key = (str(site), str(meter), str(stream))
+            obj._done[key] = int(done)
+            if above:
+                obj._above[key] = {int(s) for s in above}
+        return obj

@@ -1,0 +1,227 @@
+"""One meter's streaming pipeline: counter readings -> interval consumption -> detectors.
+
+Readings of the meter's main counter are buffered until an interval boundary has been
+passed; then :func:`detectors.clean.clean_counter` turns the buffer (with the last reading
+before the first open interval as anchor) into consumption for each completed interval,
+with its quality flags (rollover, reset, jitter, gaps). Each completed interval is scored
+and learned by the streaming detectors (:mod:`detectors.anomaly`) and fed to the meter's
+:class:`~.alerts.EventTracker`. Everything here is synchronous numpy/numba work: the
+service runs it in a worker thread. State is JSON-able for checkpoints.
+
+Readings older than the first open interval (late arrivals) are stored by the service but
+not counted again here: their interval is already closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from collector.contract import MeterMeta
+from collector.quantities import QUANTITIES, Kind
+
+from ..anomaly import DriftDetector, LevelShiftDetector, SpikeDetector, StuckDetector
+from ..clean import clean_counter
+from ..meter import MeterInfo
+from ..streaming import KernelDetector, Point
+from .alerts import AlertSettings, EventTracker, Transition
+
+COUNTER_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "electricity": ("energy_kwh", "heat_kwh"),
+    "water": ("volume_m3",),
+    "steam": ("mass_kg", "mass_t", "heat_kwh"),
+    "production": ("produced_units",),
+}
+MAX_INTERVALS = 7 * 96  # at most this many intervals are filled after a long silence
+DETECTOR_KINDS = ("spike", "stuck", "level_shift", "drift")
+
+
+def pick_counter(resource: str, names: list[str]) -> str | None:
+    """The meter's main counter among ``names`` (the resource's usual one first)."""
+    for name in COUNTER_PREFERENCE.get(resource, ()):
+        if name in names:
+            return name
+    for name in names:
+        q = QUANTITIES.get(name)
+        if q is not None and q.kind is Kind.COUNTER:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    interval_s: int = 900
+    utc_offset_s: int = 0
+    night_hours_utc: tuple[float, float] = (0.0, 4.0)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One completed interval of one meter."""
+
+    t_s: int
+    actual: float
+    flags: int
+    scores: dict[str, float]
+    diagnostics: dict[str, list[float]]
+
+
+def make_detectors(s: Settings) -> dict[str, KernelDetector]:
+    i = s.interval_s
+    return {
+        "spike": SpikeDetector(slot_s=i, utc_offset_s=s.utc_offset_s),
+        "stuck": StuckDetector(slot_s=i, interval_s=i, utc_offset_s=s.utc_offset_s),
+        "level_shift": LevelShiftDetector(*s.night_hours_utc, interval_s=i),
+        "drift": DriftDetector(utc_offset_s=s.utc_offset_s, interval_s=i),
+    }
+
+
+class MeterPipeline:
+    def __init__(self, site: str, meter: str, resource: str, settings: Settings,
+                 currency: str = "EUR") -> None:
+        self.site = site
+        self.meter = meter
+        self.resource = resource
+        self.settings = settings
+        self.currency = currency
+        self.counter: str | None = None
+        self.info = MeterInfo(id=meter, unit="", resource=resource)
+        self.poll_s: float | None = None
+        self.buf: list[tuple[int, float]] = []
+        self.next_start: int | None = None
+        self.late = 0
+        self.detectors = make_detectors(settings)
+        self.tracker = EventTracker(site, meter, settings.alerts)
+
+    # ------------------------------------------------------------------ meter description
+
+    def set_meta(self, meta: MeterMeta, price: dict[str, float] | None = None,
+                 co2: dict[str, float] | None = None) -> None:
+        counters = [n for n, p in meta.points.items() if p.kind is Kind.COUNTER]
+        name = pick_counter(meta.resource.value, counters)
+        if self.counter is None or (name is not None and name != self.counter
+                                    and not self.buf):
+            self.counter = name
+        self.resource = meta.resource.value
+        self.poll_s = meta.interval_s
+        unit = QUANTITIES[self.counter].unit if self.counter in QUANTITIES else ""
+        point = meta.points.get(self.counter or "")
+
+        def num(key: str) -> float | None:
+            value = meta.tags.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(
+                value, bool) else None
+
+        self.info = MeterInfo(
+            id=self.meter, unit=unit, resource=self.resource,
+            price_per_unit=num("price_per_unit") or (price or {}).get(unit),
+            co2_kg_per_unit=num("co2_kg_per_unit") or (co2 or {}).get(unit),
+            rollover=point.rollover if point is not None else None,
+        )  # fmt: skip
+        cur = meta.tags.get("currency")
+        if isinstance(cur, str) and cur:
+            self.currency = cur
+
+    def _guess_counter(self, values: dict[str, float | None]) -> None:
+        self.counter = pick_counter(self.resource, list(values))
+        if self.counter is not None:
+            self.info = replace(self.info, unit=QUANTITIES[self.counter].unit)
+
+    # ------------------------------------------------------------------ streaming
+
+    def add(self, ts_s: float, values: dict[str, float | None]) -> None:
+        """Buffer one reading's counter value (call :meth:`complete` after a batch)."""
+        if self.counter is None:
+            self._guess_counter(values)
+            if self.counter is None:
+                return
+        value = values.get(self.counter)
+        if value is None:
+            return
+        t = int(ts_s)
+        interval = self.settings.interval_s
+        if self.next_start is None:
+            self.next_start = -(-t // interval) * interval
+        elif t < self.next_start and (not self.buf or t < self.buf[0][0]):
+            self.late += 1
+            return
+        self.buf.append((t, float(value)))
+
+    def complete(self) -> tuple[list[Interval], list[Transition]]:
+        """Close every interval the buffered readings have passed; score and track them."""
+        if self.next_start is None or not self.buf:
+            return [], []
+        self.buf.sort()
+        interval = self.settings.interval_s
+        boundary = self.buf[-1][0] // interval * interval
+        if boundary <= self.next_start:
+            return [], []
+        if (boundary - self.next_start) // interval > MAX_INTERVALS:
+            self.next_start = boundary - MAX_INTERVALS * interval
+        ts = np.fromiter((t for t, _ in self.buf), np.int64, len(self.buf))
+        vs = np.fromiter((v for _, v in self.buf), np.float64, len(self.buf))
+        gap_s = max(float(interval), 3.0 * self.poll_s) if self.poll_s else None
+        cons = clean_counter(ts, vs, meter=self.info, interval_s=interval,
+                             start_s=self.next_start, end_s=boundary, gap_s=gap_s)
+        # keep the last reading at or before the boundary as the next anchor
+        keep = int(np.searchsorted(ts, boundary, side="right")) - 1
+        self.buf = self.buf[max(keep, 0):]
+        self.next_start = boundary
+        out: list[Interval] = []
+        transitions: list[Transition] = []
+        for t, x, f in zip(cons.start_s.tolist(), cons.consumption.tolist(),
+                           cons.flags.tolist(), strict=True):
+            point = Point(int(t), float(x))
+            scores: dict[str, float] = {}
+            diags: dict[str, list[float]] = {}
+            for kind, det in self.detectors.items():
+                score = det.update_one(point)
+                diag = det._out
+                scores[kind] = score
+                diags[kind] = diag.tolist()
+                if self.info.unit:
+                    transitions += self.tracker.step(
+                        kind, int(t), interval, float(x), score, diag, self.info,
+                        self.resource, self.currency,
+                    )  # fmt: skip
+            out.append(Interval(int(t), float(x), int(f), scores, diags))
+        return out, transitions
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "site": self.site, "meter": self.meter, "resource": self.resource,
+            "counter": self.counter, "currency": self.currency, "poll_s": self.poll_s,
+            "info": {"unit": self.info.unit, "price": self.info.price_per_unit,
+                     "co2": self.info.co2_kg_per_unit, "rollover": self.info.rollover},
+            "buf": [[t, v if math.isfinite(v) else None] for t, v in self.buf],
+            "next_start": self.next_start,
+            "detectors": {k: d.snapshot() for k, d in self.detectors.items()},
+            "events": self.tracker.snapshot(),
+        }  # fmt: skip
+
+    @classmethod
+    def restore(cls, state: dict[str, Any], settings: Settings) -> MeterPipeline:
+        obj = cls(state["site"], state["meter"], state["resource"], settings,
+                  state.get("currency", "EUR"))
+        obj.counter = state["counter"]
+        obj.poll_s = state.get("poll_s")
+        info = state["info"]
+        obj.info = MeterInfo(id=obj.meter, unit=info["unit"], resource=obj.resource,
+                             price_per_unit=info["price"], co2_kg_per_unit=info["co2"],
+                             rollover=info["rollover"])
+        obj.buf = [(int(t), math.nan if v is None else float(v)) for t, v in state["buf"]]
+        obj.next_start = state["next_start"]
+        for kind, snap in state["detectors"].items():
+            if kind in obj.detectors:
+                # a config change: that detector starts afresh
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    obj.detectors[kind] = type(obj.detectors[kind]).restore(snap)
+        obj.tracker.restore(state.get("events", {}))
+        return obj

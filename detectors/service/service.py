@@ -1,0 +1,585 @@
+"""``recp detect``: the wiring of subscriber, validation, spool, sink, pipelines and alerts.
+
+Start order: the spool and its sink first, then the MQTT session (the source); stop in
+reverse: stop taking messages, finish the batch in hand, checkpoint, then keep writing the
+spool for up to ``drain_timeout_s``. The MQTT session is persistent (fixed client id,
+``clean_start=False``, session expiry), every subscription QoS 1 and acknowledged by hand:
+a message is PUBACKed only after its points are committed to the on-disk spool, so a
+crash at any point makes the broker deliver it again, and :class:`~.dedup.SeqTracker`
+drops what was already stored.
+
+Per batch of messages (up to ``processing.batch``, waiting at most ``batch_wait_s``):
+validate (dead letters out), dedup, render ``reading`` points, commit them to the spool,
+then run the meters' pipelines in a worker thread (numba), commit their ``consumption``,
+``anomaly`` and ``event`` points, queue alerts for events that opened or closed (and save
+a checkpoint when one did, so a restart cannot raise them again), and PUBACK the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector import contract
+
+from . import checkpoint
+from .alerts import AlertSettings, Transition
+from .config import AnalyticsSpec
+from .dedup import SeqTracker
+from .lines import QUALITY_CODES, line
+from .pipeline import Interval, MeterPipeline, Settings
+from .sink import InfluxWriter, SpoolSink, _sleep_or
+from .spool import Spool
+from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse, parse_oldest
+
+log = logging.getLogger(__name__)
+MeterKey = tuple[str, str]
+
+
+def owns(site: str, meter: str, index: int, count: int) -> bool:
+    """Whether partition ``index`` of ``count`` handles this meter (crc32 of site/meter)."""
+    return count <= 1 or zlib.crc32(f"{site}/{meter}".encode()) % count == index
+
+
+def _ms(ts: float) -> int:
+    return round(ts * 1000.0)
+
+
+def reading_line(r: contract.Reading) -> str | None:
+    fields: dict[str, float | int | None] = dict(r.values)
+    fields["quality"] = QUALITY_CODES[r.quality.value]
+    fields["seq"] = r.seq
+    return line("reading", {"site": r.site, "meter": r.meter, "resource": r.resource.value},
+                fields, _ms(r.ts.timestamp()))
+
+
+def interval_lines(p: MeterPipeline, iv: Interval) -> list[str]:
+    out = []
+    t_ms = iv.t_s * 1000
+    x = iv.actual
+    cons = line("consumption",
+                {"site": p.site, "meter": p.meter, "resource": p.resource, "unit": p.info.unit},
+                {"actual": x, "flags": iv.flags, "cost": p.info.cost(x),
+                 "co2_kg": p.info.co2_kg(x)}, t_ms)  # fmt: skip
+    if cons:
+        out.append(cons)
+    for kind, score in iv.scores.items():
+        fields: dict[str, float | None] = {"score": score}
+        if kind == "level_shift":
+            fields["step_per_h"] = iv.diagnostics[kind][2]
+        a = line("anomaly", {"site": p.site, "meter": p.meter, "detector": kind}, fields, t_ms)
+        if a:
+            out.append(a)
+    return out
+
+
+def event_line(t: Transition) -> str | None:
+    e = t.event
+    return line(
+        "event",
+        {"site": t.site, "meter": e.meter, "resource": t.resource, "type": e.type.value,
+         "severity": e.severity.value, "unit": e.unit, "event_id": t.event_id},
+        {"excess": e.excess, "cost": e.cost, "co2_kg": e.co2_kg, "open": int(e.end is None),
+         "end_ts": e.end.timestamp() if e.end else 0.0, "score": e.score,
+         "explanation": e.explanation},
+        _ms(e.start.timestamp()),
+    )  # fmt: skip
+
+
+def alert_payload(t: Transition, currency: str, now_s: float) -> bytes:
+    e = t.event
+    return contract.dumps({
+        "v": 1, "event": "open" if t.kind == "open" else "close", "id": t.event_id,
+        "site": t.site, "meter": e.meter, "resource": t.resource, "type": e.type.value,
+        "severity": e.severity.value, "start": contract.format_ts(e.start.timestamp()),
+        "end": contract.format_ts(e.end.timestamp()) if e.end else None,
+        "excess": round(e.excess, 6), "unit": e.unit,
+        "cost": None if e.cost is None else round(e.cost, 4), "currency": currency,
+        "co2_kg": None if e.co2_kg is None else round(e.co2_kg, 4),
+        "score": round(e.score, 4), "explanation": e.explanation,
+        "published": contract.format_ts(now_s),
+    })  # fmt: skip
+
+
+@dataclass
+class Stats:
+    started_s: float = field(default_factory=time.time)
+    readings_in: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    not_ours: int = 0
+    points_spooled: int = 0
+    alerts: int = 0
+    batches: int = 0
+    newest_ts: float = 0.0
+    checkpoints: int = 0
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class DetectService:
+    """One instance of the detector service (one partition of the meters)."""
+
+    def __init__(self, spec: AnalyticsSpec, *, writer: Any = None) -> None:
+        self.spec = spec
+        cfg = spec.config
+        self.cfg = cfg
+        self.spool = Spool(spec.spool_path, cfg.spool.cap, cfg.spool.synchronous)
+        if writer is None:
+            writer = InfluxWriter(spec.influx_url, spec.influx_token, cfg.influx.org,
+                                  cfg.influx.bucket, cfg.influx.timeout_s, cfg.influx.gzip)
+        self.writer = writer
+        self.sink = SpoolSink(self.spool, writer, batch=cfg.influx.batch,
+                              retry_delay_s=cfg.influx.retry_delay_s,
+                              retry_delay_max_s=cfg.influx.retry_delay_max_s)
+        p = cfg.processing
+        self.limits = Limits(p.max_payload_bytes, p.max_future_s, parse_oldest(p.oldest_ts))
+        a = cfg.alerts
+        self.alert_settings = AlertSettings(a.spike_open, a.spike_close, a.spike_min_rel,
+                                            a.stuck_hours, a.close_after)
+        self.stats = Stats()
+        self.dedup = SeqTracker()
+        self.meters: dict[MeterKey, MeterPipeline] = {}
+        self.metas: dict[MeterKey, contract.MeterMeta] = {}
+        self.last_seen: dict[MeterKey, float] = {}
+        self.pending_acks: dict[MeterKey, tuple[str, int]] = {}
+        self.outgoing: deque[Outgoing] = deque()
+        self.outgoing_dropped = 0
+        self.connected = False
+        self._state_lock = asyncio.Lock()
+        self._restore()
+
+    # ------------------------------------------------------------------ state
+
+    def settings_for(self, site: str) -> Settings:
+        p = self.cfg.processing
+        s = self.spec.site(site)
+        return Settings(p.interval_s, p.utc_offset_s if s.utc_offset_s is None else
+                        s.utc_offset_s, p.night_hours_utc, self.alert_settings)
+
+    def _restore(self) -> None:
+        state = checkpoint.load(self.spec.checkpoint_path)
+        if state is None:
+            return
+        self.dedup = SeqTracker.restore(state.get("dedup", []))
+        for snap in state.get("meters", []):
+            try:
+                pipe = MeterPipeline.restore(snap, self.settings_for(snap["site"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("checkpoint entry for %s/%s unusable (%s); starting it fresh",
+                          snap.get("site"), snap.get("meter"), exc)
+                continue
+            self.meters[(pipe.site, pipe.meter)] = pipe
+        log.info("restored %d meters from %s (saved %.0f s ago)", len(self.meters),
+                 self.spec.checkpoint_path, time.time() - float(state.get("saved_at", 0)))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"dedup": self.dedup.snapshot(),
+                "meters": [p.snapshot() for p in self.meters.values()]}
+
+    async def save_checkpoint(self) -> None:
+        async with self._state_lock:
+            state = await asyncio.to_thread(self.snapshot)
+        await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
+        self.stats.checkpoints += 1
+
+    def pipeline(self, site: str, meter: str, resource: str) -> MeterPipeline:
+        key = (site, meter)
+        pipe = self.meters.get(key)
+        if pipe is None:
+            s = self.spec.site(site)
+            pipe = MeterPipeline(site, meter, resource, self.settings_for(site), s.currency)
+            meta = self.metas.get(key)
+            if meta is not None:
+                pipe.set_meta(meta, s.price_per_unit, s.co2_kg_per_unit)
+            self.meters[key] = pipe
+        return pipe
+
+    # ------------------------------------------------------------------ one batch
+
+    def _dead(self, dl: DeadLetter, now: float) -> None:
+        self.stats.dead_letters += 1
+        log.info("dead letter from %s: %s", dl.topic, dl.reason)
+        self._queue_out(Outgoing(dl.out_topic, dl.to_json(now)))
+
+    def _queue_out(self, msg: Outgoing) -> None:
+        if len(self.outgoing) >= 100_000:
+            self.outgoing.popleft()
+            self.outgoing_dropped += 1
+        self.outgoing.append(msg)
+
+    def _run_pipelines(
+        self, batch: dict[MeterKey, list[contract.Reading]]
+    ) -> tuple[list[str], list[Transition]]:
+        lines: list[str] = []
+        transitions: list[Transition] = []
+        for (site, meter), readings in batch.items():
+            pipe = self.pipeline(site, meter, readings[0].resource.value)
+            for r in readings:
+                pipe.add(r.ts.timestamp(), r.values)
+            intervals, trans = pipe.complete()
+            for iv in intervals:
+                lines += interval_lines(pipe, iv)
+            transitions += trans
+        for t in transitions:
+            ev = event_line(t)
+            if ev:
+                lines.append(ev)
+        return lines, transitions
+
+    async def handle(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        """Validate, store and analyse one batch of (topic, payload); raises on disk errors."""
+        now = time.time()
+        part = self.cfg.processing.partition
+        lines: list[str] = []
+        by_meter: dict[MeterKey, list[contract.Reading]] = {}
+        touched: set[tuple[str, str, str]] = set()
+        for topic, payload in messages:
+            res = parse(topic, payload, now, self.limits)
+            if res is None:
+                continue
+            if isinstance(res, DeadLetter):
+                self._dead(res, now)
+                continue
+            key = (res.site, res.meter)
+            if not owns(res.site, res.meter, part.index, part.count):
+                self.stats.not_ours += 1
+                continue
+            if isinstance(res, contract.MeterMeta):
+                self.metas[key] = res
+                pipe = self.meters.get(key)
+                if pipe is not None:
+                    s = self.spec.site(res.site)
+                    pipe.set_meta(res, s.price_per_unit, s.co2_kg_per_unit)
+                continue
+            if self.cfg.processing.require_meta and key not in self.metas:
+                self._dead(DeadLetter(topic, payload, f"unknown meter {res.site}/{res.meter} "
+                                      "(no meta message)", res.site), now)
+                continue
+            dkey = (res.site, res.meter, res.stream)
+            if not self.dedup.accept(dkey, res.seq):
+                self.stats.duplicates += 1
+                touched.add(dkey)
+                continue
+            touched.add(dkey)
+            self.stats.readings_in += 1
+            ts = res.ts.timestamp()
+            if ts > self.stats.newest_ts:
+                self.stats.newest_ts = ts
+            if ts > self.last_seen.get(key, 0.0):
+                self.last_seen[key] = ts
+            text = reading_line(res)
+            if text:
+                lines.append(text)
+            by_meter.setdefault(key, []).append(res)
+        async with self._state_lock:
+            await asyncio.to_thread(self.spool.append, lines)
+            self.stats.points_spooled += len(lines)
+            derived, transitions = await asyncio.to_thread(self._run_pipelines, by_meter)
+            await asyncio.to_thread(self.spool.append, derived)
+            self.stats.points_spooled += len(derived)
+        self.stats.batches += 1
+        for dkey in touched:
+            self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))
+        self.sink.wake.set()
+        alerts = [t for t in transitions if t.kind in ("open", "close")]
+        if alerts:
+            await self.save_checkpoint()
+            for t in alerts:
+                self.stats.alerts += 1
+                cur = self.meters[(t.site, t.event.meter)].currency
+                self._queue_out(Outgoing(f"{ALERTS_ROOT}/{t.site}/{t.event.meter}",
+                                         alert_payload(t, cur, now), self.cfg.alerts.qos))
+
+    # ------------------------------------------------------------------ self-metrics
+
+    def health(self, now: float, rates: dict[str, float]) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "v": 1, "instance": self.cfg.instance, "ts": contract.format_ts(now),
+            "uptime_s": round(now - s.started_s, 1), "connected": self.connected,
+            "partition": self.cfg.processing.partition.model_dump(),
+            "readings_in": s.readings_in, "duplicates": s.duplicates,
+            "dead_letters": s.dead_letters, "alerts": s.alerts,
+            "points_written": self.sink.stats.written, "points_rejected":
+            self.sink.stats.rejected, "spool_depth": self.spool.depth,
+            "spool_dropped": self.spool.dropped, "db_healthy": self.sink.healthy,
+            "db_last_error": self.sink.stats.last_error, "meters": len(self.meters),
+            "open_events": sum(len(p.tracker.open) for p in self.meters.values()),
+            "lag_s": round(now - s.newest_ts, 3) if s.newest_ts else None,
+            **{k: round(v, 2) for k, v in rates.items()},
+        }  # fmt: skip
+
+    def metric_lines(self, now: float, health: dict[str, Any]) -> list[str]:
+        out = []
+        svc = line("service", {"instance": self.cfg.instance}, {
+            "readings_in_per_s": health["readings_in_per_s"],
+            "points_out_per_s": health["points_out_per_s"],
+            "lag_s": health["lag_s"], "spool_depth": health["spool_depth"],
+            "dead_letters": health["dead_letters"], "open_events": health["open_events"],
+        }, _ms(now))  # fmt: skip
+        if svc:
+            out.append(svc)
+        for (site, meter), seen in self.last_seen.items():
+            m = line("meter_seen", {"site": site, "meter": meter},
+                     {"last_seen_s": seen, "age_s": now - seen}, _ms(now))
+            if m:
+                out.append(m)
+        return out
+
+    async def _metrics(self, stop: asyncio.Event) -> None:
+        interval = self.cfg.metrics_interval_s
+        last_t, last_in, last_out = time.time(), self.stats.readings_in, self.sink.stats.written
+        topic = f"{DETECT_ROOT}/{self.cfg.instance}/health"
+        while not stop.is_set():
+            await _sleep_or(stop, interval)
+            now = time.time()
+            dt_s = max(now - last_t, 1e-6)
+            rates = {"readings_in_per_s": (self.stats.readings_in - last_in) / dt_s,
+                     "points_out_per_s": (self.sink.stats.written - last_out) / dt_s}
+            last_t, last_in, last_out = now, self.stats.readings_in, self.sink.stats.written
+            health = self.health(now, rates)
+            await asyncio.to_thread(self.spool.append, self.metric_lines(now, health))
+            self._queue_out(Outgoing(topic, contract.dumps(health), 1, True))
+
+    async def _checkpoints(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _sleep_or(stop, self.cfg.checkpoint.interval_s)
+            if not stop.is_set():
+                await self.save_checkpoint()
+
+    # ------------------------------------------------------------------ MQTT
+
+    def _status(self, state: str, reason: str = "") -> bytes:
+        return contract.dumps({"v": 1, "instance": self.cfg.instance, "state": state,
+                               "ts": contract.format_ts(time.time()), "reason": reason})
+
+    def _tls(self) -> ssl.SSLContext | None:
+        m = self.cfg.mqtt
+        if not (m.use_tls or self.spec.mqtt_url.startswith("mqtts://")):
+            return None
+        tls = m.tls
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file
+                                         else None)
+        if tls and tls.cert_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file
+                                else None)
+        if tls and tls.insecure_skip_verify:
+            log.warning("TLS certificate verification is OFF (insecure_skip_verify)")
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def filters(self) -> list[str]:
+        m = self.cfg.mqtt
+        prefix = f"$share/{m.shared_group}/" if m.shared_group else ""
+        sites = m.sites or ["+"]
+        return [f"{prefix}{contract.subscription(s, kind)}" for s in sites
+                for kind in ("reading", "meta")]
+
+    def _client(self) -> Any:
+        from urllib.parse import urlsplit
+
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        m = self.cfg.mqtt
+        url = urlsplit(self.spec.mqtt_url)
+        tls = url.scheme == "mqtts" or m.tls is not None
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        status = f"{DETECT_ROOT}/{self.cfg.instance}/status"
+        client = aiomqtt.Client(
+            url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
+            identifier=self.spec.client_id, protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False, properties=props, keepalive=m.keepalive_s,
+            timeout=m.publish_timeout_s, username=self.spec.mqtt_username,
+            password=self.spec.mqtt_password, tls_context=self._tls(),
+            will=aiomqtt.Will(status, self._status("offline", "connection lost"), 1, True),
+            max_queued_incoming_messages=0,
+        )  # fmt: skip
+        # PUBACK only after the points are in the spool (paho sends it on ack())
+        client._client.manual_ack_set(True)
+        return client
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        m = self.cfg.mqtt
+        delay = m.reconnect_delay_s
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                await self._session(stop)
+            except Exception as exc:  # aiomqtt.MqttError, OSError, timeouts
+                self.connected = False
+                log.warning("MQTT session ended: %s; reconnecting in %.1f s", _describe(exc),
+                            delay)
+            self.connected = False
+            if stop.is_set():
+                return
+            if time.monotonic() - began > 30:
+                delay = m.reconnect_delay_s
+            await _sleep_or(stop, delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, m.reconnect_delay_max_s)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        m = self.cfg.mqtt
+        client = self._client()
+        await asyncio.wait_for(client.__aenter__(), m.connect_timeout_s)
+        try:
+            self.connected = True
+            log.info("connected to %s as %s", self.spec.mqtt_url, self.spec.client_id)
+            await asyncio.wait_for(
+                client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters()]),
+                m.connect_timeout_s,
+            )
+            self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.cfg.instance}/status",
+                                     self._status("online"), 1, True))
+            done = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(client, stop, done), name="consume")
+                tg.create_task(self._publish(client, done), name="publish")
+                tg.create_task(self._acks(done), name="acks")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.publish(
+                    f"{DETECT_ROOT}/{self.cfg.instance}/status",
+                    self._status("offline", "stopped" if stop.is_set() else "reconnecting"),
+                    qos=1, retain=True), 2.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
+
+    async def _consume(self, client: Any, stop: asyncio.Event, done: asyncio.Event) -> None:
+        p = self.cfg.processing
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * p.batch)
+
+        async def read() -> None:
+            async for msg in client.messages:
+                await queue.put(msg)
+
+        reader = asyncio.create_task(read(), name="mqtt-read")
+        try:
+            while not stop.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([getter, stopper, reader],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                if reader.done():
+                    getter.cancel()
+                    reader.result()  # raises the connection error
+                    raise ConnectionError("message stream ended")
+                if not getter.done():
+                    getter.cancel()
+                    break
+                batch = [getter.result()]
+                deadline = time.monotonic() + p.batch_wait_s
+                while len(batch) < p.batch:
+                    try:
+                        batch.append(queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        try:
+                            batch.append(await asyncio.wait_for(queue.get(), left))
+                        except TimeoutError:
+                            break
+                await self._backpressure(stop, len(batch))
+                await self.handle((m.topic.value, _payload(m.payload)) for m in batch)
+                for msg in batch:
+                    if msg.qos > 0:
+                        client._client.ack(msg.mid, msg.qos)
+        finally:
+            reader.cancel()
+            done.set()
+
+    async def _backpressure(self, stop: asyncio.Event, n: int) -> None:
+        high = self.spool.cap - 4 * max(n, 1) * 4
+        if self.spool.depth <= high:
+            return
+        log.warning("spool holds %d points (cap %d): pausing intake until the database "
+                    "catches up", self.spool.depth, self.spool.cap)
+        while self.spool.depth > high and not stop.is_set():
+            await asyncio.sleep(0.2)
+
+    async def _publish(self, client: Any, done: asyncio.Event) -> None:
+        timeout = self.cfg.mqtt.publish_timeout_s
+        while True:
+            while self.outgoing:
+                msg = self.outgoing[0]
+                await asyncio.wait_for(client.publish(msg.topic, msg.payload, qos=msg.qos,
+                                                      retain=msg.retain), timeout)
+                self.outgoing.popleft()
+            if done.is_set():
+                return
+            await _sleep_or(done, 0.05)
+
+    async def _acks(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await _sleep_or(done, self.cfg.ack_interval_s)
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        pending, self.pending_acks = self.pending_acks, {}
+        for (site, meter), (stream, seq) in pending.items():
+            payload = contract.dumps({"v": 1, "stream": stream, "seq": seq})
+            self._queue_out(Outgoing(contract.ack_topic(site, meter), payload, 1, True))
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then checkpoint and drain the spool (bounded)."""
+        sink_stop = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sink = tg.create_task(self.sink.run(sink_stop), name="sink")
+                tg.create_task(self._metrics(stop), name="metrics")
+                tg.create_task(self._checkpoints(stop), name="checkpoints")
+                await self._mqtt_loop(stop)
+                await self.save_checkpoint()
+                log.info("stopped taking messages; writing the spool (%d points) for up to "
+                         "%.0f s", self.spool.depth, self.cfg.drain_timeout_s)
+                sink_stop.set()
+                self.sink.wake.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(sink), self.cfg.drain_timeout_s)
+                sink.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.spool.close()
+        log.info("stopped: %s", json.dumps(self.health(time.time(), {})))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):  # noqa: F821 (Python 3.11)
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _payload(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    return str(payload).encode()

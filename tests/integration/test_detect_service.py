@@ -1,0 +1,298 @@
+"""``recp detect`` against the real Mosquitto and VictoriaMetrics, as a subprocess.
+
+Synthetic meters (a day/night load, and a 30-minute spike on day 4 on m1) are published
+as an agent would; the tests check the database holds every reading exactly once and the
+consumption intervals, that malformed payloads are dead-lettered, that a database outage
+loses nothing, and that SIGKILL/SIGTERM restarts neither lose data nor raise an alert twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector import contract
+
+if TYPE_CHECKING:
+    from tests.conftest import MosquittoServer, VictoriaMetricsServer
+
+pytestmark = pytest.mark.integration
+
+T0 = 1767225600  # 2026-01-01T00:00Z
+STEP = 300
+DAY = 86400
+# the service's session may queue a backlog; no database save after every message
+BROKER_CONF = "max_queued_messages 0\nautosave_on_changes false\nautosave_interval 30\n"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rate_kw(meter: str, t: int) -> float:
+    h = (t % DAY) / 3600
+    base = (20.0 if meter == "m1" else 5.0) + (60.0 if 6 <= h < 18 else 0.0)
+    if meter == "m1" and 3 * DAY + 10 * 3600 <= t - T0 < 3 * DAY + 10 * 3600 + 1800:
+        base += 400.0
+    return base
+
+
+def readings(meter: str, days: float) -> list[tuple[str, bytes]]:
+    out, e, t, seq = [], 1000.0, T0, 1
+    while t < T0 + days * DAY:
+        payload = contract.reading_payload(
+            site="dairy", meter=meter, resource="electricity", stream="st1", seq=seq, ts=t,
+            quality=contract.Quality.OK,
+            values={"energy_kwh": round(e, 3), "power_kw": rate_kw(meter, t)},
+        )  # fmt: skip
+        out.append((contract.reading_topic("dairy", meter), contract.dumps(payload)))
+        e += rate_kw(meter, t) * STEP / 3600
+        t += STEP
+        seq += 1
+    return out
+
+
+def meta(meter: str) -> tuple[str, bytes]:
+    return contract.meta_topic("dairy", meter), contract.dumps({
+        "v": 1, "site": "dairy", "meter": meter, "resource": "electricity",
+        "profile": "sdm120", "manufacturer": "Eastron", "model": "SDM120",
+        "interval_s": STEP,
+        "points": {"energy_kwh": {"unit": "kWh", "kind": "counter"},
+                   "power_kw": {"unit": "kW", "kind": "gauge"}},
+        "tags": {"price_per_unit": 0.25, "co2_kg_per_unit": 0.4, "currency": "EUR"},
+    })  # fmt: skip
+
+
+def interleave(*series: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    out = []
+    for i in range(max(len(s) for s in series)):
+        out += [s[i] for s in series if i < len(s)]
+    return out
+
+
+class Bus:
+    """A plain paho client: publishes like an agent and records what the service sends."""
+
+    def __init__(self, broker: MosquittoServer) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-bus",
+                             protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on_message
+        self.c.max_inflight_messages_set(1000)
+        self.c.connect(broker.host, broker.port)
+        self.c.loop_start()
+        for f in ("recp/v1/_alerts/#", "recp/v1/_deadletter/#", "recp/v1/_detect/#"):
+            self.c.subscribe(f, qos=1)
+        time.sleep(0.2)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.got.append((msg.topic, bytes(msg.payload)))
+
+    def publish(self, msgs: list[tuple[str, bytes]], retain: bool = False) -> None:
+        infos = [self.c.publish(t, p, qos=1, retain=retain) for t, p in msgs]
+        for info in infos:
+            info.wait_for_publish(10)
+
+    def messages(self, prefix: str) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return [m for m in self.got if m[0].startswith(prefix)]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for _, p in self.messages("recp/v1/_alerts/")]
+
+    def health(self, since: int = 0) -> dict[str, Any]:
+        """The newest health message, if it is the since-th or later."""
+        h = self.messages("recp/v1/_detect/detect/health")
+        return json.loads(h[-1][1]) if len(h) > since else {}
+
+    def n_health(self) -> int:
+        return len(self.messages("recp/v1/_detect/detect/health"))
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}", pytrace=False)
+        time.sleep(0.1)
+
+
+class Detect:
+    """``recp detect`` as a subprocess."""
+
+    def __init__(self, tmp: Path, broker: MosquittoServer, vm: VictoriaMetricsServer):
+        self.cfg = tmp / "analytics.yaml"
+        self.cfg.write_text(f"""kind: analytics
+instance: detect
+mqtt: {{url: "{broker.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 1}}
+influx: {{url: "{vm.url}", retry_delay_s: 0.1, retry_delay_max_s: 0.5, timeout_s: 2}}
+spool: {{path: spool.sqlite}}
+checkpoint: {{path: state.json, interval_s: 1}}
+processing: {{batch: 2000, batch_wait_s: 0.02}}
+metrics_interval_s: 0.5
+ack_interval_s: 0.2
+""")
+        self.log = tmp / "detect.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "collector", "detect", "-c", str(self.cfg), "-v"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(30)
+        self.proc = None
+        return code
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def setup(tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any) -> Any:
+    broker = mosquitto_factory(BROKER_CONF)
+    detect = Detect(tmp_path, broker, victoria_metrics)
+    detect.start()
+    bus = Bus(broker)
+    bus.publish([meta("m1"), meta("m2")], retain=True)
+    wait_until(lambda: bus.health().get("connected") is True, 30, "the service to connect")
+    yield broker, victoria_metrics, detect, bus
+    bus.close()
+    if detect.alive():
+        detect.stop(signal.SIGKILL)
+
+
+def samples(vm: VictoriaMetricsServer, metric: str) -> dict[str, list[int]]:
+    vm.flush()
+    out: dict[str, list[int]] = {}
+    for series in vm.query_export(metric, start="2025-12-01T00:00:00Z"):
+        out.setdefault(series["metric"].get("meter", ""), []).extend(series["timestamps"])
+    return out
+
+
+def all_stored(vm: VictoriaMetricsServer, n: int, meters: tuple[str, ...] = ("m1", "m2")
+               ) -> bool:
+    got = samples(vm, "reading_energy_kwh")
+    return all(len(got.get(m, [])) >= n for m in meters)
+
+
+def check_exactly_once(vm: VictoriaMetricsServer, n: int) -> None:
+    got = samples(vm, "reading_energy_kwh")
+    for m in ("m1", "m2"):
+        ts = got[m]
+        assert len(ts) == n == len(set(ts)), (m, len(ts), len(set(ts)))
+        assert ts == sorted(ts) and ts[0] == T0 * 1000 and ts[-1] == (T0 + (n - 1) * STEP) * 1000
+
+
+def test_end_to_end_exactly_once_consumption_alerts_dead_letters(setup: Any) -> None:
+    _, vm, detect, bus = setup
+    m1, m2 = readings("m1", 4), readings("m2", 4)
+    bus.publish(interleave(m1, m2))
+    good = m1[0][1]
+    corpus = [
+        (m1[0][0], good[:20]),  # truncated JSON
+        (m1[0][0], good.replace(b'"seq":1', b'"seq":"x"')),  # wrong type
+        ("recp/v1/dairy/Unknown_Meter/reading", good),  # not a meter id
+        (m1[0][0], good.replace(b'"power_kw":20.0', b'"power_kw":NaN')),
+        (m1[0][0], good[:-1] + b',"pad":"' + b"x" * 100_000 + b'"}'),  # huge
+        (m1[0][0], contract.dumps(contract.reading_payload(
+            site="dairy", meter="m1", resource="electricity", stream="st1", seq=99999,
+            ts=time.time() + 30 * DAY, quality=contract.Quality.OK,
+            values={"energy_kwh": 1.0}))),  # far future
+    ]  # fmt: skip
+    bus.publish(corpus)
+    bus.publish(m1[:300] + m2[-300:])  # a replay
+    n = len(m1)
+    wait_until(lambda: all_stored(vm, n), 30, "every reading in the database")
+    wait_until(lambda: len(bus.messages("recp/v1/_deadletter/")) >= len(corpus), 10,
+               "dead letters")
+    assert detect.alive()
+    check_exactly_once(vm, n)
+    dead = [json.loads(p) for _, p in bus.messages("recp/v1/_deadletter/")]
+    assert len(dead) == len(corpus) and all(d["reason"] for d in dead)
+    wait_until(lambda: bus.health().get("duplicates", 0) >= 600, 10, "duplicates counted")
+    assert bus.health()["dead_letters"] == len(corpus)
+    # consumption: every completed 15-minute interval once, summing to the counter's rise
+    cons = samples(vm, "consumption_actual")
+    assert {m: len(v) for m, v in cons.items()} == {"m1": 4 * 96 - 1, "m2": 4 * 96 - 1}
+    # the spike on m1 came out as one alert opening and one closing, and in the database
+    alerts = bus.alerts()
+    spikes = [a for a in alerts if a["type"] == "spike"]
+    assert [a["event"] for a in spikes] == ["open", "close"], alerts
+    assert spikes[0]["id"] == spikes[1]["id"] == f"dairy/m1/spike/{T0 + 3 * DAY + 36000}"
+    assert spikes[1]["excess"] > 100 and spikes[1]["cost"] == pytest.approx(
+        0.25 * spikes[1]["excess"], rel=1e-3)
+    assert samples(vm, "event_excess").get("m1")
+    assert samples(vm, "anomaly_score").get("m2")
+    assert samples(vm, 'service_readings_in_per_s{instance="detect"}')
+    assert samples(vm, "meter_seen_last_seen_s").keys() == {"m1", "m2"}
+    # the consumer's high-water mark for confirm: consumer agents
+    acks = [json.loads(p) for t, p in bus.got if t.endswith("/m1/ack")]
+    assert acks == [] or acks[-1]["seq"] <= n  # (we are not subscribed to acks)
+    assert detect.stop() == 0
+
+
+def test_database_outage_loses_nothing(setup: Any) -> None:
+    _, vm, _, bus = setup
+    m1, m2 = readings("m1", 2), readings("m2", 2)
+    vm.stop()
+    bus.publish(interleave(m1, m2))
+    wait_until(lambda: bus.health().get("readings_in", 0) >= 2 * len(m1), 20,
+               "readings taken in while the database is down")
+    h = bus.health()
+    assert h["spool_depth"] >= 2 * len(m1) and h["db_healthy"] is False
+    vm.start()
+    wait_until(lambda: all_stored(vm, len(m1)), 30, "the spool written after the outage")
+    check_exactly_once(vm, len(m1))
+    wait_until(lambda: bus.health().get("spool_depth", 1) < 50, 10, "spool drained")
+
+
+def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
+    _, vm, detect, bus = setup
+    m1, m2 = readings("m1", 5), readings("m2", 5)
+    both = interleave(m1, m2)
+    # up to day 4 10:20: the spike has opened
+    cut = 2 * ((3 * DAY + 10 * 3600 + 1200) // STEP)
+    bus.publish(both[:cut])
+    wait_until(lambda: any(a["event"] == "open" for a in bus.alerts()), 30, "spike opened")
+    # a crash: no shutdown checkpoint (the transition saved one)
+    detect.stop(signal.SIGKILL)
+    bus.publish(both[cut : cut + 400])  # queued by the broker for the persistent session
+    k = bus.n_health()
+    detect.start()
+    wait_until(lambda: bus.health(k).get("readings_in", 0) >= 400, 30, "restart after SIGKILL")
+    # a clean stop and start, then the rest and a full replay
+    assert detect.stop() == 0
+    assert json.loads((detect.cfg.parent / "state.json").read_text())["meters"]
+    bus.publish(both[cut + 400 :])
+    detect.start()
+    bus.publish(both[:500])
+    wait_until(lambda: all_stored(vm, len(m1)), 40, "every reading after restarts")
+    check_exactly_once(vm, len(m1))
+    wait_until(lambda: any(a["event"] == "close" for a in bus.alerts()), 20, "spike closed")
+    time.sleep(1.0)
+    spikes = [(a["event"], a["id"]) for a in bus.alerts() if a["type"] == "spike"]
+    assert [e for e, _ in spikes] == ["open", "close"], spikes
+    assert len({i for _, i in spikes}) == 1
+    cons = samples(vm, "consumption_actual")
+    assert len(cons["m1"]) == len(set(cons["m1"])) >= 5 * 96 - 1 - 2

@@ -1,0 +1,304 @@
+"""Detector service parts without servers: validation, dedup, spool, alerts, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from collector import contract
+from collector.configfile import ConfigError
+from detectors.meter import MeterInfo
+from detectors.service import checkpoint
+from detectors.service.alerts import AlertSettings, EventTracker
+from detectors.service.config import load_analytics
+from detectors.service.dedup import SeqTracker
+from detectors.service.lines import line
+from detectors.service.pipeline import MeterPipeline, Settings
+from detectors.service.service import DetectService, owns
+from detectors.service.sink import SpoolSink
+from detectors.service.spool import Spool
+from detectors.service.validate import DeadLetter, Limits, parse
+
+T0 = 1767225600  # 2026-01-01T00:00Z
+TOPIC = "recp/v1/dairy/m1/reading"
+
+
+def reading(seq: int = 1, ts: float = T0, meter: str = "m1", **values: float | None) -> bytes:
+    return contract.dumps(contract.reading_payload(
+        site="dairy", meter=meter, resource="electricity", stream="s1", seq=seq, ts=ts,
+        quality=contract.Quality.OK, values=values or {"energy_kwh": 1.0},
+    ))  # fmt: skip
+
+
+def rate_kw(t: int) -> float:
+    h = (t % 86400) / 3600
+    base = 20.0 + (60.0 if 6 <= h < 18 else 0.0)
+    if 3 * 86400 + 10 * 3600 <= t - T0 < 3 * 86400 + 10 * 3600 + 1800:
+        base += 400.0  # a spike on day 4, 10:00-10:30
+    return base
+
+
+def counter(days: int, step: int = 300) -> list[tuple[int, float]]:
+    out, e, t = [], 1000.0, T0
+    while t < T0 + days * 86400:
+        out.append((t, round(e, 3)))
+        e += rate_kw(t) * step / 3600
+        t += step
+    return out
+
+
+# ------------------------------------------------------------------------- validation
+
+LIMITS = Limits(max_payload_bytes=4096, max_future_s=300.0)
+GOOD = reading()
+CORPUS = {
+    "truncated JSON": (TOPIC, GOOD[: len(GOOD) // 2]),
+    "not JSON": (TOPIC, b"hello"),
+    "not UTF-8": (TOPIC, b"\xff\xfe\x00garbage"),
+    "wrong types": (TOPIC, GOOD.replace(b'"seq":1', b'"seq":"one"')),
+    "unknown quantity": (TOPIC, GOOD.replace(b"energy_kwh", b"energy_bananas")),
+    "NaN value": (TOPIC, GOOD.replace(b'"energy_kwh":1.0', b'"energy_kwh":NaN')),
+    "infinite value": (TOPIC, GOOD.replace(b'"energy_kwh":1.0', b'"energy_kwh":1e999')),
+    "far future": (TOPIC, reading(ts=time.time() + 86400 * 365)),
+    "too old": (TOPIC, reading(ts=100.0)),
+    "huge payload": (TOPIC, GOOD[:-1] + b',"pad":"' + b"x" * 10000 + b'"}'),
+    "site/meter differ from topic": ("recp/v1/dairy/m2/reading", GOOD),
+    "unknown meter id in topic": ("recp/v1/dairy/BAD METER/reading", GOOD),
+    "wrong topic shape": ("recp/v1/dairy/reading", GOOD),
+    "unknown kind": ("recp/v1/dairy/m1/bogus", GOOD),
+    "local time": (TOPIC, GOOD.replace(b'Z"', b'+01:00"')),
+    "empty": (TOPIC, b""),
+    "a list": (TOPIC, b"[1,2,3]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_malformed_payloads_become_dead_letters(case: str) -> None:
+    topic, payload = CORPUS[case]
+    res = parse(topic, payload, time.time(), LIMITS)
+    assert isinstance(res, DeadLetter), f"{case}: {res!r}"
+    assert res.reason
+    body = json.loads(res.to_json(time.time()))
+    assert body["topic"] == topic and body["reason"] == res.reason
+    kept = (base64.b64decode(body["payload_b64"]) if "payload_b64" in body
+            else body["payload_text"].encode())
+    assert kept == payload[:4096]
+    assert body["truncated"] == (len(payload) > 4096)
+    assert res.out_topic in ("recp/v1/_deadletter/dairy", "recp/v1/_deadletter/unknown")
+
+
+def test_good_reading_and_ignored_agent_topics() -> None:
+    res = parse(TOPIC, GOOD, time.time(), LIMITS)
+    assert isinstance(res, contract.Reading) and res.values == {"energy_kwh": 1.0}
+    assert parse("recp/v1/dairy/_agent/status", b"{}", time.time(), LIMITS) is None
+
+
+# ------------------------------------------------------------------------- dedup
+
+
+def test_dedup_drops_replays_and_out_of_order_duplicates() -> None:
+    d = SeqTracker(window=4)
+    key = ("dairy", "m1", "s1")
+    assert [d.accept(key, s) for s in (1, 2, 3, 2, 1, 5, 4, 5, 6)] == [
+        True, True, True, False, False, True, True, False, True]  # fmt: skip
+    assert d.done(key) == 6
+    assert d.accept(("dairy", "m1", "s2"), 1)  # a new stream starts afresh
+
+
+def test_dedup_window_gives_up_holes_and_round_trips() -> None:
+    d = SeqTracker(window=3)
+    key = ("dairy", "m1", "s1")
+    d.accept(key, 1)
+    for s in (3, 4, 5, 6):  # 2 never comes (the agent's outbox dropped it)
+        assert d.accept(key, s)
+    assert d.done(key) == 6
+    d.accept(key, 9)
+    e = SeqTracker.restore(json.loads(json.dumps(d.snapshot())), window=3)
+    assert not e.accept(key, 9) and not e.accept(key, 6) and e.accept(key, 7)
+
+
+# ------------------------------------------------------------------------- spool
+
+
+def test_spool_keeps_order_across_reopen_and_deletes_written(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.sqlite", cap=1000)
+    sp.append([f"p{i}" for i in range(10)])
+    rows = sp.peek(4)
+    assert [x for _, x in rows] == ["p0", "p1", "p2", "p3"]
+    assert sp.delete_through(rows[-1][0]) == 4
+    sp.close()
+    sp = Spool(tmp_path / "s.sqlite", cap=1000)
+    assert sp.depth == 6
+    assert [x for _, x in sp.peek(100)] == [f"p{i}" for i in range(4, 10)]
+
+
+def test_spool_is_bounded_dropping_oldest_counted(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.sqlite", cap=5)
+    sp.append([f"a{i}" for i in range(4)])
+    sp.append([f"b{i}" for i in range(3)])
+    assert sp.depth == 5 and sp.dropped == 2
+    assert [x for _, x in sp.peek(10)] == ["a2", "a3", "b0", "b1", "b2"]
+
+
+class FlakyWriter:
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.got: list[str] = []
+
+    def write(self, lines: list[str]) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("database down")
+        self.got += lines
+
+    def close(self) -> None:
+        pass
+
+
+def test_sink_retries_and_writes_everything_in_order(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "s.sqlite", cap=1000)
+    sp.append([f"p{i}" for i in range(25)])
+    writer = FlakyWriter(fail=3)
+    sink = SpoolSink(sp, writer, batch=10, retry_delay_s=0.01, retry_delay_max_s=0.02)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        stop.set()  # drain what is there, then return
+        await sink.run(stop)
+        while sp.depth:
+            await sink.run(stop)
+
+    asyncio.run(go())
+    assert writer.got == [f"p{i}" for i in range(25)]
+    assert sink.stats.failures >= 1 and sp.depth == 0
+
+
+def test_line_protocol_escapes_and_skips_empty() -> None:
+    assert line("m", {"site": "a b", "x": "c,d=e"}, {"v": 1.5, "n": 2, "s": 'q"'}, 7) == (
+        'm,site=a\\ b,x=c\\,d\\=e v=1.5,n=2i,s="q\\"" 7')
+    assert line("m", {"a": "b"}, {"v": None, "w": math.nan}, 1) is None
+
+
+# ------------------------------------------------------------------------- alerts
+
+
+def test_spike_hysteresis_opens_once_and_closes_once() -> None:
+    tr = EventTracker("dairy", "m1", AlertSettings(spike_open=6, spike_close=3, close_after=2))
+    info = MeterInfo("m1", "kWh", price_per_unit=0.2)
+    kinds = []
+    # a value fluctuating around the opening threshold: 7, 5, 6.5, 4, 2.9, 6.1 (reopens
+    # only after two quiet intervals), then quiet
+    for i, z in enumerate((1, 7, 5, 6.5, 4, 2.9, 5.5, 2, 1, 1, 1)):
+        for t in tr.step("spike", T0 + 900 * i, 900, 100.0, z, [10.0, 5.0], info,
+                         "electricity", "EUR"):
+            kinds.append(t.kind)
+            if t.kind == "close":
+                assert t.event.end is not None and t.event.excess > 0
+                assert t.event.cost == pytest.approx(0.2 * t.event.excess)
+    assert kinds.count("open") == 1 and kinds.count("close") == 1
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
+    data = counter(5)
+    cut = len(data) * 7 // 10  # after the spike has opened... or not: both must agree
+    straight = MeterPipeline("dairy", "m1", "electricity", Settings())
+    full = []
+    for t, v in data:
+        straight.add(t, {"energy_kwh": v})
+        iv, tr = straight.complete()
+        full.append((iv, [(x.kind, x.event_id) for x in tr if x.kind != "update"]))
+
+    first = MeterPipeline("dairy", "m1", "electricity", Settings())
+    parts = []
+    for t, v in data[:cut]:
+        first.add(t, {"energy_kwh": v})
+        iv, tr = first.complete()
+        parts.append((iv, [(x.kind, x.event_id) for x in tr if x.kind != "update"]))
+    checkpoint.save(tmp_path / "state.json", {"meters": [first.snapshot()]})
+    state = checkpoint.load(tmp_path / "state.json")
+    assert state is not None
+    second = MeterPipeline.restore(state["meters"][0], Settings())
+    for t, v in data[cut:]:
+        second.add(t, {"energy_kwh": v})
+        iv, tr = second.complete()
+        parts.append((iv, [(x.kind, x.event_id) for x in tr if x.kind != "update"]))
+    assert [p[1] for p in parts] == [p[1] for p in full]
+    assert [[(i.t_s, i.actual, i.scores) for i in p[0]] for p in parts] == [
+        [(i.t_s, i.actual, i.scores) for i in p[0]] for p in full]  # fmt: skip
+    opened = [e for p in full for e in p[1] if e[0] == "open"]
+    assert len(opened) == 1 and "spike" in opened[0][1]
+
+
+def test_unreadable_checkpoint_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    assert checkpoint.load(path) is None
+    assert (tmp_path / "state.json.bad").exists() and not path.exists()
+
+
+# ------------------------------------------------------------------------- the service
+
+
+def _spec(tmp_path: Path, extra: str = ""):
+    cfg = tmp_path / "analytics.yaml"
+    cfg.write_text(
+        "kind: analytics\nspool: {path: spool.sqlite}\ncheckpoint: {path: state.json}\n"
+        + extra
+    )
+    return load_analytics(cfg)
+
+
+def test_service_handles_batches_dead_letters_and_replays(tmp_path: Path) -> None:
+    writer = FlakyWriter(0)
+    svc = DetectService(_spec(tmp_path), writer=writer)
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(2))]
+    bad = [(TOPIC, b"{trunc"), ("recp/v1/dairy/m1/reading", reading(ts=time.time() + 1e6))]
+
+    async def go() -> None:
+        await svc.handle(msgs[:300] + bad)
+        await svc.handle(msgs[250:])  # overlapping replay
+        await svc.handle(msgs)  # full replay
+
+    asyncio.run(go())
+    assert svc.stats.readings_in == len(msgs)
+    assert svc.stats.duplicates == 50 + len(msgs)
+    assert svc.stats.dead_letters == 2
+    dead = [o for o in svc.outgoing if o.topic.startswith("recp/v1/_deadletter/")]
+    assert len(dead) == 2 and all(o.topic.endswith("/dairy") for o in dead)
+    lines = [x for _, x in svc.spool.peek(100_000)]
+    assert sum(x.startswith("reading,") for x in lines) == len(msgs)
+    assert sum(x.startswith("consumption,") for x in lines) == 2 * 96 - 1
+    svc.flush_acks()
+    acks = [o for o in svc.outgoing if o.topic.endswith("/ack")]
+    assert json.loads(acks[-1].payload) == {"v": 1, "stream": "s1", "seq": len(msgs)}
+
+
+def test_partitions_split_meters_exactly_once() -> None:
+    meters = [("dairy", f"m{i}") for i in range(200)]
+    owners = [[i for i in range(3) if owns(s, m, i, 3)] for s, m in meters]
+    assert all(len(o) == 1 for o in owners)
+    assert {o[0] for o in owners} == {0, 1, 2}
+
+
+def test_config_rejects_inline_secrets_and_bad_partition(tmp_path: Path) -> None:
+    for bad in ("mqtt: {password: x}\n", "influx: {token: x}\n",
+                "processing: {partition: {index: 2, count: 2}}\n",
+                "processing: {interval_s: 700}\n", "bogus: 1\n"):
+        with pytest.raises(ConfigError):
+            _spec(tmp_path, bad)
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECP_INFLUX_TOKEN", "t")
+    spec = load_analytics(Path(__file__).parents[2] / "edge_config" / "analytics.yaml")
+    assert spec.influx_token == "t" and spec.client_id.startswith("recp-detect-")
