@@ -24,6 +24,8 @@ COMMANDS = (
     "detect",
     "config",
     "profiles",
+    "savings",
+    "report",
     "grafana",
 )
 

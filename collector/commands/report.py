@@ -1,0 +1,138 @@
+"""``recp report``: the RECP assessment report of a site and period."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+NAME = "report"
+HELP = "RECP assessment report of a site: consumption, base load, losses, savings potential"
+DESCRIPTION = """\
+The in-plant assessment of a site and period: per resource (electricity, water, steam) the
+consumption, cost and CO2, the base-load share, the consumption per unit produced and its
+weekly trend, every loss the anomaly detectors find (spikes, base-load rises, level shifts,
+drift) with its excess, cost and CO2 ranked by money, and the total savings potential.
+
+--site-dir is a folder in the layout of recp simulate --csv: one <meter>.csv per meter and
+meters.json (resource, counter column, price, CO2 factor); production and outdoor
+temperature come from its production and weather meters.
+
+Writes OUT/report.html (self-contained, plots embedded) and OUT/assessment.json; with --pdf
+also OUT/report.pdf when Chromium or wkhtmltopdf is installed.
+
+examples:
+  recp simulate -c edge_config/plants/demo.yaml --csv out/demo
+  recp report --site-dir out/demo --from 2026-01-05 --to 2026-02-03 --out report/
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--site-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder of meter CSV files with meters.json (recp simulate --csv)",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        metavar="DATE",
+        help="first day or UTC date-time (default: start of the data)",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        metavar="DATE",
+        help="last day (included) or UTC date-time (default: end of the data)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--timezone",
+        help="local time zone of the site (dates, days, nights; default: meters.json's or UTC)",
+    )
+    p.add_argument("--currency", default="EUR", help="currency of the prices (default EUR)")
+    p.add_argument(
+        "--pdf", action="store_true", help="also write report.pdf (needs chromium or wkhtmltopdf)"
+    )
+
+
+def _pdf(html: Path, pdf: Path) -> str | None:
+    """Convert with the first converter found; returns its name or None."""
+    for exe in ("chromium", "chromium-browser", "google-chrome", "wkhtmltopdf"):
+        path = shutil.which(exe)
+        if not path:
+            continue
+        if exe == "wkhtmltopdf":
+            cmd = [path, "--quiet", str(html), str(pdf)]
+        else:
+            cmd = [path, "--headless", "--disable-gpu", "--no-sandbox",
+                   f"--print-to-pdf={pdf}", html.resolve().as_uri()]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        if done.returncode == 0 and pdf.exists():
+            return exe
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.csvinput import CsvInputError, load_manifest
+    from detectors.savings import SavingsError, parse_local
+
+    from ..configfile import ConfigError, Problem
+
+    if args.timezone is None:
+        try:
+            man = load_manifest(args.site_dir)
+        except CsvInputError as exc:
+            raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from None
+        args.timezone = (man.timezone if man else None) or "UTC"
+    try:
+        start = parse_local(args.start, args.timezone) if args.start else None
+        end = parse_local(args.end, args.timezone, end=True) if args.end else None
+    except ValueError as exc:
+        what = "--from/--to" if "zone" not in str(exc) else "--timezone"
+        raise ConfigError([Problem(what, None, "", f"{exc}; use 2026-01-05 or "
+                                   "2026-01-05T06:00:00Z")]) from None  # fmt: skip
+    try:
+        return _run(args, start, end)
+    except CsvInputError as exc:
+        raise ConfigError([Problem(exc.file, exc.line, "", exc.message)]) from None
+    except SavingsError as exc:
+        raise ConfigError([Problem(str(args.site_dir), None, "", str(exc))]) from None
+
+
+def _run(args: argparse.Namespace, start: int | None, end: int | None) -> int:
+    from detectors.csvinput import load_manifest
+    from detectors.report.assessment import assess, assessment_dict, assessment_html
+    from detectors.report.progress import Progress
+
+    man = load_manifest(args.site_dir)
+    n = 3 + (len(man.meters) if man else 0)
+    with Progress(n, "report") as bar:
+        a = assess(args.site_dir, start, end, timezone=args.timezone, currency=args.currency,
+                   progress=bar.step)  # fmt: skip
+        bar.note("plots")
+        html = assessment_html(a)
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / "report.html"
+        out.write_text(html, encoding="utf-8")
+        (args.out / "assessment.json").write_text(
+            json.dumps(assessment_dict(a), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+    cur = a.currency
+    print(f"{a.site}: {len(a.meters)} meters, {len(a.events)} loss events, savings potential "
+          f"{a.potential_cost:,.0f} {cur} in the period "
+          f"({a.annualised_cost():,.0f} {cur}/year if the open losses continue)")  # fmt: skip
+    for e in a.events[:5]:
+        cost = "" if e.cost is None else f"{e.cost:,.0f} {cur}, "
+        print(f"  {e.meter}: {e.type.value} from {e.start:%Y-%m-%d %H:%M}: {cost}"
+              f"{e.excess:,.4g} {e.unit}")  # fmt: skip
+    if args.pdf:
+        used = _pdf(out, args.out / "report.pdf")
+        hint = "no PDF: install chromium or wkhtmltopdf (the HTML prints well too)"
+        print(f"wrote {args.out / 'report.pdf'} with {used}" if used else hint)
+    print(f"wrote {out} and {args.out / 'assessment.json'}")
+    return 0

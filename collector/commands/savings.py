@@ -1,0 +1,194 @@
+"""``recp savings``: verify what an intervention saved (IPMVP adjusted baseline, Guideline 14)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+NAME = "savings"
+HELP = "verify savings: adjusted baseline, ASHRAE Guideline 14 statistics, HTML report"
+DESCRIPTION = """\
+Verify what an intervention saved on one meter (IPMVP Option B/C). A baseline model (time of
+week, outdoor temperature, production) is fitted on the baseline period and run with the
+reporting period's weather and production: the adjusted baseline. Avoided consumption is
+adjusted baseline minus actual, with its ASHRAE Guideline 14-2014 uncertainty at 68/80/90 %
+and a pass/fail verdict (CV(RMSE), NMBE, savings uncertainty, data sufficiency).
+
+INPUT is a CSV file: timestamp_utc, then value columns (the layout recp simulate --csv
+writes). The consumption column is a counter by default (--values interval: quantity per
+row). --temperature and --production name columns; a column not in INPUT is taken from
+--temperature-csv / --production-csv, or else from the one other CSV file in INPUT's folder
+that has it. A production column is a counter of units produced, or a rate per hour when
+its name ends in _h. With a meters.json beside INPUT (recp simulate output) the meter's
+counter column, unit, price and CO2 factor come from it.
+
+Periods are START..END with ISO dates or date-times; a date-only END includes that day;
+times without Z or an offset are local in --timezone.
+
+Writes OUT/savings.json and OUT/report.html (self-contained, plots embedded).
+
+examples:
+  recp savings out/steam_main.csv --baseline 2026-01-05..2026-02-15 \\
+      --reporting 2026-02-16..2026-03-01 --temperature outdoor_temperature_c \\
+      --production produced_units --timezone Europe/Vienna --out savings/
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, metavar="INPUT", help="CSV file of the meter")
+    p.add_argument("--baseline", required=True, metavar="START..END", help="baseline period")
+    p.add_argument("--reporting", required=True, metavar="START..END", help="reporting period")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--meter", metavar="ID", help="meter id in meters.json (default: file name)")
+    p.add_argument(
+        "--column",
+        metavar="COL",
+        help="consumption column (default: the meter's counter from meters.json)",
+    )
+    p.add_argument(
+        "--values",
+        choices=("counter", "interval"),
+        default="counter",
+        help="the column is a cumulative counter (default) or quantity per row",
+    )
+    p.add_argument("--temperature", metavar="COL", help="outdoor temperature column, degC")
+    p.add_argument(
+        "--temperature-csv", type=Path, metavar="FILE", help="file holding the temperature column"
+    )
+    p.add_argument("--production", metavar="COL", help="production column (units)")
+    p.add_argument(
+        "--production-csv", type=Path, metavar="FILE", help="file holding the production column"
+    )
+    p.add_argument(
+        "--interval",
+        choices=("hourly", "daily"),
+        default="hourly",
+        help="model interval (default hourly)",
+    )
+    p.add_argument(
+        "--timezone", default=None, help="local time zone for time of week and dates (default UTC)"
+    )
+    p.add_argument("--unit", help="counter unit when there is no meters.json")
+    p.add_argument("--price", type=float, help="price per counter unit (overrides meters.json)")
+    p.add_argument(
+        "--co2-factor",
+        type=float,
+        metavar="KG",
+        help="kg CO2 per counter unit (overrides meters.json)",
+    )
+    p.add_argument("--currency", default="EUR", help="currency of the price (default EUR)")
+
+
+def _problem(file: str, line: int | None, message: str) -> Any:
+    from ..configfile import ConfigError, Problem
+
+    return ConfigError([Problem(file, line, "", message)])
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.csvinput import CsvInputError
+    from detectors.savings import SavingsError
+
+    try:
+        return _run(args)
+    except CsvInputError as exc:
+        raise _problem(exc.file, exc.line, exc.message) from None
+    except SavingsError as exc:
+        raise _problem(str(args.input), None, str(exc)) from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from detectors.csvinput import CsvInputError, find_column, load_manifest, read_columns
+    from detectors.meter import MeterInfo
+    from detectors.report.progress import Progress
+    from detectors.report.verification import savings_html
+    from detectors.savings import Period, Readings, compute_savings, prepare
+
+    src: Path = args.input
+    if str(src).startswith(("influx:", "http://", "https://")):
+        raise _problem(str(src), None, "InfluxDB input is not implemented yet; export a CSV")
+    manifest = load_manifest(src.parent)
+    meter_id = args.meter or src.stem
+    if manifest is not None and meter_id in manifest.meters:
+        meter = manifest.meter_info(meter_id)
+        column = args.column or manifest.meters[meter_id].get("counter")
+    else:
+        if args.meter and manifest is not None:
+            manifest.meter_info(args.meter)  # raises naming the meters it has
+        meter = MeterInfo(meter_id, args.unit or "")
+        column = args.column
+    if not column:
+        raise CsvInputError(src, 1, "name the consumption column with --column")
+    if args.price is not None:
+        meter = replace(meter, price_per_unit=args.price)
+    if args.co2_factor is not None:
+        meter = replace(meter, co2_kg_per_unit=args.co2_factor)
+    tz = args.timezone or (manifest.timezone if manifest and manifest.timezone else "UTC")
+    baseline = Period.parse(args.baseline, "baseline", tz)
+    reporting = Period.parse(args.reporting, "reporting", tz)
+
+    with Progress(5, "savings") as bar:
+        bar.note(f"reading {src.name}")
+        ts, cols = read_columns(src, [column])
+        consumption = Readings(ts, cols[column], args.values, meter)
+        temperature = production = None
+        if args.temperature:
+            f = args.temperature_csv or find_column(args.temperature, src)
+            tt, tv = read_columns(f, [args.temperature])
+            temperature = Readings(tt, tv[args.temperature], "rate")
+        if args.production:
+            f = args.production_csv or find_column(args.production, src)
+            pt, pv = read_columns(f, [args.production])
+            kind = "rate" if args.production.endswith("_h") else "counter"
+            pmeter = None
+            if manifest is not None:
+                entry = manifest.meters.get(f.stem, {})
+                if entry.get("counter") == args.production:
+                    pmeter = manifest.meter_info(f.stem)
+            production = Readings(pt, pv[args.production], kind, pmeter)  # type: ignore[arg-type]
+        bar.step("cleaning")
+        series = prepare(
+            consumption,
+            meter=meter,
+            start_s=baseline.start_s,
+            end_s=reporting.end_s,
+            interval_s=86400 if args.interval == "daily" else 3600,
+            timezone=tz,
+            temperature=temperature,
+            production=production,
+        )
+        bar.step("fitting")
+        result = compute_savings(
+            series, baseline, reporting, currency=args.currency, progress=bar.note
+        )
+        bar.step("plotting")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "savings.json").write_text(
+            json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+        )
+        bar.step("report")
+        (args.out / "report.html").write_text(savings_html(result), encoding="utf-8")
+        bar.step()
+
+    u = result.halfwidth.get(0.90)
+    unit = meter.unit
+    print(f"{meter.id}: avoided {result.avoided:,.4g} {unit}"
+          + ("" if u is None else f" ± {u:,.3g} {unit} (90 %)")
+          + ("" if result.fraction is None else f", {100 * result.fraction:.1f} % of baseline")
+          + ("" if meter.cost(result.avoided) is None
+             else f", {meter.cost(result.avoided):,.0f} {args.currency}"))  # fmt: skip
+    st = result.model.stats
+    cv = "n/a" if st.cv_rmse_pct is None else f"{st.cv_rmse_pct:.1f} %"
+    print(f"model: {result.model.describe()}")
+    print(f"Guideline 14: CV(RMSE) {cv}, verdict: "
+          + ("PASS" if result.verdict.passed else "FAIL"))  # fmt: skip
+    for reason in result.verdict.reasons:
+        print(f"  - {reason}")
+    for warning in result.verdict.warnings:
+        print(f"  note: {warning}")
+    print(f"wrote {args.out / 'savings.json'} and {args.out / 'report.html'}")
+    return 0

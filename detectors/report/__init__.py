@@ -1,0 +1,1 @@
+"""Reports: savings verification and the RECP assessment, as self-contained HTML with plots."""

@@ -1,0 +1,300 @@
+"""Savings verification: Guideline 14 statistics, and ``recp savings`` against the virtual
+plant where the true savings are known (a steam trap that fails open before the baseline
+starts and is repaired on the intervention date)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from collector.cli import main
+from collector.plant import Engine, load_plant
+from collector.plant.csvout import write_csv
+from detectors import mv
+from detectors.savings import Period, SavingsError, parse_local
+
+REPO = Path(__file__).resolve().parents[2]
+START = "2026-01-05T00:00:00Z"
+INTERVENTION = "2026-02-16T00:00:00Z"  # the trap is repaired: six weeks of baseline
+TRAP_KG_H = 180.0
+
+PLANT = f"""\
+kind: plant
+name: savings_test
+timezone: Europe/Vienna
+start: {START}
+days: 56
+seed: 11
+step_s: 300
+weather: {{mean_c: 9.5, annual_amplitude_c: 10, daily_amplitude_c: 4, noise_c: 2.5}}
+schedule:
+  workdays: [mon, tue, wed, thu, fri]
+  shifts: ["06:00-14:00", "14:00-22:00"]
+  breaks: ["12:00-12:30"]
+production: {{rate_units_h: 1200, noise: 0.05}}
+meters:
+  - id: steam_main
+    profile: endress_hauser_prowirl_200
+    port: 5022
+    unit_id: 1
+    load:
+      base: 140
+      running: 650
+      per_unit: 0.25
+      heating: {{balance_c: 14, per_degc: 18}}
+      batches:
+        - {{every_min: 1440, offset_min: 1335, duration_min: 60, rate: 900, during: workday}}
+      noise: 0.04
+    initial: 7311
+    price_per_unit: 55
+    co2_kg_per_unit: 200
+  - id: prod_line
+    profile: generic_plc_counter
+    port: 5023
+    unit_id: 1
+    initial: 3800000
+  - id: outdoor
+    profile: rs485_temperature_humidity_sensor
+    port: 5024
+    unit_id: 1
+losses:
+  - {{meter: steam_main, type: steam_trap, start: {START}, end: {INTERVENTION},
+     rate: {TRAP_KG_H}}}
+"""
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    ("p", "dof", "expected"),
+    [
+        (0.975, 5, 2.570582),
+        (0.95, 10, 1.812461),
+        (0.9, 30, 1.310415),
+        (0.995, 20, 2.845340),
+        (0.95, 1, 6.313752),
+        (0.9, 200, 1.285799),
+        (0.95, 1e7, 1.644854),
+    ],
+)
+def test_t_quantile_matches_tables(p: float, dof: float, expected: float) -> None:
+    assert mv.t_quantile(p, dof) == pytest.approx(expected, abs=2e-6)
+    assert mv.t_cdf(mv.t_quantile(p, dof), dof) == pytest.approx(p, abs=1e-7)
+    assert mv.t_quantile(1 - p, dof) == pytest.approx(-expected, abs=2e-6)
+
+
+def test_effective_n_and_halfwidth_follow_guideline_14() -> None:
+    assert mv.effective_n(1000, 0.0) == 1000
+    assert mv.effective_n(1000, 0.5) == pytest.approx(1000 / 3)
+    assert mv.effective_n(1000, -0.4) == 1000  # negative autocorrelation earns no credit
+    n, p, rho, m, e, cv = 1000, 20, 0.5, 300, 5000.0, 15.0
+    n_eff = 1000 / 3
+    t = mv.t_quantile(0.95, n_eff - p)
+    by_hand = 1.26 * t * 0.15 * e * math.sqrt((n / n_eff) * (1 + 2 / n_eff) / m)
+    u = mv.savings_halfwidth(cv_rmse_pct=cv, n=n, n_params=p, rho=rho, m=m,
+                             adjusted_total=e, confidence=0.9)  # fmt: skip
+    assert u == pytest.approx(by_hand)
+    assert mv.fsu(u, 500.0) == pytest.approx(by_hand / 500.0)
+    # more parameters than independent intervals: no uncertainty can be given
+    assert mv.savings_halfwidth(cv_rmse_pct=cv, n=100, n_params=90, rho=0.5, m=10,
+                                adjusted_total=e, confidence=0.9) is None  # fmt: skip
+
+
+def test_period_parsing() -> None:
+    p = Period.parse("2026-01-05..2026-01-11")
+    assert p.days == 7  # a date-only end includes that day
+    assert Period.parse("2026-01-05T06:00:00Z..2026-01-05T18:00:00Z").days == 0.5
+    local = Period.parse("2026-01-05..2026-01-05", timezone="Europe/Vienna")
+    assert local.start_s == parse_local("2026-01-04T23:00:00Z")
+    for bad in ("2026-01-05", "2026-01-05..", "2026-13-01..2026-12-01", "2026-02-01..2026-01-01"):
+        with pytest.raises(SavingsError, match="--period"):
+            Period.parse(bad)
+
+
+# ----------------------------------------------------------------------------- the plant
+
+
+@pytest.fixture(scope="module")
+def plant_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight weeks of a steam header whose trap is repaired after six."""
+    root = tmp_path_factory.mktemp("savings")
+    path = root / "plant.yaml"
+    path.write_text(PLANT, encoding="utf-8")
+    import os
+
+    os.environ.setdefault("RECP_PROFILES", str(REPO / "edge_config" / "profiles"))
+    spec = load_plant(path)
+    engine = Engine(spec.plant, spec.profiles, losses=True, file=spec.file)
+    write_csv(engine, root / "out", 300)
+    return root / "out"
+
+
+def true_savings(out: Path, reporting: tuple[str, str]) -> float:
+    """The trap's rate (from the truth: excess over its duration) times reporting hours."""
+    truth = json.loads((out / "truth.json").read_text(encoding="utf-8"))
+    (trap,) = [e for e in truth["events"] if e["type"] == "steam_trap"]
+    hours = (parse_local(trap["end"]) - parse_local(trap["start"])) / 3600
+    rate = trap["excess"] / hours  # counter units (t) per hour
+    assert rate == pytest.approx(TRAP_KG_H / 1000, rel=1e-6)
+    span = (parse_local(reporting[1]) - parse_local(reporting[0])) / 3600
+    return rate * span
+
+
+def run_savings(plant: Path, out: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    code = main(["savings", str(plant / "steam_main.csv"), "--out", str(out), *extra])
+    data = (
+        json.loads((out / "savings.json").read_text(encoding="utf-8"))
+        if (out / "savings.json").exists()
+        else {}
+    )
+    return code, data
+
+
+def png_images(html: str) -> list[np.ndarray]:
+    import base64
+    import io
+
+    import matplotlib.image
+
+    found = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    return [matplotlib.image.imread(io.BytesIO(base64.b64decode(b)), format="png") for b in found]
+
+
+@pytest.mark.parametrize("interval", ["hourly", "daily"])
+def test_savings_match_the_truth_within_their_uncertainty(
+    plant_dir: Path, tmp_path: Path, interval: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, s = run_savings(
+        plant_dir, tmp_path,
+        "--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
+        "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z",
+        "--temperature", "outdoor_temperature_c", "--production", "produced_units",
+        "--timezone", "UTC", "--interval", interval,
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    truth = true_savings(plant_dir, ("2026-02-16T00:00:00Z", "2026-03-02T00:00:00Z"))
+    sv = s["savings"]
+    est = sv["avoided"]
+    band = sv["uncertainty"]["90%"]
+    with capsys.disabled():  # the numbers the closing note quotes (pytest -s)
+        print(f"\n{interval}: estimated {est:.3f} t, true {truth:.3f} t, "
+              f"90 % +-{band['halfwidth']:.3f} t, normalised {sv['normalised']:.1f} t, "
+              f"CV(RMSE) {s['guideline14']['cv_rmse_pct']:.1f} %")  # fmt: skip
+    assert band["low"] <= truth <= band["high"]
+    assert abs(est - truth) <= 0.05 * truth
+    assert sv["cost"] == pytest.approx(est * 55, rel=1e-5)
+    assert sv["co2_kg"] == pytest.approx(est * 200, rel=1e-5)
+    # the three confidence levels nest
+    widths = [sv["uncertainty"][k]["halfwidth"] for k in ("68%", "80%", "90%")]
+    assert widths == sorted(widths) and widths[0] > 0
+    g14 = s["guideline14"]
+    assert g14["cv_rmse_pct"] < g14["thresholds"]["cv_rmse_max_pct"]
+    assert s["verdict"] == {"passed": True, "reasons": [], "warnings": []}
+    assert s["model"]["format"] == "recp-baseline/1"
+    assert s["data"]["baseline_coverage_pct"] == 100 and s["data"]["reporting_coverage_pct"] == 100
+    # normalised savings under the baseline's conditions: the trap's rate over six weeks
+    assert sv["normalised"] == pytest.approx(TRAP_KG_H / 1000 * 42 * 24, rel=0.05)
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    images = png_images(html)
+    assert len(images) == 3
+    for im in images:  # rendered, and not blank
+        assert im.shape[0] > 200 and im.shape[1] > 500 and float(im[..., :3].std()) > 0.05
+    assert "Meets ASHRAE Guideline 14" in html
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_too_short_a_baseline_fails_the_verdict(plant_dir: Path, tmp_path: Path) -> None:
+    code, s = run_savings(
+        plant_dir, tmp_path,
+        "--baseline", "2026-02-03..2026-02-15", "--reporting", "2026-02-16..2026-03-01",
+        "--temperature", "outdoor_temperature_c", "--production", "produced_units",
+        "--interval", "daily",
+    )  # fmt: skip
+    assert code == 0
+    assert s["verdict"]["passed"] is False
+    assert any("baseline period is 13.0 days" in r for r in s["verdict"]["reasons"])
+    assert "Does not meet ASHRAE Guideline 14" in (tmp_path / "report.html").read_text()
+
+
+def test_a_meter_unrelated_to_its_drivers_fails_on_cv_rmse(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    t0 = parse_local("2026-01-05T00:00:00Z")
+    n = 56 * 24
+    stamps = [t0 + 3600 * i for i in range(n)]
+    used = rng.lognormal(0.0, 1.0, n)  # noise: no time of week, weather or production in it
+    csv = tmp_path / "random.csv"
+    lines = ["timestamp_utc,energy_kwh"] + [
+        f"{np.datetime64(t, 's')}Z,{u:.4f}" for t, u in zip(stamps, used, strict=True)
+    ]
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["savings", str(csv), "--column", "energy_kwh", "--values", "interval",
+                 "--unit", "kWh", "--baseline", "2026-01-05..2026-02-15",
+                 "--reporting", "2026-02-16..2026-03-01", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    s = json.loads((out / "savings.json").read_text(encoding="utf-8"))
+    assert s["verdict"]["passed"] is False
+    assert any(r.startswith("CV(RMSE)") for r in s["verdict"]["reasons"])
+    assert s["guideline14"]["cv_rmse_pct"] > 30
+
+
+def test_bad_inputs_get_clear_errors(
+    plant_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--baseline", "2026-01-05..2026-02-15", "--reporting", "2026-02-16..2026-03-01"]
+    # reporting period before the baseline
+    code, _ = run_savings(plant_dir, tmp_path / "a", "--baseline", "2026-02-16..2026-03-01",
+                          "--reporting", "2026-01-05..2026-02-15")  # fmt: skip
+    assert code == 2
+    assert "must start after the baseline period ends" in capsys.readouterr().err
+    # a production column that is not there
+    code, _ = run_savings(plant_dir, tmp_path / "b", *base, "--production", "bottles")
+    assert code == 2
+    assert "no column 'bottles'" in capsys.readouterr().err
+    # too little data to fit at all
+    code, _ = run_savings(plant_dir, tmp_path / "c", "--baseline", "2026-01-05..2026-01-06",
+                          "--reporting", "2026-02-16..2026-03-01")  # fmt: skip
+    assert code == 2
+    assert "cannot fit a baseline: too little data" in capsys.readouterr().err
+    # a broken CSV names file and line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    text = (plant_dir / "steam_main.csv").read_text(encoding="utf-8").splitlines()
+    text[4] = text[4].rsplit(",", 1)[0] + ",12,5"
+    text[6] = "2026-01-05 25:00,1,2"
+    (bad / "steam_main.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+    code = main(["savings", str(bad / "steam_main.csv"), "--column", "mass_t",
+                 *base, "--out", str(tmp_path / "d")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "steam_main.csv:7: '2026-01-05 25:00' is not a UTC timestamp" in err
+    text[6] = text[5]
+    text[8] = text[8].rsplit(",", 1)[0] + ",n/a"
+    (bad / "steam_main.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+    code = main(["savings", str(bad / "steam_main.csv"), "--column", "mass_t",
+                 *base, "--out", str(tmp_path / "d")])  # fmt: skip
+    assert code == 2
+    assert "steam_main.csv:9: column mass_t: 'n/a' is not a number" in capsys.readouterr().err
+    # InfluxDB input is a documented follow-up
+    assert main(["savings", "influx:steam_main", *base, "--out", str(tmp_path / "e")]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_unknown_time_zone_and_bad_period_are_usage_errors(
+    plant_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    periods = ["--baseline", "2026-01-05..2026-02-15", "--reporting", "2026-02-16..2026-03-01"]
+    code, _ = run_savings(plant_dir, tmp_path, *periods, "--timezone", "Mars/Olympus")
+    assert code == 2
+    assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().err
+    code, _ = run_savings(plant_dir, tmp_path, "--baseline", "2026-01-05",
+                          "--reporting", "2026-02-16..2026-03-01")  # fmt: skip
+    assert code == 2
+    assert "--baseline '2026-01-05': expected START..END" in capsys.readouterr().err
