@@ -130,6 +130,11 @@ class Meter(Strict):
     profile: str
     port: int = Field(ge=0, le=65535)
     unit_id: int = Field(1, ge=1, le=247)
+    framing: Literal["tcp", "rtu"] = Field(
+        "tcp",
+        description="tcp: Modbus TCP; rtu: RTU frames over TCP, as a transparent serial "
+        "gateway sends them (every meter on the port must say the same)",
+    )
     load: Load = Load()
     share: float = Field(
         1.0, gt=0, le=1, description="production counters: share of the plant's output"
@@ -257,7 +262,14 @@ class Plant(Strict):
         if dup:
             raise ValueError(f"meter ids must be unique; repeated: {', '.join(dup)}")
         seen: dict[tuple[int, int], str] = {}
+        framing: dict[int, tuple[str, str]] = {}
         for m in self.meters:
+            other = framing.setdefault(m.port, (m.framing, m.id))
+            if other[0] != m.framing:
+                raise ValueError(
+                    f"meters {other[1]} and {m.id} share port {m.port} but not its framing "
+                    f"({other[0]} vs {m.framing})"
+                )
             key = (m.port, m.unit_id)
             if key in seen:
                 raise ValueError(

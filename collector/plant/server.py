@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
@@ -159,6 +160,7 @@ class PlantServer:
     async def __aenter__(self) -> PlantServer:
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
         by_port: dict[int, list[SimDevice]] = {}
+        framing = {m.port: m.framing for m in self.plant.meters}
         for m in self.plant.meters:
             served = self.meters[m.id]
             device = SimDevice(
@@ -172,6 +174,7 @@ class PlantServer:
                 server = ModbusTcpServer(
                     devices,
                     address=(self.plant.host, self._bind[port]),
+                    framer=FramerType.RTU if framing[port] == "rtu" else FramerType.SOCKET,
                     ignore_missing_devices=True,
                 )
                 await server.serve_forever(background=True)
@@ -243,6 +246,7 @@ class PlantServer:
             "speed": self.plant.speed,
             "host": self.plant.host,
             "ports": {str(k): v for k, v in self.ports.items()},
+            "framing": {str(m.port): m.framing for m in self.plant.meters},
             "requests": self.requests,
             "meters": meters,
         }

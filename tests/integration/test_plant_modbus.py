@@ -194,3 +194,48 @@ def test_sigterm_leaves_no_process_and_a_truth_file(tmp_path: Path) -> None:
     assert json.loads(plant.truth_path.read_text())["plant"] == "demo_dairy"
     with pytest.raises(ProcessLookupError):
         os.kill(plant.proc.pid, 0)
+
+
+def test_rtu_over_tcp_gateway(tmp_path: Path) -> None:
+    """The textile plant's steam meters sit behind a transparent serial gateway."""
+    import asyncio
+
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.framer import FramerType
+
+    plant_file = REPO / "edge_config" / "plants" / "textile_dyeing.yaml"
+    status_path = tmp_path / "status.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "simulate", "-c", str(plant_file), "--speed", "0",
+         "--port-base", "0", "--status", str(status_path), "--start", "2026-03-04T09:00:00Z"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not status_path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        status = json.loads(status_path.read_text())
+        served = status["meters"]["steam_main"]
+        assert status["framing"]["5032"] == "rtu"
+        profile = load_profile(REPO / "edge_config" / "profiles" / "spirax_sarco_vlm20.yaml")
+        point = next(p for p in profile.resolved() if p.name == "mass_flow_kg_h")
+
+        async def read(framer: FramerType) -> list[int] | None:
+            client = AsyncModbusTcpClient("127.0.0.1", port=served["port"], framer=framer,
+                                          timeout=1, retries=0)
+            await client.connect()
+            try:
+                rr = await client.read_input_registers(point.address, count=point.registers,
+                                                       device_id=served["unit_id"])
+                return None if rr.isError() else list(rr.registers)
+            except Exception:  # a Modbus TCP client gets no answer it can parse
+                return None
+            finally:
+                client.close()
+
+        assert asyncio.run(read(FramerType.RTU)) == served["registers"]["mass_flow_kg_h"]
+        assert asyncio.run(read(FramerType.SOCKET)) is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
