@@ -247,7 +247,8 @@ class Agent:
             Outbox, self.outbox_path, cap=cfg.cap, synchronous=cfg.synchronous)
         self.publisher = Publisher(
             self.mqtt, self.site, self.outbox, self.credentials,
-            retained=self.meta_messages, agent=f"recp-monitor {__version__}")
+            retained=self.meta_messages, agent=f"recp-monitor {__version__}",
+            confirm_wait_s=self.drain_timeout_s / 2)
         log.info("agent starting site=%s meters=%d buses=%d outbox=%s depth=%d stream=%s",
                  self.site, len(self.meters), len(self.poller.buses), self.outbox_path,
                  self.outbox.depth, self.outbox.stream)

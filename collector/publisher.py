@@ -158,6 +158,7 @@ class Publisher:
         *,
         retained: Callable[[], Sequence[tuple[str, bytes]]] = lambda: (),
         agent: str = "",
+        confirm_wait_s: float = 5.0,
     ):
         self.mqtt = mqtt
         self.site = site
@@ -165,6 +166,7 @@ class Publisher:
         self.credentials = credentials
         self.retained = retained  # (topic, payload) published retained on every connect
         self.agent = agent
+        self.confirm_wait_s = confirm_wait_s  # on stop, wait this long for consumer acks
         self.client_id = mqtt.client_id or f"recp-agent-{site}"
         self.wake = asyncio.Event()  # set when new readings are in the outbox
         self.stats = PublisherStats()
@@ -328,6 +330,10 @@ class Publisher:
                                                 - (time.monotonic() - burst_start), 0.001))
                         continue
                     if stop.is_set():
+                        if not delete:  # confirm: consumer -- give the acks a moment
+                            deadline = time.monotonic() + self.confirm_wait_s
+                            while self.outbox.depth and time.monotonic() < deadline:
+                                await asyncio.sleep(0.05)
                         return
                     await wait_event(self.wake, 1.0, also=stop)
                     burst_start, burst_sent = time.monotonic(), 0

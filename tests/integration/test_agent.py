@@ -121,11 +121,18 @@ def demo_plant(start: str | None = None, losses: list[dict] | None = None,
         spec = load_plant(path)
     else:
         spec = load_plant(DEMO_PLANT)
-    changes: dict[str, Any] = {"speed": 0.0}
+    changes: dict[str, Any] = {"speed": 0.0, "days": 1.0}
     if start:
         changes["start"] = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
     plant = type(spec.plant).model_validate(spec.plant.model_dump() | changes)
     return PlantSpec(plant, spec.profiles, spec.file)
+
+
+def engine(spec: PlantSpec) -> Engine:
+    """The plant's engine; the demo's own losses are left out (placing its rollover means
+    simulating three weeks first), losses given to demo_plant() are kept."""
+    return Engine(spec.plant, spec.profiles, file=spec.file,
+                  losses=spec.file != str(DEMO_PLANT))
 
 
 def write_site(tmp_path: Path, ports: dict[int, int], broker: MosquittoServer, *,
@@ -154,7 +161,7 @@ def write_site(tmp_path: Path, ports: dict[int, int], broker: MosquittoServer, *
 async def run_agent(site: Path, seconds: float, during: Callable[[], Any] | None = None,
                     **agent_kw: Any) -> Agent:
     """Run the agent for ``seconds`` (calling ``during`` in a thread meanwhile), then stop."""
-    agent = Agent(load_site(site), drain_timeout_s=TIMEOUT, **agent_kw)
+    agent = Agent(load_site(site), **({"drain_timeout_s": TIMEOUT} | agent_kw))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     if during is not None:
@@ -210,7 +217,7 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
     spec = demo_plant()
 
     async def main() -> tuple[dict, Agent]:
-        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+        async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto)
             agent = await run_agent(site, 1.0)
@@ -261,7 +268,7 @@ def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, t
         time.sleep(1.5)
 
     async def main() -> Agent:
-        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+        async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto, polling={"interval_s": 0.1})
             return await run_agent(site, 0, during=outage)
@@ -287,7 +294,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
     status = tmp_path / "status.json"
     plant = subprocess.Popen(
         [sys.executable, "-m", "collector", "simulate", "-c", str(DEMO_PLANT), "--port-base",
-         "0", "--speed", "0", "--status", str(status)],
+         "0", "--speed", "0", "--status", str(status), "--no-losses", "--days", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sub = Subscriber(mosquitto)
     try:
@@ -354,7 +361,7 @@ def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: Mosquitto
     interval, timeout = 0.2, 0.25
 
     async def main() -> Agent:
-        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+        async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto, polling={
                 "interval_s": interval, "timeout_s": timeout, "retries": 1,
@@ -423,7 +430,7 @@ def test_agent_never_sends_a_write_function_code(mosquitto: MosquittoServer, tmp
     spec = demo_plant()
 
     async def main() -> None:
-        async with PlantServer(Engine(spec.plant, spec.profiles, file=spec.file), spec,
+        async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto)
             await run_agent(site, 0.6)
@@ -432,3 +439,117 @@ def test_agent_never_sends_a_write_function_code(mosquitto: MosquittoServer, tmp
     assert len(seen) > 50
     assert set(seen) <= {1, 2, 3, 4}, sorted(set(seen))
     assert {2, 3, 4} <= set(seen)  # discrete inputs, holding and input registers all read
+
+
+class AckingConsumer(Subscriber):
+    """A consumer that confirms readings: per meter, the highest seq with none missing
+    before it, published retained on the ack topic (contract v1)."""
+
+    def __init__(self, broker: MosquittoServer, acking: bool = True) -> None:
+        self.acking = acking
+        self.seen: dict[tuple[str, str], set[int]] = defaultdict(set)
+        self.mark: dict[tuple[str, str], int] = defaultdict(int)
+        super().__init__(broker, "recp/v1/+/+/reading")
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        super()._on_message(client, userdata, msg)
+        if not self.acking:
+            return
+        r = json.loads(msg.payload)
+        key = (r["meter"], r["stream"])
+        self.seen[key].add(r["seq"])
+        mark = self.mark[key]
+        while mark + 1 in self.seen[key]:
+            mark += 1
+        if mark > self.mark[key]:
+            self.mark[key] = mark
+            client.publish(contract.ack_topic(r["site"], r["meter"]),
+                           json.dumps({"v": 1, "stream": r["stream"], "seq": mark}),
+                           qos=1, retain=True)
+
+
+def test_readings_held_until_the_clock_is_trusted_then_retimed(mosquitto: MosquittoServer,
+                                                               tmp_path: Path):
+    """clock require: ntp with an unsynchronised kernel clock: readings wait in the outbox;
+    once synchronised they go out first, re-timed from the monotonic clock."""
+    from collector.agent import ClockGuard
+    from collector.site import ClockSettings
+
+    synced = [False]
+    guard = ClockGuard(ClockSettings(require="ntp"), kernel=lambda: synced[0])
+    sub = Subscriber(mosquitto)
+    spec = demo_plant()
+    seen_while_held: list[int] = []
+
+    def later() -> None:
+        time.sleep(1.0)
+        seen_while_held.append(len(sub.readings()))
+        synced[0] = True
+        time.sleep(0.8)
+
+    async def main() -> Agent:
+        async with PlantServer(engine(spec), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto,
+                              meters=["el_main", "water_main", "outdoor"])
+            return await run_agent(site, 0, during=later, clock=guard)
+
+    asyncio.run(main())
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    sub.wait_for(lambda: len(sub.readings()) >= sum(last.values()), "all readings")
+    readings = sub.readings()
+    sub.close()
+    assert seen_while_held == [0]
+    check_complete(readings, last)
+    corrected = [r for r in readings if r.get("clock") == "corrected"]
+    assert len(corrected) >= 9  # 3 meters x 5/s for 1 s, held
+    assert all("clock" not in r for r in readings if r not in corrected)
+    # nothing stepped the wall clock here, so the correction must be within milliseconds
+    for r in corrected:
+        assert r["latency_ms"] is not None
+
+
+def test_consumer_confirmation_keeps_readings_until_acknowledged(mosquitto: MosquittoServer,
+                                                                 tmp_path: Path):
+    """confirm: consumer. Without acks nothing leaves the outbox, even though the broker
+    took every message; with a consumer acking, a broker SIGKILL still loses nothing and
+    the outbox empties."""
+    spec = demo_plant()
+    meters = ["el_main", "water_main", "steam_main", "outdoor"]
+
+    async def phase(consumer: AckingConsumer, during: Callable[[], Any], drain: float) -> Agent:
+        async with PlantServer(engine(spec), spec,
+                               port_base=0) as plant:
+            site = write_site(tmp_path, plant.ports, mosquitto, meters=meters,
+                              mqtt_extra={"confirm": "consumer"},
+                              polling={"interval_s": 0.1})
+            return await run_agent(site, 0, during=during, drain_timeout_s=drain)
+
+    silent = AckingConsumer(mosquitto, acking=False)
+    agent = asyncio.run(phase(silent, lambda: time.sleep(1.0), drain=1.0))
+    silent.close()
+    assert agent.outbox is not None and agent.publisher is not None
+    kept = agent.outbox.depth
+    assert kept == agent.publisher.stats.published > 0  # published, but not confirmed
+
+    consumer = AckingConsumer(mosquitto)
+    box: dict[str, Agent] = {}
+
+    def outage() -> None:
+        time.sleep(0.8)
+        mosquitto.kill()
+        time.sleep(1.0)
+        mosquitto.start()
+        time.sleep(0.5)
+
+    box["agent"] = asyncio.run(phase(consumer, outage, drain=TIMEOUT))
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    consumer.wait_for(lambda: len({(r["meter"], r["seq"]) for r in consumer.readings()})
+                      >= sum(last.values()), "every reading at the consumer")
+    readings = consumer.readings()
+    consumer.close()
+    check_complete(readings, last)
+    db = sqlite3.connect(tmp_path / "outbox.sqlite")
+    left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    db.close()
+    assert left == 0  # on stop the agent waited for the consumer's acks
