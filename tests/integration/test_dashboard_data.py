@@ -1,0 +1,190 @@
+"""The dashboards' queries name what ``recp detect`` really writes: a real run into VictoriaMetrics.
+
+``recp detect`` runs as a subprocess against the real Mosquitto and VictoriaMetrics; two
+synthetic meters publish four days of readings (one with a 30-minute spike, so an event
+opens and closes). VictoriaMetrics stores each field as the metric ``<measurement>_<field>``
+with the tags as labels, so its metric and label names show exactly what the service wrote.
+Every field and tag the dashboards' Flux queries use must be among them, except the
+baseline's fields, which the schema says are absent until a baseline is fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector import contract
+from detectors import dashboards as dash
+
+if TYPE_CHECKING:
+    from tests.conftest import VictoriaMetricsServer
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = 1767225600  # 2026-01-01T00:00Z
+STEP = 300
+DAY = 86400
+BROKER_CONF = "max_queued_messages 0\nautosave_on_changes false\nautosave_interval 30\n"
+# docs/influx-schema.md: `expected` is "absent until a baseline is fitted", and the band
+# (lower, upper) comes with it; this scenario fits none
+NEEDS_BASELINE = {("consumption", "expected"), ("consumption", "lower"),
+                  ("consumption", "upper")}
+
+
+def rate_kw(meter: str, t: int) -> float:
+    h = (t % DAY) / 3600
+    base = (20.0 if meter == "m1" else 5.0) + (60.0 if 6 <= h < 18 else 0.0)
+    if meter == "m1" and 3 * DAY + 10 * 3600 <= t - T0 < 3 * DAY + 10 * 3600 + 1800:
+        base += 400.0
+    return base
+
+
+def messages(meter: str, days: float) -> list[tuple[str, bytes]]:
+    out, e, t, seq = [], 1000.0, T0, 1
+    while t < T0 + days * DAY:
+        payload = contract.reading_payload(
+            site="dairy", meter=meter, resource="electricity", stream="st1", seq=seq, ts=t,
+            quality=contract.Quality.OK,
+            values={"energy_kwh": round(e, 3), "power_kw": rate_kw(meter, t)})
+        out.append((contract.reading_topic("dairy", meter), contract.dumps(payload)))
+        e += rate_kw(meter, t) * STEP / 3600
+        t += STEP
+        seq += 1
+    return out
+
+
+def meta(meter: str) -> tuple[str, bytes]:
+    return contract.meta_topic("dairy", meter), contract.dumps({
+        "v": 1, "site": "dairy", "meter": meter, "resource": "electricity",
+        "profile": "sdm120", "manufacturer": "Eastron", "model": "SDM120",
+        "interval_s": STEP,
+        "points": {"energy_kwh": {"unit": "kWh", "kind": "counter"},
+                   "power_kw": {"unit": "kW", "kind": "gauge"}},
+        "tags": {"price_per_unit": 0.25, "co2_kg_per_unit": 0.4, "currency": "EUR"},
+    })
+
+
+def dashboard_references() -> dict[str, tuple[set[str], set[str]]]:
+    """measurement -> (fields, tags) that the dashboards' queries use."""
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    for board in dash.dashboards().values():
+        queries = [t["query"] for p in board["panels"] for t in p["targets"]]
+        queries += [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+        queries += [a["target"]["query"] for a in board["annotations"]["list"] if "target" in a]
+        for q in queries:
+            (m,) = set(re.findall(r'r\._measurement == "(\w+)"', q))
+            schema = dash.INFLUX_SCHEMA[m]
+            names = set(re.findall(r'r\._field == "(\w+)"', q)) | set(
+                re.findall(r"\br\.(\w+)", q)) | set(re.findall(r'\btag: "(\w+)"', q))
+            for group in re.findall(r"\b(?:columns|rowKey|columnKey): \[([^\]]*)\]", q):
+                names |= set(re.findall(r'"(\w+)"', group))
+            fields, tags = out.setdefault(m, (set(), set()))
+            fields |= names & set(schema["fields"])
+            tags |= names & set(schema["tags"])
+    return out
+
+
+def series_labels(vm: VictoriaMetricsServer) -> dict[str, set[str]]:
+    """metric name -> label names, over everything stored."""
+    vm.flush()
+    body = vm.get("/api/v1/series", [("match[]", '{__name__=~".+"}'),
+                                     ("start", "2025-12-01T00:00:00Z")])
+    out: dict[str, set[str]] = {}
+    for s in json.loads(body)["data"]:
+        out.setdefault(s["__name__"], set()).update(k for k in s if k != "__name__")
+    return out
+
+
+@pytest.fixture
+def detect_run(tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any) -> Any:
+    broker = mosquitto_factory(BROKER_CONF)
+    cfg = tmp_path / "analytics.yaml"
+    cfg.write_text(f"""kind: analytics
+instance: detect
+mqtt: {{url: "{broker.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 1}}
+influx: {{url: "{victoria_metrics.url}", retry_delay_s: 0.1, retry_delay_max_s: 0.5}}
+spool: {{path: spool.sqlite}}
+checkpoint: {{path: state.json, interval_s: 5}}
+metrics_interval_s: 0.5
+""")
+    log = (tmp_path / "detect.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "detect", "-c", str(cfg)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-dash",
+                         protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    health: list[dict[str, Any]] = []
+    client.on_message = lambda _c, _u, msg: health.append(json.loads(msg.payload))
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    client.subscribe("recp/v1/_detect/detect/health", qos=1)
+    try:
+        # publish only once the service has subscribed (its session then queues for it)
+        end = time.monotonic() + 60
+        while not (health and health[-1].get("connected") is True):
+            assert proc.poll() is None and time.monotonic() < end, "recp detect did not connect"
+            time.sleep(0.1)
+        yield client, victoria_metrics, proc, tmp_path / "detect.log"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def test_every_field_and_tag_the_dashboards_use_is_written(detect_run: Any) -> None:
+    client, vm, proc, log = detect_run
+    for topic, payload in (meta("m1"), meta("m2")):
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    m1, m2 = messages("m1", 4), messages("m2", 4)
+    infos = [client.publish(t, p, qos=1) for pair in zip(m1, m2, strict=True) for t, p in pair]
+    for info in infos:
+        info.wait_for_publish(30)
+
+    wanted = dashboard_references()
+
+    def missing() -> list[str]:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        names = series_labels(vm)
+        return sorted(f"{m}_{f}" for m, (fields, _) in wanted.items() for f in fields
+                      if (m, f) not in NEEDS_BASELINE and f"{m}_{f}" not in names)
+
+    end = time.monotonic() + 120
+    while missing():
+        if time.monotonic() > end:
+            pytest.fail(f"not written after 120 s: {missing()}\n{log.read_text()[-3000:]}",
+                        pytrace=False)
+        time.sleep(0.5)
+    names = series_labels(vm)
+    problems = []
+    for m, (fields, tags) in sorted(wanted.items()):
+        written = {n[len(m) + 1:] for n in names if n.startswith(f"{m}_")}
+        for f in sorted(fields - written):
+            if (m, f) not in NEEDS_BASELINE:
+                problems.append(f"{m}.{f} is used by a dashboard but was not written")
+        labels = set().union(*(names[f"{m}_{f}"] for f in fields & written))
+        for t in sorted(tags - labels):
+            problems.append(f"{m}: tag {t!r} is used by a dashboard but was not written")
+    assert not problems, "\n".join(problems)
+    # the schema is what the dashboards cover: event fields in particular
+    assert {"excess", "cost", "open", "end_ts"} <= wanted["event"][0]
+    assert {"open", "end_ts"} <= {n[len("event_"):] for n in names if n.startswith("event_")}
