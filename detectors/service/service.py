@@ -55,12 +55,12 @@ def _ms(ts: float) -> int:
     return round(ts * 1000.0)
 
 
-def reading_line(r: contract.Reading) -> str | None:
+def reading_line(r: contract.Reading, ts: float | None = None) -> str | None:
     fields: dict[str, float | int | None] = dict(r.values)
     fields["quality"] = QUALITY_CODES[r.quality.value]
     fields["seq"] = r.seq
     return line("reading", {"site": r.site, "meter": r.meter, "resource": r.resource.value},
-                fields, _ms(r.ts.timestamp()))
+                fields, _ms(r.ts.timestamp() if ts is None else ts))
 
 
 def interval_lines(p: MeterPipeline, iv: Interval) -> list[str]:
@@ -225,14 +225,14 @@ class DetectService:
         self.outgoing.append(msg)
 
     def _run_pipelines(
-        self, batch: dict[MeterKey, list[contract.Reading]]
+        self, batch: dict[MeterKey, list[tuple[float, contract.Reading]]]
     ) -> tuple[list[str], list[Transition]]:
         lines: list[str] = []
         transitions: list[Transition] = []
         for (site, meter), readings in batch.items():
-            pipe = self.pipeline(site, meter, readings[0].resource.value)
-            for r in readings:
-                pipe.add(r.ts.timestamp(), r.values)
+            pipe = self.pipeline(site, meter, readings[0][1].resource.value)
+            for ts, r in readings:
+                pipe.add(ts, r.values)
             intervals, trans = pipe.complete()
             for iv in intervals:
                 lines += interval_lines(pipe, iv)
@@ -248,7 +248,7 @@ class DetectService:
         now = time.time()
         part = self.cfg.processing.partition
         lines: list[str] = []
-        by_meter: dict[MeterKey, list[contract.Reading]] = {}
+        by_meter: dict[MeterKey, list[tuple[float, contract.Reading]]] = {}
         touched: set[tuple[str, str, str]] = set()
         for topic, payload in messages:
             res = parse(topic, payload, now, self.limits)
@@ -284,10 +284,10 @@ class DetectService:
                 self.stats.newest_ts = ts
             if ts > self.last_seen.get(key, 0.0):
                 self.last_seen[key] = ts
-            text = reading_line(res)
+            text = reading_line(res, ts)
             if text:
                 lines.append(text)
-            by_meter.setdefault(key, []).append(res)
+            by_meter.setdefault(key, []).append((ts, res))
         async with self._state_lock:
             await asyncio.to_thread(self.spool.append, lines)
             self.stats.points_spooled += len(lines)
@@ -315,7 +315,7 @@ class DetectService:
             "v": 1, "instance": self.cfg.instance, "ts": contract.format_ts(now),
             "uptime_s": round(now - s.started_s, 1), "connected": self.connected,
             "partition": self.cfg.processing.partition.model_dump(),
-            "readings_in": s.readings_in, "duplicates": s.duplicates,
+            "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
             "dead_letters": s.dead_letters, "alerts": s.alerts,
             "points_written": self.sink.stats.written, "points_rejected":
             self.sink.stats.rejected, "spool_depth": self.spool.depth,
@@ -446,6 +446,7 @@ class DetectService:
         client = self._client()
         await asyncio.wait_for(client.__aenter__(), m.connect_timeout_s)
         try:
+            _read_many(client)
             self.connected = True
             log.info("connected to %s as %s", self.spec.mqtt_url, self.spec.client_id)
             await asyncio.wait_for(
@@ -492,18 +493,10 @@ class DetectService:
                     getter.cancel()
                     break
                 batch = [getter.result()]
-                deadline = time.monotonic() + p.batch_wait_s
-                while len(batch) < p.batch:
-                    try:
-                        batch.append(queue.get_nowait())
-                    except asyncio.QueueEmpty:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        try:
-                            batch.append(await asyncio.wait_for(queue.get(), left))
-                        except TimeoutError:
-                            break
+                if queue.qsize() < p.batch - 1 and p.batch_wait_s > 0:
+                    await asyncio.sleep(p.batch_wait_s)  # let a batch gather
+                while len(batch) < p.batch and not queue.empty():
+                    batch.append(queue.get_nowait())
                 await self._backpressure(stop, len(batch))
                 await self.handle((m.topic.value, _payload(m.payload)) for m in batch)
                 for msg in batch:
@@ -569,6 +562,43 @@ class DetectService:
                 self.writer.close()
             self.spool.close()
         log.info("stopped: %s", json.dumps(self.health(time.time(), {})))
+
+
+def _read_many(client: Any) -> None:
+    """Let one socket-readable event decode every packet waiting, not just one.
+
+    aiomqtt registers ``paho.Client.loop_read`` as the socket's reader, and paho decodes
+    one packet per call for QoS 1 traffic: one message per event-loop iteration, which
+    caps intake at a few thousand messages per second. This reader keeps decoding until
+    the socket would block (at most 4096 packets, then yields to the loop). It relies on
+    paho internals (``_sock``, ``_packet_read``, ``_loop_rc_handle``) and falls back to
+    aiomqtt's own reader when they are missing.
+    """
+    import paho.mqtt.client as mqtt
+
+    paho = client._client
+    sock = paho.socket()
+    if sock is None or not all(hasattr(paho, a) for a in ("_packet_read", "_loop_rc_handle")):
+        return
+    loop = asyncio.get_running_loop()
+
+    def read() -> None:
+        try:
+            for _ in range(4096):
+                if paho._sock is None:
+                    return
+                rc = paho._packet_read()
+                if rc == mqtt.MQTT_ERR_AGAIN:
+                    return
+                if rc > 0:
+                    paho._loop_rc_handle(rc)
+                    return
+        except Exception:
+            client._client.disconnect()  # aiomqtt does the same on a broken socket
+
+    fd = sock.fileno()
+    loop.remove_reader(fd)
+    loop.add_reader(fd, read)
 
 
 def _describe(exc: BaseException) -> str:
