@@ -325,8 +325,8 @@ def site_overview() -> Json:
                   stop=None)
         + pipe("last()", PIVOT, "filter(fn: (r) => float(v: r.open) > 0.5)")
     )
-    open_count = open_events + pipe("group()", 'count(column: "cost")',
-                                    'rename(columns: {cost: "_value"})')
+    open_count = open_events + pipe("group()", 'count(column: "open")',
+                                    'rename(columns: {open: "_value"})')
     open_cost = open_events + pipe("group()", 'sum(column: "cost")',
                                    'rename(columns: {cost: "_value"})')
     per_resource = (
@@ -338,7 +338,7 @@ def site_overview() -> Json:
         TODAY_IMPORTS
         + flux_from("consumption", ["cost"], where=["site"], start=TODAY, stop=None)
         + pipe('group(columns: ["resource"])', "sum()",
-               'keep(columns: ["resource", "_value"])')
+               'keep(columns: ["resource", "_value"])', "group()")
     )
     open_table = (
         flux_from("event", ["open", "excess", "cost", "co2_kg"], where=["site"],
@@ -419,10 +419,12 @@ def meter_detail() -> Json:
         'import "math"\n'
         + flux_from("event", ["excess", "cost", "end_ts"], where=["site", "meter"])
         + pipe("last()", PIVOT,
-               "map(fn: (r) => ({r with text: r.type + \" (\" + r.severity + \"): excess \""
-               " + string(v: math.round(x: float(v: r.excess) * 100.0) / 100.0) + \" \" +"
-               " r.unit + \", cost \" + string(v: math.round(x: float(v: r.cost) * 100.0)"
-               " / 100.0)}))",
+               # cost and unit may be absent (no price; no unit): text then says less
+               "map(fn: (r) => ({r with text: r[\"type\"] + \" (\" + r.severity + \"): excess \""
+               " + string(v: math.round(x: float(v: r.excess) * 100.0) / 100.0)"
+               " + (if exists r.unit then \" \" + r.unit else \"\")"
+               " + (if exists r.cost then \", cost \""
+               " + string(v: math.round(x: float(v: r.cost) * 100.0) / 100.0) else \"\")}))",
                "map(fn: (r) => ({r with timeEnd: if float(v: r.end_ts) > 0.0 then"
                " time(v: int(v: float(v: r.end_ts) * 1000000000.0)) else now()}))",
                'keep(columns: ["_time", "timeEnd", "text", "type", "severity"])')
@@ -456,6 +458,7 @@ def meter_detail() -> Json:
                          color={"mode": "fixed", "fixedColor": "orange"}),
             ]),
         stat("Actual minus expected in range", excess, unit="none", decimals=2, w=6,
+             no_value="no baseline yet",
              description="Sum over the time range, in the meter's unit (intervals with a "
              "baseline only)."),
         timeseries("Cost per interval", [cost], unit="none", w=18, h=4, draw="bars",
@@ -509,7 +512,8 @@ def losses() -> Json:
               description="Every event that started in the time range, most expensive "
               "first; open = 1 while it lasts.",
               overrides=[override("_time", displayName="start"),
-                         override("end", unit="dateTimeAsIso", noValue="open"),
+                         override("end", unit="dateTimeAsIso", mappings=[
+                             {"type": "value", "options": {"0": {"text": "open"}}}]),
                          override("cost", decimals=2), override("co2_kg", decimals=1),
                          override("excess", decimals=2), override("score", decimals=2)]),
         panel("barchart", "Cost by type", [by_type], w=12, h=8, unit="none",
@@ -539,7 +543,7 @@ def health() -> Json:
             f"aggregateWindow(every: v.windowPeriod, fn: {fn}, createEmpty: false)")
 
     last_report = (
-        flux_from("service", ["lag_s"], start="-1d", stop=None)
+        flux_from("service", ["dead_letters"], start="-1d", stop=None)  # always written
         + pipe('group(columns: ["instance"])', "last()",
                "map(fn: (r) => ({r with _value: float(v: int(v: now()) - int(v: r._time))"
                " / 1000000000.0}))",
