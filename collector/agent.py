@@ -38,6 +38,7 @@ log = logging.getLogger("recp.agent")
 
 QUEUE_SIZE = 10_000  # readings between pollers and the outbox writer
 WRITE_BATCH = 2_000  # readings per outbox transaction at most
+WRITE_LINGER_S = 0.05  # wait this long for more readings before a commit (one fsync each)
 TIME_ERROR = 5  # adjtimex(2): clock not synchronised
 
 
@@ -204,6 +205,9 @@ class Agent:
         done = False
         while not done:
             item = await self.queue.get()
+            if item is not None and self.queue.empty():
+                # readings of a poll cycle arrive within milliseconds: commit them together
+                await asyncio.sleep(WRITE_LINGER_S)
             batch = []
             while item is not None:
                 batch.append(item)

@@ -39,6 +39,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10
 
 log = logging.getLogger("recp.publisher")
 
+FLUSH_S = 0.5  # acknowledged readings are deleted from the outbox at least this often
+
 
 class Rejected(Exception):
     """The broker answered a publish with a failure reason code."""
@@ -58,6 +60,7 @@ class _AckingClient(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[Any]] = {}
         self.receive_maximum: int | None = None
+        self.progress: asyncio.Future[bool] | None = None  # resolved by the next PUBACK
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any = None) -> None:
@@ -70,6 +73,8 @@ class _AckingClient(aiomqtt.Client):
         fut = self._acks.pop(mid, None)  # called in the event loop (socket reader callback)
         if fut is not None and not fut.done():
             fut.set_result(reason_code)
+        if self.progress is not None and not self.progress.done():
+            self.progress.set_result(True)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any = None) -> None:
@@ -81,6 +86,27 @@ class _AckingClient(aiomqtt.Client):
         for fut in acks.values():
             if not fut.done():
                 fut.set_exception(aiomqtt.MqttError(why))
+        if self.progress is not None and not self.progress.done():
+            self.progress.set_result(True)
+
+    async def wait_progress(self, timeout: float) -> bool:
+        """Wait until a PUBACK (or a disconnect) arrives; False after ``timeout`` seconds.
+
+        Cheaper than ``asyncio.wait`` over every outstanding publish, which registers and
+        removes a callback on each of them every time one completes."""
+        loop = self._loop
+        self.progress = waiter = loop.create_future()
+
+        def expire() -> None:
+            if not waiter.done():
+                waiter.set_result(False)
+
+        timer = loop.call_later(timeout, expire)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self.progress = None
 
     def publish_future(self, topic: str, payload: bytes, *, retain: bool = False
                        ) -> asyncio.Future[Any]:
@@ -300,8 +326,11 @@ class Publisher:
         delete = self.mqtt.confirm == "puback"
         rate = self.mqtt.max_rate_per_s
         burst_start, burst_sent = time.monotonic(), 0
+        last_flush = time.monotonic()
 
         async def flush() -> None:
+            nonlocal last_flush
+            last_flush = time.monotonic()
             if acked:
                 ids = list(acked)
                 acked.clear()
@@ -324,7 +353,9 @@ class Publisher:
                     outstanding[client.publish_future(row.topic, row.payload)] = row
                     burst_sent += 1
                 if not outstanding:
-                    await flush()
+                    # deletions are batched too: at most every FLUSH_S while trickling
+                    if stop.is_set() or time.monotonic() - last_flush >= FLUSH_S:
+                        await flush()
                     if queued:  # rate-limited
                         await asyncio.sleep(max(burst_sent / rate
                                                 - (time.monotonic() - burst_start), 0.001))
@@ -335,14 +366,15 @@ class Publisher:
                             while self.outbox.depth and time.monotonic() < deadline:
                                 await asyncio.sleep(0.05)
                         return
-                    await wait_event(self.wake, 1.0, also=stop)
+                    await wait_event(self.wake, FLUSH_S if acked else 1.0, also=stop)
                     burst_start, burst_sent = time.monotonic(), 0
                     continue
-                done, _ = await asyncio.wait(outstanding, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done = [f for f in outstanding if f.done()]
                 if not done:
-                    raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s "
-                                            f"({len(outstanding)} outstanding)")
+                    if not await client.wait_progress(timeout):
+                        raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s "
+                                                f"({len(outstanding)} outstanding)")
+                    continue
                 for fut in done:
                     row = outstanding.pop(fut)
                     try:

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..aio import TaskGroup, wait_event
+from ..aio import TaskGroup
 from ..contract import Quality
 from ..site import MeterSpec, Polling, RtuConnection, RtuOverTcpConnection, TcpConnection
 from .plan import READ_FUNCTION_CODES, ReadRequest, plan_reads
@@ -122,6 +122,7 @@ class Link:
         self.connects = 0
         self.requests = 0
         self._last_io = 0.0
+        self._readers: dict[int, Callable[..., Any]] = {}
 
     def __str__(self) -> str:
         return str(self.connection)
@@ -150,6 +151,10 @@ class Link:
             client = AsyncModbusTcpClient(c.host, port=c.port, framer=framer, **common)
         # we decide when a silent link is dead (pymodbus would close it after retries+3)
         client.set_max_no_responses(1 << 30)
+        self._readers = {  # read function codes only: nothing else is ever called
+            3: client.read_holding_registers, 4: client.read_input_registers,
+            1: client.read_coils, 2: client.read_discrete_inputs,
+        }
         return client
 
     async def ensure(self) -> bool:
@@ -209,23 +214,16 @@ class Link:
                 await asyncio.sleep(wait)
         from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-        client = self.client
-        client.ctx.comm_params.timeout_connect = timeout_s
-        method = {
-            3: client.read_holding_registers, 4: client.read_input_registers,
-            1: client.read_coils, 2: client.read_discrete_inputs,
-        }[req.function_code]
+        self.client.ctx.comm_params.timeout_connect = timeout_s  # pymodbus' reply timeout
         self.requests += 1
         try:
-            rr = await asyncio.wait_for(
-                method(req.address, count=req.count, device_id=req.unit_id), timeout_s + GUARD_S
-            )
+            # no extra wait_for here: pymodbus bounds the wait for the reply by the timeout
+            rr = await self._readers[req.function_code](
+                req.address, count=req.count, device_id=req.unit_id)
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from None
         except ModbusIOException as exc:
             raise NoAnswer(f"no answer within {timeout_s:g} s") from exc
-        except asyncio.TimeoutError:
-            raise NoAnswer(f"no answer within {timeout_s:g} s") from None
         except ModbusException as exc:
             raise BadResponse(str(exc)) from None
         except OSError as exc:
@@ -310,12 +308,15 @@ class Bus:
         now = time.monotonic()
         for d in self.devices:
             d.next_due = now
+        stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
         try:
             while not stop.is_set():
                 dev = min(self.devices, key=lambda d: d.next_due)
                 delay = dev.next_due - time.monotonic()
-                if delay > 0 and await wait_event(stop, delay):
-                    break
+                if delay > 0:
+                    await asyncio.wait((stopped,), timeout=delay)
+                    if stop.is_set():
+                        break
                 result = await self.poll(dev)
                 if stop.is_set():  # polled while stopping: still a reading, keep it
                     await emit(result)
@@ -329,6 +330,7 @@ class Bus:
                     dev.next_due += missed * interval
                     dev.overruns += missed
         finally:
+            stopped.cancel()
             self.link.close()
 
     async def poll(self, dev: Device, *, once: bool = False) -> PollResult:

@@ -1,0 +1,157 @@
+"""The whole agent's cost: CPU per reading and resident memory, polling, storing, publishing.
+
+`recp agent` runs as its own process against benchmarks/modbus_server.py (another process)
+and a local Mosquitto (without persistence: the broker is not what is measured). A paho
+subscriber in this process counts the readings that arrive. CPU seconds and RSS are read
+from /proc for the agent's process only, after a warm-up.
+
+Scenarios (issue 3 goals in brackets):
+- 100 devices x 20 registers every second [under 5 % of one core, under 60 MB RSS];
+- 50 devices polled as fast as the schedule allows (every 50 ms) [at most 0.04 ms of CPU
+  per request including decoding and publishing].
+Baseline: bare pymodbus' own CPU per request (no decoding, storing or publishing) measured
+by bench_agent_modbus.py, repeated here for the same request on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from benchmarks.bench_agent_modbus import PROFILE, bare_pymodbus, start_server
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_S = 3.0
+MEASURE_S = 15.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def proc_rss_mb(pid: int) -> tuple[float, float]:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Counter:
+    def __init__(self, port: int):
+        self.n = 0
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("recp/v1/+/+/reading", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, *_args: object) -> None:
+        with self.lock:
+            self.n += 1
+
+    def count(self) -> int:
+        with self.lock:
+            return self.n
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: str,
+             sync: str = "FULL") -> tuple[float, int, float, float]:
+    """Run the agent; return (CPU s, readings, RSS MB, peak RSS MB) over the window."""
+    (tmp / "bench_meter.yaml").write_text(PROFILE)
+    lines = ["kind: site", "site: bench", f"mqtt: {{url: 'mqtt://127.0.0.1:{broker}'}}",
+             f"outbox: {{path: {tmp / (name + '.sqlite')}, synchronous: {sync}}}",
+             f"polling: {{interval_s: {interval}, timeout_s: 1, retries: 0}}", "meters:"]
+    lines += [f"  - {{id: m{i}, profile: {tmp / 'bench_meter.yaml'},"
+              f" connection: {{type: tcp, host: 127.0.0.1, port: {p}}}}}"
+              for i, p in enumerate(ports)]
+    site = tmp / f"{name}.yaml"
+    site.write_text("\n".join(lines) + "\n")
+    counter = Counter(broker)
+    agent = subprocess.Popen([sys.executable, "-m", "collector", "agent", "-c", str(site)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(WARMUP_S)
+        cpu0, n0 = proc_cpu_s(agent.pid), counter.count()
+        time.sleep(MEASURE_S)
+        cpu1, n1 = proc_cpu_s(agent.pid), counter.count()
+        rss, peak = proc_rss_mb(agent.pid)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+        counter.close()
+    return cpu1 - cpu0, n1 - n0, rss, peak
+
+
+def main() -> None:
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        broker = free_port()
+        conf = tmp / "mosquitto.conf"
+        conf.write_text(f"listener {broker} 127.0.0.1\nallow_anonymous true\n"
+                        f"user {os.environ.get('USER') or 'root'}\n")
+        mq = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        server, ports = start_server(100)
+        try:
+            time.sleep(0.5)
+            c0 = time.process_time()
+            n, _lat = asyncio.run(bare_pymodbus(ports[:1], None, 2000))
+            bare_ms = (time.process_time() - c0) / n * 1e3
+            print(f"baseline: bare pymodbus {bare_ms:.3f} ms CPU per request (no decoding, "
+                  "storing or publishing)")
+
+            cpu, n, rss, peak = scenario(tmp, ports, broker, 1.0, "hundred")
+            print(f"100 devices x 20 registers every 1 s, {MEASURE_S:.0f} s measured:")
+            print(f"  {n / MEASURE_S:6.1f} readings/s, agent CPU {cpu / MEASURE_S * 100:5.2f} % "
+                  f"of one core (goal < 5 %), {cpu / max(n, 1) * 1e6:.1f} CPU-ms per 1000 "
+                  f"readings, RSS {rss:.1f} MB (peak {peak:.1f} MB, goal < 60 MB)")
+            print(f"  agent CPU per reading / bare pymodbus per request = "
+                  f"{cpu / max(n, 1) * 1e3 / bare_ms:.2f}")
+
+            cpu, n, rss, peak = scenario(tmp, ports[:50], broker, 0.05, "fifty")
+            per = cpu / max(n, 1) * 1e3
+            print(f"50 devices polled every 50 ms, {MEASURE_S:.0f} s measured:")
+            print(f"  {n / MEASURE_S:6.0f} readings/s, {per:.3f} ms CPU per request incl. "
+                  f"decoding, outbox and publishing (goal <= 0.04 ms), RSS {rss:.1f} MB")
+            print(f"  agent / bare pymodbus CPU per request = {per / bare_ms:.2f}")
+
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "collector", "agent", "--help"],
+                               cwd=REPO, check=True, capture_output=True)
+                times.append(time.perf_counter() - t0)
+            print(f"recp agent --help: {sorted(times)[2]:.2f} s median of 5 (goal < 1 s)")
+        finally:
+            server.terminate()
+            mq.terminate()
+            server.wait(5)
+            mq.wait(5)
+
+
+if __name__ == "__main__":
+    main()
