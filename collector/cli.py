@@ -26,6 +26,7 @@ COMMANDS = (
     "profiles",
     "savings",
     "report",
+    "scan",
     "grafana",
 )
 
