@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test plant bench clean
+.PHONY: venv test plant bench score clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ plant: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks
+
+# detection scored against the demo plant's ground truth (about a minute)
+score: venv
+	$(BIN)/python -m benchmarks.score_detection
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
