@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from collector.modbus.poller import Bus, Device, Link, plan_device
 from collector.site import MeterSpec, Polling, load_site
@@ -94,7 +96,8 @@ def run_mbpoll(port: int) -> float:
                   None)
 
 
-async def bare_pymodbus(ports: list[int], seconds: float | None, n: int) -> tuple[int, list]:
+async def bare_pymodbus(ports: list[int], seconds: float | None, n: int
+                        ) -> tuple[int, list[float]]:
     from pymodbus.client import AsyncModbusTcpClient
 
     lat: list[float] = []
@@ -143,7 +146,8 @@ async def agent_path(specs: list[MeterSpec], seconds: float | None, n: int
     return count, lat
 
 
-def timed(coro_factory):  # type: ignore[no-untyped-def]
+def timed(coro_factory: Callable[[], Coroutine[Any, Any, tuple[int, list[float]]]]
+          ) -> tuple[int, float, float, list[float]]:
     c0, t0 = time.process_time(), time.perf_counter()
     n, lat = asyncio.run(coro_factory())
     return n, time.perf_counter() - t0, time.process_time() - c0, lat

@@ -327,21 +327,35 @@ class Publisher:
         rate = self.mqtt.max_rate_per_s
         burst_start, burst_sent = time.monotonic(), 0
         last_flush = time.monotonic()
+        # the outbox is read ahead and cleaned up in worker threads while publishing goes on
+        peeking: asyncio.Task[list[Row]] | None = None
+        deleting: asyncio.Task[int] | None = None
 
-        async def flush() -> None:
-            nonlocal last_flush
+        async def flush(wait: bool = False) -> None:
+            nonlocal last_flush, deleting
             last_flush = time.monotonic()
-            if acked:
+            if deleting is not None and (wait or deleting.done()):
+                await deleting
+                deleting = None
+            if acked and delete and deleting is None:
                 ids = list(acked)
                 acked.clear()
-                if delete:
-                    await asyncio.to_thread(self.outbox.delete, ids)
+                deleting = asyncio.ensure_future(asyncio.to_thread(self.outbox.delete, ids))
+                if wait:
+                    await deleting
+                    deleting = None
+            elif not delete:
+                acked.clear()
 
         try:
             while True:
-                if not queued and len(outstanding) < inflight:
+                if peeking is None and len(queued) < self.mqtt.batch:
                     self.wake.clear()
-                    rows = await asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch)
+                    peeking = asyncio.ensure_future(
+                        asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch))
+                if peeking is not None and (peeking.done() or not queued):
+                    rows = await peeking
+                    peeking = None
                     if rows:
                         queued.extend(rows)
                         cursor = rows[-1].id
@@ -355,12 +369,16 @@ class Publisher:
                 if not outstanding:
                     # deletions are batched too: at most every FLUSH_S while trickling
                     if stop.is_set() or time.monotonic() - last_flush >= FLUSH_S:
-                        await flush()
+                        await flush(wait=stop.is_set())
                     if queued:  # rate-limited
                         await asyncio.sleep(max(burst_sent / rate
                                                 - (time.monotonic() - burst_start), 0.001))
                         continue
+                    if peeking is not None:
+                        continue
                     if stop.is_set():
+                        if acked or deleting is not None:
+                            continue
                         if not delete:  # confirm: consumer -- give the acks a moment
                             deadline = time.monotonic() + self.confirm_wait_s
                             while self.outbox.depth and time.monotonic() < deadline:
@@ -390,7 +408,9 @@ class Publisher:
         finally:
             for fut in outstanding:
                 fut.cancel()
-            await flush()
+            if peeking is not None:
+                peeking.cancel()
+            await flush(wait=True)
 
     async def publish_now(self, topic: str, payload: bytes, *, retain: bool = True) -> bool:
         """Publish a status-like message if connected (not through the outbox)."""
