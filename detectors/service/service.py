@@ -243,9 +243,10 @@ class DetectService:
                 lines.append(ev)
         return lines, transitions
 
-    async def handle(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        """Validate, store and analyse one batch of (topic, payload); raises on disk errors."""
-        now = time.time()
+    def _handle_sync(
+        self, messages: list[tuple[str, bytes]], now: float
+    ) -> tuple[list[Transition], set[tuple[str, str, str]]]:
+        """The work of :meth:`handle`, in one worker thread (one GIL hand-over per batch)."""
         part = self.cfg.processing.partition
         lines: list[str] = []
         by_meter: dict[MeterKey, list[tuple[float, contract.Reading]]] = {}
@@ -273,11 +274,10 @@ class DetectService:
                                       "(no meta message)", res.site), now)
                 continue
             dkey = (res.site, res.meter, res.stream)
+            touched.add(dkey)
             if not self.dedup.accept(dkey, res.seq):
                 self.stats.duplicates += 1
-                touched.add(dkey)
                 continue
-            touched.add(dkey)
             self.stats.readings_in += 1
             ts = res.ts.timestamp()
             if ts > self.stats.newest_ts:
@@ -288,12 +288,24 @@ class DetectService:
             if text:
                 lines.append(text)
             by_meter.setdefault(key, []).append((ts, res))
+        # the readings are safe on disk before anything derived from them is computed
+        self.spool.append(lines)
+        self.stats.points_spooled += len(lines)
+        derived, transitions = self._run_pipelines(by_meter)
+        self.spool.append(derived)
+        self.stats.points_spooled += len(derived)
+        return transitions, touched
+
+    async def handle(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        """Validate, store and analyse one batch of (topic, payload); raises on disk errors.
+
+        Everything runs in a worker thread (numba and SQLite off the event loop) under the
+        state lock, so checkpoints see a consistent state between batches.
+        """
+        now = time.time()
+        batch = list(messages)
         async with self._state_lock:
-            await asyncio.to_thread(self.spool.append, lines)
-            self.stats.points_spooled += len(lines)
-            derived, transitions = await asyncio.to_thread(self._run_pipelines, by_meter)
-            await asyncio.to_thread(self.spool.append, derived)
-            self.stats.points_spooled += len(derived)
+            transitions, touched = await asyncio.to_thread(self._handle_sync, batch, now)
         self.stats.batches += 1
         for dkey in touched:
             self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))

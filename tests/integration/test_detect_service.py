@@ -110,9 +110,9 @@ class Bus:
     def alerts(self) -> list[dict[str, Any]]:
         return [json.loads(p) for _, p in self.messages("recp/v1/_alerts/")]
 
-    def health(self, since: int = 0) -> dict[str, Any]:
+    def health(self, since: int = 0, instance: str = "detect") -> dict[str, Any]:
         """The newest health message, if it is the since-th or later."""
-        h = self.messages("recp/v1/_detect/detect/health")
+        h = self.messages(f"recp/v1/_detect/{instance}/health")
         return json.loads(h[-1][1]) if len(h) > since else {}
 
     def n_health(self) -> int:
@@ -134,15 +134,18 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
 class Detect:
     """``recp detect`` as a subprocess."""
 
-    def __init__(self, tmp: Path, broker: MosquittoServer, vm: VictoriaMetricsServer):
+    def __init__(self, tmp: Path, broker: MosquittoServer, vm: VictoriaMetricsServer,
+                 instance: str = "detect", partition: str = "{index: 0, count: 1}"):
+        tmp = tmp / instance
+        tmp.mkdir(exist_ok=True)
         self.cfg = tmp / "analytics.yaml"
         self.cfg.write_text(f"""kind: analytics
-instance: detect
+instance: {instance}
 mqtt: {{url: "{broker.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 1}}
 influx: {{url: "{vm.url}", retry_delay_s: 0.1, retry_delay_max_s: 0.5, timeout_s: 2}}
 spool: {{path: spool.sqlite}}
 checkpoint: {{path: state.json, interval_s: 1}}
-processing: {{batch: 2000, batch_wait_s: 0.02}}
+processing: {{batch: 2000, batch_wait_s: 0.02, partition: {partition}}}
 metrics_interval_s: 0.5
 ack_interval_s: 0.2
 """)
@@ -296,3 +299,51 @@ def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
     assert len({i for _, i in spikes}) == 1
     cons = samples(vm, "consumption_actual")
     assert len(cons["m1"]) == len(set(cons["m1"])) >= 5 * 96 - 1 - 2
+
+
+def test_two_partitions_share_the_meters_exactly_once(
+    tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any
+) -> None:
+    broker = mosquitto_factory(BROKER_CONF)
+    vm = victoria_metrics
+    a = Detect(tmp_path, broker, vm, "detect-a", "{index: 0, count: 2}")
+    b = Detect(tmp_path, broker, vm, "detect-b", "{index: 1, count: 2}")
+    a.start()
+    b.start()
+    bus = Bus(broker)
+    try:
+        meters = [f"m{i}" for i in range(1, 7)]
+        bus.publish([meta(m) for m in meters], retain=True)
+        for inst in ("detect-a", "detect-b"):
+            wait_until(lambda i=inst: bus.health(instance=i).get("connected") is True, 30,
+                       f"{inst} to connect")
+        series = [readings(m, 4) for m in meters]
+        n = len(series[0])
+        bus.publish(interleave(*series))
+        wait_until(lambda: all_stored(vm, n, tuple(meters)), 30, "every reading stored")
+
+        def taken() -> tuple[int, int]:
+            return (bus.health(instance="detect-a").get("readings_in", 0),
+                    bus.health(instance="detect-b").get("readings_in", 0))
+
+        wait_until(lambda: sum(taken()) >= n * len(meters), 10, "both instances' counts")
+        time.sleep(1.0)
+        ha, hb = bus.health(instance="detect-a"), bus.health(instance="detect-b")
+        # every meter handled by exactly one instance
+        assert ha["readings_in"] + hb["readings_in"] == n * len(meters)
+        assert ha["meters"] + hb["meters"] == len(meters)
+        assert ha["meters"] > 0 and hb["meters"] > 0
+        assert ha["readings_in"] == n * ha["meters"]
+        # together the same events as one instance: the one spike on m1, opened and closed
+        wait_until(lambda: len([x for x in bus.alerts() if x["type"] == "spike"]) >= 2, 10,
+                   "the spike's alerts")
+        spikes = [(x["event"], x["id"]) for x in bus.alerts() if x["type"] == "spike"]
+        assert spikes == [("open", f"dairy/m1/spike/{T0 + 3 * DAY + 36000}"),
+                          ("close", f"dairy/m1/spike/{T0 + 3 * DAY + 36000}")]
+        cons = samples(vm, "consumption_actual")
+        assert {m: len(v) for m, v in cons.items()} == {m: 4 * 96 - 1 for m in meters}
+    finally:
+        bus.close()
+        for d in (a, b):
+            if d.alive():
+                d.stop()
