@@ -23,7 +23,7 @@ example:
 
 # kind -> "module:function" taking a path and returning the loaded object; imported lazily
 LOADERS: dict[str, str] = {
-    "analytics": "detectors.service.config:load_analytics",
+    "analytics": "detectors.service.config:check_analytics",
     "plant": "collector.plant.load:load_plant",
     "profile": "collector.profiles:load_profile",
     "site": "collector.site:load_site",

@@ -279,6 +279,11 @@ class AnalyticsSpec:
         return self.config.sites.get(site) or SiteSettings()
 
 
+def check_analytics(path: str | Path) -> Analytics:
+    """Validate an analytics file without touching secrets or the network (config check)."""
+    return load_indexed(Analytics, path)[0]
+
+
 def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
                    influx_url: str | None = None) -> AnalyticsSpec:
     """Read and validate an analytics file; resolve environment and secrets."""

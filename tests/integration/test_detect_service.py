@@ -315,8 +315,11 @@ def test_two_partitions_share_the_meters_exactly_once(
         meters = [f"m{i}" for i in range(1, 7)]
         bus.publish([meta(m) for m in meters], retain=True)
         for inst in ("detect-a", "detect-b"):
-            wait_until(lambda i=inst: bus.health(instance=i).get("connected") is True, 30,
-                       f"{inst} to connect")
+
+            def connected(i: str = inst) -> bool:
+                return bus.health(instance=i).get("connected") is True
+
+            wait_until(connected, 30, f"{inst} to connect")
         series = [readings(m, 4) for m in meters]
         n = len(series[0])
         bus.publish(interleave(*series))
