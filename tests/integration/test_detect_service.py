@@ -119,8 +119,9 @@ class Bus:
         return len(self.messages("recp/v1/_detect/detect/health"))
 
     def close(self) -> None:
+        if self.c.is_connected():
+            self.c.disconnect()
         self.c.loop_stop()
-        self.c.disconnect()
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -255,19 +256,33 @@ def test_end_to_end_exactly_once_consumption_alerts_dead_letters(setup: Any) -> 
     assert detect.stop() == 0
 
 
-def test_database_outage_loses_nothing(setup: Any) -> None:
-    _, vm, _, bus = setup
+def test_database_outage_and_broker_restart_lose_nothing(setup: Any) -> None:
+    broker, vm, detect, bus = setup
     m1, m2 = readings("m1", 2), readings("m2", 2)
+    both = interleave(m1, m2)
+    half = len(both) // 2
     vm.stop()
-    bus.publish(interleave(m1, m2))
-    wait_until(lambda: bus.health().get("readings_in", 0) >= 2 * len(m1), 20,
+    bus.publish(both[:half])
+    wait_until(lambda: bus.health().get("readings_in", 0) >= half, 20,
                "readings taken in while the database is down")
     h = bus.health()
-    assert h["spool_depth"] >= 2 * len(m1) and h["db_healthy"] is False
+    assert h["spool_depth"] >= half and h["db_healthy"] is False
+    # the broker restarts too (graceful: it saves the service's session)
+    bus.close()
+    broker.stop()
+    broker.start()
+    bus = Bus(broker)
+    k = bus.n_health()
+    wait_until(lambda: bus.health(k).get("connected") is True, 30, "the service to reconnect")
+    bus.publish(both[half:])
+    wait_until(lambda: bus.health(k).get("readings_in", 0) >= len(both), 20,
+               "the rest taken in")
     vm.start()
     wait_until(lambda: all_stored(vm, len(m1)), 30, "the spool written after the outage")
     check_exactly_once(vm, len(m1))
     wait_until(lambda: bus.health().get("spool_depth", 1) < 50, 10, "spool drained")
+    assert detect.alive()
+    bus.close()
 
 
 def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
