@@ -219,8 +219,9 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
     async def main() -> tuple[dict, Agent]:
         async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
-            site = write_site(tmp_path, plant.ports, mosquitto)
-            agent = await run_agent(site, 1.0)
+            site = write_site(tmp_path, plant.ports, mosquitto,
+                              mqtt_extra={"health_interval_s": 1})
+            agent = await run_agent(site, 1.3)
             return plant.status(), agent
 
     status, agent = asyncio.run(main())
@@ -249,6 +250,10 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
     assert el.points["energy_kwh"].unit == "kWh" and el.points["energy_kwh"].kind == "counter"
     assert el.tags["price_per_unit"] == 0.21 and el.profile == "schneider_pm5560"
     assert agent.publisher is not None and agent.publisher.stats.sessions == 1
+    health = contract.Health.model_validate(sub.last(contract.health_topic("demo_dairy")))
+    assert set(health.devices) == set(served)
+    assert all(d.state == "up" and d.polls >= 3 for d in health.devices.values())
+    assert health.outbox.cap == 500000 and health.clock is contract.ClockState.SYNCED
 
 
 def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path):
@@ -553,3 +558,31 @@ def test_consumer_confirmation_keeps_readings_until_acknowledged(mosquitto: Mosq
     left = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     db.close()
     assert left == 0  # on stop the agent waited for the consumer's acks
+
+
+def test_rtu_over_tcp_gateway_reads_the_same_values(tmp_path: Path):
+    """A transparent serial gateway: RTU frames (unit id + CRC, no MBAP header) over TCP."""
+    from collector.agent import poll_once
+
+    base = demo_plant()
+    data = base.plant.model_dump()
+    for m in data["meters"]:
+        m["framing"] = "rtu"
+    spec = PlantSpec(type(base.plant).model_validate(data), base.profiles, base.file)
+
+    async def main() -> tuple[dict, list]:
+        async with PlantServer(engine(spec), spec, port_base=0) as plant:
+            site = yaml.safe_load(DEMO_SITE.read_text())
+            for m in site["meters"]:
+                m["connection"] = {"type": "rtu_over_tcp", "host": "127.0.0.1",
+                                   "port": plant.ports[m["connection"]["port"]]}
+            path = tmp_path / "site.yaml"
+            path.write_text(yaml.safe_dump(site, sort_keys=False))
+            results = await poll_once(load_site(path))
+            return plant.status(), results
+
+    status, results = asyncio.run(main())
+    assert len(results) == 10
+    for r in results:
+        assert r.quality.value == "ok", (r.meter, r.errors)
+        assert r.values == status["meters"][r.meter]["values"]
