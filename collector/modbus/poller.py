@@ -165,6 +165,7 @@ class Link:
         if now < self.next_attempt:
             return False
         self.close()
+        self.last_error = ""
         try:
             self.client = self._make_client()
             self.client.ctx.comm_params.timeout_connect = max(self.timeout_s, 1.0)

@@ -139,6 +139,9 @@ def test_wal_and_full_sync_are_on(tmp_path: Path):
     with Outbox(tmp_path / "o.db") as box:
         assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        box.append([entry("m")])
+        box.delete(r.id for r in box.peek())  # deletions ride on the next fsync...
+        assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # ...FULL again
 
 
 WRITER = textwrap.dedent(

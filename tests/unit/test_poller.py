@@ -233,3 +233,33 @@ def test_devices_on_one_bus_are_polled_in_turn_on_schedule(tmp_path: Path):
     run(main())
     assert not overlap
     assert 9 <= got.count("a") <= 12 and 5 <= got.count("b") <= 7
+
+
+def test_rtu_without_pyserial_is_a_config_error_at_start(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    from collector.configfile import ConfigError
+    from collector.modbus.poller import Poller
+
+    f = tmp_path / "site.yaml"
+    f.write_text("kind: site\nsite: s\nmeters:\n  - {id: m, profile: eastron_sdm120,"
+                 " connection: {type: rtu, device: /dev/ttyUSB0, baudrate: 9600}}\n")
+    spec = load_site(f)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "serial" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install pyserial"):
+        Poller(spec.meters, spec.site.polling)
+
+
+def test_rtu_frame_gap_is_three_and_a_half_characters(tmp_path: Path):
+    f = tmp_path / "site.yaml"
+    f.write_text("kind: site\nsite: s\nmeters:\n"
+                 "  - {id: a, profile: eastron_sdm120, connection: {type: rtu, device: /dev/x,"
+                 " baudrate: 9600}}\n"
+                 "  - {id: b, profile: eastron_sdm120, unit_id: 2, connection: {type: rtu,"
+                 " device: /dev/y, baudrate: 115200}}\n")
+    a, b = (m.meter.connection for m in load_site(f).meters)
+    assert a.frame_gap_s == pytest.approx(3.5 * 11 / 9600)  # type: ignore[union-attr]
+    assert b.frame_gap_s == 0.00175  # type: ignore[union-attr]
