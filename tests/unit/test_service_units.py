@@ -302,3 +302,17 @@ def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECP_INFLUX_TOKEN", "t")
     spec = load_analytics(Path(__file__).parents[2] / "edge_config" / "analytics.yaml")
     assert spec.influx_token == "t" and spec.client_id.startswith("recp-detect-")
+
+
+def test_packed_detector_snapshots_are_small_and_legacy_ones_still_load() -> None:
+    pipe = MeterPipeline("dairy", "m1", "electricity", Settings())
+    for t, v in counter(2):
+        pipe.add(t, {"energy_kwh": v})
+    pipe.complete()
+    snap = pipe.snapshot()
+    assert len(json.dumps(snap)) < 40_000  # nested lists would be ~80 KiB
+    legacy = dict(snap, detectors={k: d.snapshot() for k, d in pipe.detectors.items()})
+    for state in (snap, json.loads(json.dumps(legacy))):
+        again = MeterPipeline.restore(state, Settings())
+        for kind, det in pipe.detectors.items():
+            assert again.detectors[kind].snapshot() == det.snapshot()
