@@ -19,6 +19,7 @@ import ctypes
 import datetime as dt
 import json
 import logging
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 
 from . import __version__, contract
 from .aio import TaskGroup, stop_task
+from .configfile import ConfigError, Problem
 from .contract import ClockState, Quality
 from .modbus.poller import Poller, PollResult
 from .outbox import Entry, Outbox
@@ -247,8 +249,12 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order (see the module docstring)."""
         cfg = self.spec.site.outbox
-        self.outbox = await asyncio.to_thread(
-            Outbox, self.outbox_path, cap=cfg.cap, synchronous=cfg.synchronous)
+        try:
+            self.outbox = await asyncio.to_thread(
+                Outbox, self.outbox_path, cap=cfg.cap, synchronous=cfg.synchronous)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError([Problem(self.spec.file, None, "outbox.path",
+                                       f"cannot open {self.outbox_path}: {exc}")]) from None
         self.publisher = Publisher(
             self.mqtt, self.site, self.outbox, self.credentials,
             retained=self.meta_messages, agent=f"recp-monitor {__version__}",
