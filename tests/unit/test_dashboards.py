@@ -123,6 +123,47 @@ def test_queries_name_only_what_the_service_writes(name: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+def flux_syntax_problems(query: str) -> list[str]:
+    """Cheap lexical checks: brackets balanced outside strings, strings closed, pipes."""
+    problems, stack, in_string, i = [], [], False, 0
+    pairs = {")": "(", "]": "[", "}": "{"}
+    while i < len(query):
+        c = query[i]
+        if in_string:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "([{":
+            stack.append(c)
+        elif c in ")]}" and (not stack or stack.pop() != pairs[c]):
+            problems.append(f"unbalanced {c!r} at {i}")
+        i += 1
+    if in_string:
+        problems.append("unterminated string")
+    if stack:
+        problems.append(f"unclosed {''.join(stack)}")
+    lines = query.splitlines()
+    for n, line in enumerate(lines):
+        if line.startswith("  ") and not line.startswith("  |> "):
+            problems.append(f"line {n + 1} continues without |>: {line!r}")
+    if "${" in query.replace("${bucket}", "").replace("${site}", "").replace(
+            "${meter}", "").replace("${resource}", "").replace("${tz}", ""):
+        problems.append("unknown dashboard variable")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_flux_is_lexically_sound(name: str) -> None:
+    problems = [f"{where}: {p}" for where, q in all_queries(BOARDS[name])
+                for p in flux_syntax_problems(q)]
+    assert not problems, "\n".join(problems)
+    assert flux_syntax_problems('f(x: [1, "a)"]) |> g(') == ["unclosed ("]
+    assert flux_syntax_problems('f("x)') == ["unterminated string", "unclosed ("]
+
+
 def test_checker_catches_unknown_names() -> None:
     bad = dash.flux_from("consumption", ["actual"]).replace('"actual"', '"actuals"')
     assert check_query(bad) == ["consumption has no field 'actuals'"]
