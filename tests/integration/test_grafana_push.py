@@ -221,3 +221,14 @@ def test_token_from_environment(grafana: FakeGrafana, monkeypatch: pytest.Monkey
     assert cli.main(["grafana", "push", "--url", grafana.url]) == 0
     monkeypatch.delenv("GRAFANA_TOKEN")
     assert cli.main(["grafana", "push", "--url", grafana.url]) == 2
+
+
+def test_without_grafana_client_names_the_extra(
+    token_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "grafana_client", None)  # as if not installed
+    assert cli.main(["grafana", "push", "--url", "http://127.0.0.1:9",
+                     "--token-file", str(token_file)]) == 3
+    assert "pip install 'recp-monitor[analytics]'" in capsys.readouterr().err
+    # export needs nothing beyond the standard library
+    assert cli.main(["grafana", "export", str(token_file.parent / "out")]) == 0
