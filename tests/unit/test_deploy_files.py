@@ -415,3 +415,41 @@ def test_install_script_syntax_and_usage() -> None:
 def test_install_script_is_shellcheck_clean() -> None:
     proc = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------- W^X memory
+
+# Runs a command with the kernel's "memory-deny-write-execute" (prctl PR_SET_MDWE, Linux
+# 6.3+), what MemoryDenyWriteExecute=yes asks of systemd (which uses seccomp for it).
+MDWE_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def run_without_wx(code: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    if proc.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    return proc
+
+
+def test_agent_runs_without_writable_executable_memory() -> None:
+    proc = run_without_wx(
+        "import collector.agent as a, collector.publisher, pymodbus, aiomqtt, ssl\n"
+        "from collector.cli import main\n"
+        "a.kernel_clock_synchronised()\n"
+        "raise SystemExit(main(['config', 'check', 'edge_config/sites/example_pi.yaml']))")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_numba_cannot_compile_without_writable_executable_memory() -> None:
+    # why recp-detect.service must not set MemoryDenyWriteExecute=yes
+    proc = run_without_wx("import numba\n"
+                          "print(numba.njit(lambda x: x + 1)(1))")
+    assert proc.returncode != 0
+    assert "executable memory" in proc.stderr
