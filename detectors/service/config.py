@@ -67,8 +67,9 @@ class Mqtt(Strict):
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 86400, ge=60, description="broker keeps our session "
                                   "(and queues readings for us) this long while we are away")
-    receive_maximum: int = Field(2000, ge=1, le=65535, description="unacknowledged messages "
-                                 "the broker may send us at once")
+    receive_maximum: int = Field(4000, ge=1, le=65535, description="unacknowledged messages "
+                                 "the broker may send us at once; above processing.batch, "
+                                 "so the next batch arrives while one is processed")
     sites: list[str] = Field(default_factory=list, description="subscribe to these sites "
                              "only (default: every site)")
     shared_group: str | None = Field(None, description="subscribe as $share/<group>/... "
@@ -170,7 +171,7 @@ class Partition(Strict):
 class Processing(Strict):
     interval_s: int = Field(900, ge=60, le=86400, description="consumption interval (UTC "
                             "aligned); must divide a day")
-    batch: int = Field(2000, ge=1, le=100_000, description="messages handled at once")
+    batch: int = Field(1000, ge=1, le=100_000, description="messages handled at once")
     batch_wait_s: float = Field(0.05, ge=0, le=5, description="wait to fill a batch")
     max_payload_bytes: int = Field(65536, ge=256)
     max_future_s: float = Field(300.0, ge=0, description="readings further ahead of our "
