@@ -171,8 +171,10 @@ def var_meter() -> Json:
 
 
 def var_resource() -> Json:
-    return var_query("resource", tag_values("resource", "consumption", where=["site"]),
-                     label="resource", multi=True, include_all=True)
+    v = var_query("resource", tag_values("resource", "consumption", where=["site"]),
+                  label="resource", multi=True, include_all=True)
+    v["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}  # a panel each
+    return v
 
 
 # --------------------------------------------------------------------------- panels
