@@ -192,6 +192,15 @@ class Processing(Strict):
         return value
 
 
+class Baselines(Strict):
+    """Baselines fitted by the core (``detectors.baseline``, JSON ``recp-baseline/1``)."""
+
+    dir: Path | None = Field(None, description="<dir>/<site>/<meter>.json, read when a meter "
+                             "is first seen and at start")
+    band_sigma: float = Field(2.0, gt=0, description="lower/upper = expected -/+ this many "
+                              "prediction standard deviations")
+
+
 class Alerts(Strict):
     """When events open and close (hysteresis) and how they are published."""
 
@@ -228,6 +237,7 @@ class Analytics(Strict):
     checkpoint: Checkpoint = Checkpoint()
     processing: Processing = Processing()
     alerts: Alerts = Alerts()
+    baselines: Baselines = Baselines()
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
     metrics_interval_s: float = Field(10.0, ge=0.5)
     ack_interval_s: float = Field(1.0, ge=0.05, description="publish consumer acks this often")

@@ -64,13 +64,40 @@ class Settings:
 
 @dataclass(frozen=True)
 class Interval:
-    """One completed interval of one meter."""
+    """One completed interval of one meter (``expected``/``std``: NaN without a baseline)."""
 
     t_s: int
     actual: float
     flags: int
     scores: dict[str, float]
     diagnostics: dict[str, list[float]]
+    expected: float = math.nan
+    std: float = math.nan
+
+
+def expected_per_interval(model: Any, starts: list[int], interval_s: int
+                          ) -> tuple[list[float], list[float]]:
+    """A baseline's expectation and prediction std for intervals of ``interval_s``.
+
+    A baseline on the same grid predicts directly; a coarser one (hourly for 15-minute
+    intervals) predicts its own interval and is spread evenly. Terms needing outdoor
+    temperature or production are not fed here (NaN: no expectation written).
+    """
+    n = len(starts)
+    nan = [math.nan] * n
+    b = int(model.interval_s)
+    if b < interval_s or b % interval_s:
+        return nan, nan
+    ts = np.asarray(starts, dtype=np.int64) // b * b
+    kwargs: dict[str, Any] = {}
+    if model.uses_temperature:
+        kwargs["temperature"] = np.full(n, np.nan)
+    if model.uses_production:
+        kwargs["production"] = np.full(n, np.nan)
+    share = interval_s / b
+    exp = np.asarray(model.predict(ts, **kwargs), dtype=np.float64)
+    std = np.asarray(model.prediction_std(np.nan_to_num(exp)), dtype=np.float64)
+    return (exp * share).tolist(), (std * share).tolist()
 
 
 def make_detectors(s: Settings) -> dict[str, KernelDetector]:
@@ -134,6 +161,7 @@ class MeterPipeline:
         self.late = 0
         self.detectors = make_detectors(settings)
         self.tracker = EventTracker(site, meter, settings.alerts)
+        self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
 
     # ------------------------------------------------------------------ meter description
 
@@ -211,8 +239,12 @@ class MeterPipeline:
         self.next_start = boundary
         out: list[Interval] = []
         transitions: list[Transition] = []
-        for t, x, f in zip(cons.start_s.tolist(), cons.consumption.tolist(),
-                           cons.flags.tolist(), strict=True):
+        starts = cons.start_s.tolist()
+        expected, stds = [math.nan] * len(starts), [math.nan] * len(starts)
+        if self.baseline is not None:
+            expected, stds = expected_per_interval(self.baseline, starts, interval)
+        for i, (t, x, f) in enumerate(zip(starts, cons.consumption.tolist(),
+                                          cons.flags.tolist(), strict=True)):
             point = Point(int(t), float(x))
             scores: dict[str, float] = {}
             diags: dict[str, list[float]] = {}
@@ -226,7 +258,7 @@ class MeterPipeline:
                         kind, int(t), interval, float(x), score, diag, self.info,
                         self.resource, self.currency,
                     )  # fmt: skip
-            out.append(Interval(int(t), float(x), int(f), scores, diags))
+            out.append(Interval(int(t), float(x), int(f), scores, diags, expected[i], stds[i]))
         return out, transitions
 
     # ------------------------------------------------------------------ checkpoints

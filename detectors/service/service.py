@@ -63,14 +63,16 @@ def reading_line(r: contract.Reading, ts: float | None = None) -> str | None:
                 fields, _ms(r.ts.timestamp() if ts is None else ts))
 
 
-def interval_lines(p: MeterPipeline, iv: Interval) -> list[str]:
+def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> list[str]:
     out = []
     t_ms = iv.t_s * 1000
     x = iv.actual
+    e, band = iv.expected, band_sigma * iv.std
     cons = line("consumption",
                 {"site": p.site, "meter": p.meter, "resource": p.resource, "unit": p.info.unit},
-                {"actual": x, "flags": iv.flags, "cost": p.info.cost(x),
-                 "co2_kg": p.info.co2_kg(x)}, t_ms)  # fmt: skip
+                {"actual": x, "expected": e, "lower": e - band, "upper": e + band,
+                 "flags": iv.flags, "cost": p.info.cost(x), "co2_kg": p.info.co2_kg(x)},
+                t_ms)  # fmt: skip
     if cons:
         out.append(cons)
     for kind, score in iv.scores.items():
@@ -185,6 +187,7 @@ class DetectService:
                 log.error("checkpoint entry for %s/%s unusable (%s); starting it fresh",
                           snap.get("site"), snap.get("meter"), exc)
                 continue
+            pipe.baseline = self.load_baseline(pipe.site, pipe.meter)
             self.meters[(pipe.site, pipe.meter)] = pipe
         log.info("restored %d meters from %s (saved %.0f s ago)", len(self.meters),
                  self.spec.checkpoint_path, time.time() - float(state.get("saved_at", 0)))
@@ -208,8 +211,25 @@ class DetectService:
             meta = self.metas.get(key)
             if meta is not None:
                 pipe.set_meta(meta, s.price_per_unit, s.co2_kg_per_unit)
+            pipe.baseline = self.load_baseline(site, meter)
             self.meters[key] = pipe
         return pipe
+
+    def load_baseline(self, site: str, meter: str) -> Any:
+        """The meter's fitted baseline from ``baselines.dir``, or None (logged, not fatal)."""
+        folder = self.cfg.baselines.dir
+        if folder is None:
+            return None
+        path = self.spec.path(folder) / site / f"{meter}.json"
+        if not path.exists():
+            return None
+        try:
+            from ..baseline import BaselineModel
+
+            return BaselineModel.from_json(path.read_text(encoding="utf-8"))
+        except Exception as exc:  # a bad file must not stop the meter's other work
+            log.error("baseline %s not usable: %s", path, exc)
+            return None
 
     # ------------------------------------------------------------------ one batch
 
@@ -235,7 +255,7 @@ class DetectService:
                 pipe.add(ts, r.values)
             intervals, trans = pipe.complete()
             for iv in intervals:
-                lines += interval_lines(pipe, iv)
+                lines += interval_lines(pipe, iv, self.cfg.baselines.band_sigma)
             transitions += trans
         for t in transitions:
             ev = event_line(t)

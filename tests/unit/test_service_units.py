@@ -316,3 +316,29 @@ def test_packed_detector_snapshots_are_small_and_legacy_ones_still_load() -> Non
         again = MeterPipeline.restore(state, Settings())
         for kind, det in pipe.detectors.items():
             assert again.detectors[kind].snapshot() == det.snapshot()
+
+
+def test_fitted_baseline_gives_expected_and_band(tmp_path: Path) -> None:
+    from detectors.baseline import BaselineConfig, fit_baseline
+
+    # an hourly baseline of the same meter, fitted on two weeks before the live data
+    hours = [T0 - 14 * 86400 + 3600 * i for i in range(14 * 24)]
+    hourly = [sum(rate_kw(t + 60 * k) / 60 for k in range(60)) for t in hours]
+    model = fit_baseline(hours, hourly, meter="m1", unit="kWh",
+                         config=BaselineConfig(interval_s=3600))
+    (tmp_path / "bl" / "dairy").mkdir(parents=True)
+    (tmp_path / "bl" / "dairy" / "m1.json").write_text(model.to_json())
+    svc = DetectService(_spec(tmp_path, "baselines: {dir: bl}\n"), writer=FlakyWriter(0))
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    asyncio.run(svc.handle(msgs))
+    cons = [x for _, x in svc.spool.peek(100_000) if x.startswith("consumption,")]
+    assert len(cons) == 95
+
+    def field(text: str, name: str) -> float:
+        return float(text.split(" ")[1].split(f"{name}=")[1].split(",")[0])
+
+    for text in cons:
+        actual, expected = field(text, "actual"), field(text, "expected")
+        assert expected == pytest.approx(actual, rel=0.05, abs=0.5)
+        assert field(text, "lower") <= expected <= field(text, "upper")
