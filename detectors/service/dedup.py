@@ -55,6 +55,23 @@ class SeqTracker:
         self._done[key] = done
         return True
 
+    def state_of(self, key: Key) -> tuple[int | None, set[int]]:
+        """A copy of one stream's marks, for :meth:`put_back`."""
+        return self._done.get(key), set(self._above.get(key, ()))
+
+    def put_back(self, key: Key, state: tuple[int | None, set[int]]) -> None:
+        """Undo what was accepted since :meth:`state_of` (the batch was not stored)."""
+        done, above = state
+        if done is None:
+            self._done.pop(key, None)
+            self._above.pop(key, None)
+            return
+        self._done[key] = done
+        if above:
+            self._above[key] = set(above)
+        else:
+            self._above.pop(key, None)
+
     def done(self, key: Key) -> int:
         return self._done.get(key, 0)
 

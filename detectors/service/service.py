@@ -125,6 +125,7 @@ class Stats:
     batches: int = 0
     newest_ts: float = 0.0
     checkpoints: int = 0
+    pipeline_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,15 @@ class DetectService:
         transitions: list[Transition] = []
         for (site, meter), readings in batch.items():
             pipe = self.pipeline(site, meter, readings[0][1].resource.value)
-            for ts, r in readings:
-                pipe.add(ts, r.values)
-            intervals, trans = pipe.complete()
+            try:
+                for ts, r in readings:
+                    pipe.add(ts, r.values)
+                intervals, trans = pipe.complete()
+            except Exception:
+                # the readings are stored; one meter's analysis failing stops nothing else
+                self.stats.pipeline_errors += 1
+                log.exception("pipeline of %s/%s failed on this batch", site, meter)
+                continue
             for iv in intervals:
                 lines += interval_lines(pipe, iv, self.cfg.baselines.band_sigma)
             transitions += trans
@@ -271,6 +278,7 @@ class DetectService:
         lines: list[str] = []
         by_meter: dict[MeterKey, list[tuple[float, contract.Reading]]] = {}
         touched: set[tuple[str, str, str]] = set()
+        before: dict[tuple[str, str, str], tuple[int | None, set[int]]] = {}
         for topic, payload in messages:
             res = parse(topic, payload, now, self.limits)
             if res is None:
@@ -294,7 +302,9 @@ class DetectService:
                                       "(no meta message)", res.site), now)
                 continue
             dkey = (res.site, res.meter, res.stream)
-            touched.add(dkey)
+            if dkey not in touched:
+                touched.add(dkey)
+                before[dkey] = self.dedup.state_of(dkey)
             if not self.dedup.accept(dkey, res.seq):
                 self.stats.duplicates += 1
                 continue
@@ -309,7 +319,14 @@ class DetectService:
                 lines.append(text)
             by_meter.setdefault(key, []).append((ts, res))
         # the readings are safe on disk before anything derived from them is computed
-        self.spool.append(lines)
+        try:
+            self.spool.append(lines)
+        except BaseException:
+            # not stored, so not acknowledged: the broker delivers them again, and they
+            # must not be taken for duplicates then
+            for dkey, state in before.items():
+                self.dedup.put_back(dkey, state)
+            raise
         self.stats.points_spooled += len(lines)
         derived, transitions = self._run_pipelines(by_meter)
         self.spool.append(derived)
@@ -349,6 +366,7 @@ class DetectService:
             "partition": self.cfg.processing.partition.model_dump(),
             "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
             "dead_letters": s.dead_letters, "alerts": s.alerts,
+            "pipeline_errors": s.pipeline_errors,
             "points_written": self.sink.stats.written, "points_rejected":
             self.sink.stats.rejected, "spool_depth": self.spool.depth,
             "spool_dropped": self.spool.dropped, "db_healthy": self.sink.healthy,

@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,37 @@ def test_fitted_baseline_gives_expected_and_band(tmp_path: Path) -> None:
         actual, expected = field(text, "actual"), field(text, "expected")
         assert expected == pytest.approx(actual, rel=0.05, abs=0.5)
         assert field(text, "lower") <= expected <= field(text, "upper")
+
+
+def test_batch_not_stored_is_not_taken_for_duplicates_later(tmp_path: Path) -> None:
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    asyncio.run(svc.handle(msgs[:10]))
+    real_append = svc.spool.append
+
+    def disk_full(lines: Sequence[str]) -> None:
+        raise OSError("disk full")
+
+    svc.spool.append = disk_full  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        asyncio.run(svc.handle(msgs[5:50]))
+    svc.spool.append = real_append  # type: ignore[method-assign]
+    asyncio.run(svc.handle(msgs[5:50]))  # the broker's redelivery
+    lines = [x for _, x in svc.spool.peek(100_000) if x.startswith("reading,")]
+    assert len(lines) == 50  # 0-9 once, 10-49 after the failure, none twice
+
+
+def test_one_meters_pipeline_failure_stops_nothing_else(tmp_path: Path) -> None:
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    m2 = "recp/v1/dairy/m2/reading"
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    msgs += [(m2, reading(seq=i + 1, ts=t, meter="m2", energy_kwh=v))
+             for i, (t, v) in enumerate(counter(1))]
+    svc.pipeline("dairy", "m2", "electricity").complete = None  # type: ignore[assignment]
+    asyncio.run(svc.handle(msgs))
+    lines = [x for _, x in svc.spool.peek(100_000)]
+    assert sum(x.startswith("reading,") for x in lines) == len(msgs)
+    assert sum(x.startswith("consumption,") and "meter=m1" in x for x in lines) == 95
+    assert svc.stats.pipeline_errors == 1
