@@ -72,7 +72,7 @@ class BaselineConfig:
     selection: Selection = "adj_r2"
     cv_folds: int = 5
     min_degree_share: float = 0.1
-    min_t: float = 2.0
+    min_t: float = 3.0
     ridge: float = 0.0
     tol: float = 1e-9
 

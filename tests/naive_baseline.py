@@ -254,3 +254,83 @@ def naive_predict(
             e += coef_c * max(0.0, T[i] - cool_c) if math.isfinite(T[i]) else math.nan
         out.append(e)
     return out
+
+
+# --------------------------------------------------------------------------- overspend
+
+
+def naive_cusum(
+    t: Row,
+    actual: Row,
+    expected: Row,
+    scale: Row,
+    k: float,
+    h: float,
+    h_low: float,
+    cap: float,
+    min_close: int,
+) -> tuple[list[float], list[tuple[float, ...]], tuple[float, ...] | None]:
+    """Tabular CUSUM of standardised residuals with hysteresis, written out plainly.
+
+    Returns (CUSUM computed at each interval, closed alerts, the alert still open or None);
+    an alert is (start, alarm time, end = last time at its peak, residual sum from start to
+    peak, expected sum from start to peak, peak CUSUM); the open alert has end None and
+    sums up to now. NaN inputs (or scale <= 0) skip the interval.
+    """
+    cusum = 0.0
+    scores: list[float] = []
+    closed: list[tuple[float, ...]] = []
+    alert: dict | None = None  # the open alert
+    run: dict | None = None  # the current run of positive CUSUM (candidate start)
+    for i in range(len(t)):
+        r = actual[i] - expected[i]
+        if not (scale[i] > 0 and math.isfinite(scale[i]) and math.isfinite(r)):
+            scores.append(cusum)
+            continue
+        new = min(cap, max(0.0, cusum + r / scale[i] - k))
+        scores.append(new)
+        if alert is None:
+            if new == 0.0:
+                run = None
+            else:
+                if run is None:
+                    run = {"start": t[i], "r": 0.0, "e": 0.0}
+                run["r"] += r
+                run["e"] += expected[i]
+            cusum = new
+            if new > h:
+                assert run is not None
+                alert = {
+                    "alarm": t[i],
+                    "peak": new,
+                    "peak_t": t[i],
+                    "peak_r": run["r"],
+                    "peak_e": run["e"],
+                    "below": 0,
+                }
+            continue
+        assert run is not None
+        run["r"] += r
+        run["e"] += expected[i]
+        cusum = new
+        if new >= alert["peak"]:
+            alert.update(peak=new, peak_t=t[i], peak_r=run["r"], peak_e=run["e"])
+        alert["below"] = alert["below"] + 1 if new < h_low else 0
+        if alert["below"] >= min_close:
+            closed.append(
+                (
+                    run["start"],
+                    alert["alarm"],
+                    alert["peak_t"],
+                    alert["peak_r"],
+                    alert["peak_e"],
+                    alert["peak"],
+                )
+            )
+            alert = None
+            run = None
+            cusum = 0.0
+    still = None
+    if alert is not None and run is not None:
+        still = (run["start"], alert["alarm"], math.nan, run["r"], run["e"], alert["peak"])
+    return scores, closed, still
