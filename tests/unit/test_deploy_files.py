@@ -252,6 +252,9 @@ def test_analytics_file_matches_the_detect_unit() -> None:
     state = unit["Service"]["StateDirectory"][0]
     assert cfg["spool"]["path"].startswith(f"/var/lib/{state}/")
     assert cfg["checkpoint"]["path"].startswith(f"/var/lib/{state}/")
+    # compose mounts the baselines where the file looks for them
+    targets = {volume(v)[1] for v in SERVICES["detect"]["volumes"]}
+    assert cfg["baselines"]["dir"] in targets
     # compose's health check watches the checkpoint file
     assert cfg["checkpoint"]["path"] in " ".join(SERVICES["detect"]["healthcheck"]["test"])
 
