@@ -15,7 +15,7 @@
 #
 # What it does, each step only when needed, so running it again is safe (and is how to
 # update): python3-venv from apt if missing; a system user "recp"; a venv in /opt/recp with
-# this source tree's '.[edge]' (never numba); /etc/recp with the device profiles; the files
+# this source tree's '.[edge]' and pyserial (never numba); /etc/recp with the device profiles; the files
 # given; deploy/systemd/recp-agent.service; `recp config check` on the site file; then
 # systemctl enable and restart. Without a site file it installs the example
 # (edge_config/sites/example_pi.yaml) for editing and does not start the agent.
@@ -85,7 +85,10 @@ if [[ ! -x $prefix/bin/python ]]; then
     python3 -m venv "$prefix"
 fi
 say "installing recp-monitor[edge] from $src into $prefix"
-"$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "${src}[edge]"
+# pyserial: RTU meters on the box's own RS485 adapter (pymodbus's serial client needs it;
+# the edge extra does not pull it)
+"$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+    "${src}[edge]" "pyserial>=3.5"
 if "$prefix/bin/python" -c 'import numba' 2>/dev/null; then
     die "numba is installed in $prefix: the edge install must not pull it"
 fi

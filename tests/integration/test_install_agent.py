@@ -48,6 +48,9 @@ def test_install_update_and_rerun(tmp_path: Path) -> None:
     assert "no broker password yet" in first.stdout
     assert (tmp_path / "opt" / "bin" / "recp").exists()
     assert not list((tmp_path / "opt").glob("lib/python*/site-packages/numba"))
+    # RTU meters on a local serial port need pyserial (collector.modbus.poller)
+    subprocess.run([str(tmp_path / "opt" / "bin" / "python"), "-c", "import serial"],
+                   check=True)
     assert sorted(p.name for p in (etc / "profiles").iterdir()) == sorted(
         p.name for p in (REPO / "edge_config" / "profiles").glob("*.yaml"))
 
