@@ -557,7 +557,8 @@ class DetectService:
             done.set()
 
     async def _backpressure(self, stop: asyncio.Event, n: int) -> None:
-        high = self.spool.cap - 4 * max(n, 1) * 4
+        # room for the points of a few batches (a reading gives 1 point, intervals more)
+        high = max(self.spool.cap // 2, self.spool.cap - 16 * max(n, 1))
         if self.spool.depth <= high:
             return
         log.warning("spool holds %d points (cap %d): pausing intake until the database "

@@ -377,3 +377,28 @@ def test_one_meters_pipeline_failure_stops_nothing_else(tmp_path: Path) -> None:
     assert sum(x.startswith("reading,") for x in lines) == len(msgs)
     assert sum(x.startswith("consumption,") and "meter=m1" in x for x in lines) == 95
     assert svc.stats.pipeline_errors == 1
+
+
+def test_intake_pauses_while_the_spool_is_nearly_full(tmp_path: Path) -> None:
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    svc.spool.close()
+    svc.spool = Spool(tmp_path / "small.sqlite", cap=1000)
+    svc.spool.append([f"p{i}" for i in range(600)])
+
+    async def go() -> float:
+        stop = asyncio.Event()
+
+        async def drain_later() -> None:
+            await asyncio.sleep(0.3)
+            rows = svc.spool.peek(200)
+            svc.spool.delete_through(rows[-1][0])
+
+        began = time.monotonic()
+        task = asyncio.create_task(drain_later())
+        await svc._backpressure(stop, 1000)  # 600 > 500: waits for the database
+        await task
+        paused = time.monotonic() - began
+        await svc._backpressure(stop, 1000)  # 400: goes on at once
+        return paused
+
+    assert asyncio.run(go()) >= 0.3
