@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -208,6 +209,11 @@ class BaselineModel:
         return f"{self.meter}: " + ", ".join(parts) + f"; R2 {r2}, CV(RMSE) {cv}, n {s.n}"
 
     # -- prediction --------------------------------------------------------------------
+    @cached_property
+    def _alpha(self) -> FloatArray:
+        """Intercepts as a float array (NaN for empty groups), built once per model."""
+        return np.array([_nan_if_none(a) for a in self.intercepts], dtype=np.float64)
+
     def predict(
         self,
         timestamps: ArrayLike,
@@ -242,7 +248,7 @@ class BaselineModel:
             groups,
             _production_columns(P),
             T,
-            np.array([_nan_if_none(a) for a in self.intercepts]),
+            self._alpha,
             beta,
             np.isfinite(beta),
             _nan_if_none(self.heating_balance_c),
@@ -455,8 +461,11 @@ def _candidates(
     if not with_production:
         zmasks = zmasks[:1]
     n = max(t_used.size, 1)
-    heat_ok = [j for j in range(grid.size) if np.sum(t_used < grid[j]) / n >= min_share]
-    cool_ok = [j for j in range(grid.size) if np.sum(t_used > grid[j]) / n >= min_share]
+    ordered = np.sort(t_used)
+    below = np.searchsorted(ordered, grid, side="left") / n  # share with T < b
+    above = (t_used.size - np.searchsorted(ordered, grid, side="right")) / n  # T > c
+    heat_ok = [j for j in range(grid.size) if below[j] >= min_share]
+    cool_ok = [j for j in range(grid.size) if above[j] >= min_share]
     degree = [(-1, -1)] + [(h, -1) for h in heat_ok] + [(-1, c) for c in cool_ok]
     degree += [(h, c) for h in heat_ok for c in cool_ok if c >= h]
     rows = [(z, h, c) for z in zmasks for h, c in degree]

@@ -167,10 +167,14 @@ def _run(
     """
     n = t.size
     cusum = np.empty(n)
-    done = np.empty((n // 2 + 1, 6))
+    done = np.empty((8, 6))
     count = 0
     for i in range(n):
         if _step(st, t[i], actual[i], expected[i], scale[i], params) == CLOSED:
+            if count == done.shape[0]:
+                bigger = np.empty((2 * count, 6))
+                bigger[:count] = done
+                done = bigger
             done[count, 0] = st[DONE_START]
             done[count, 1] = st[DONE_ALARM]
             done[count, 2] = st[DONE_END]
