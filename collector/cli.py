@@ -22,6 +22,7 @@ COMMANDS = (
     "simulate",
     "agent",
     "detect",
+    "baseline",
     "config",
     "profiles",
     "savings",

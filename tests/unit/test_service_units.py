@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -402,3 +403,33 @@ def test_intake_pauses_while_the_spool_is_nearly_full(tmp_path: Path) -> None:
         return paused
 
     assert asyncio.run(go()) >= 0.3
+
+
+class _Rec:
+    def __init__(self, **values: Any) -> None:
+        self.values = values
+
+
+def test_baseline_fit_from_stored_consumption(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from detectors.baseline import BaselineConfig, BaselineModel
+    from detectors.service.baselines import fit_site, flux, rows_from_records, save
+
+    records = []
+    for i in range(14 * 96):  # two weeks of 15-minute consumption, one interval missing
+        t = T0 + 900 * i
+        value = None if i == 500 else sum(rate_kw(t + 60 * k) / 60 for k in range(15))
+        records.append(_Rec(_time=dt.datetime.fromtimestamp(t, dt.timezone.utc), _value=value,
+                            meter="m1", unit="kWh"))
+    models = fit_site(rows_from_records(records), BaselineConfig(interval_s=3600))
+    model = models["m1"]
+    assert isinstance(model, BaselineModel) and model.stats.n == 14 * 24 - 1
+    spec = _spec(tmp_path, "baselines: {dir: bl}\n")
+    path = save(spec, "dairy", model)
+    assert path == tmp_path / "bl" / "dairy" / "m1.json"
+    svc = DetectService(spec, writer=FlakyWriter(0))
+    assert svc.load_baseline("dairy", "m1") is not None
+    q = flux("recp", "dairy", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+             dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc), ["m1"])
+    assert 'r.site == "dairy"' in q and 'r.meter == "m1"' in q and '"actual"' in q

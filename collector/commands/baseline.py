@@ -1,0 +1,76 @@
+"""``recp baseline fit``: fit meters' baselines from stored consumption (analytics extra)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+NAME = "baseline"
+HELP = "fit or refit meters' baselines from the consumption stored in InfluxDB"
+DESCRIPTION = """\
+Read one site's interval consumption (measurement consumption, field actual) between
+--start and --end from the InfluxDB of an analytics file, fit a baseline per meter
+(time of week; docs/detector-service.md) and write <baselines.dir>/<site>/<meter>.json,
+which recp detect loads (restart it to use a refit baseline).
+
+example:
+  recp baseline fit -c /etc/recp/analytics.yaml --site dairy \\
+      --start 2026-01-01T00:00:00Z --end 2026-03-01T00:00:00Z
+"""
+
+
+def _utc(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time in UTC (end it with Z): {text!r}")
+    return value.astimezone(dt.timezone.utc)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    fit = sub.add_parser("fit", help="fit baselines from stored consumption")
+    fit.add_argument("-c", "--config", type=Path, required=True, metavar="FILE",
+                     help="analytics file (kind: analytics) with baselines.dir set")
+    fit.add_argument("--site", required=True)
+    fit.add_argument("--meter", action="append", default=[], help="only this meter (repeat)")
+    fit.add_argument("--start", type=_utc, required=True, help="baseline period start, UTC")
+    fit.add_argument("--end", type=_utc, required=True, help="baseline period end, UTC")
+    fit.add_argument("--interval", type=int, default=3600, metavar="SECONDS",
+                     help="baseline interval (default 3600: hourly)")
+    fit.add_argument("--timezone", default="UTC", help="local time for time-of-week slots")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.baseline import BaselineConfig
+    from detectors.service.baselines import fit_site, query_rows, save
+    from detectors.service.config import load_analytics
+
+    from ..configfile import ConfigError, Problem
+
+    spec = load_analytics(args.config)
+    if spec.config.baselines.dir is None:
+        raise ConfigError([Problem(str(args.config), None, "baselines.dir",
+                                   "set it to the folder where baselines are kept")])
+    config = BaselineConfig(interval_s=args.interval, timezone=args.timezone)
+    try:
+        rows = query_rows(spec, args.site, args.start, args.end, args.meter)
+    except Exception as exc:  # the database's own errors (HTTP, connection, timeout)
+        print(f"error: could not read consumption from {spec.influx_url}: "
+              f"{type(exc).__name__}: {str(exc)[:300]}")
+        return 1
+    if not rows:
+        print(f"no consumption of site {args.site} stored between {args.start} and {args.end}")
+        return 1
+    failed = 0
+    for meter, result in sorted(fit_site(rows, config).items()):
+        if isinstance(result, str):
+            failed += 1
+            print(f"FAILED {meter}: {result}")
+            continue
+        path = save(spec, args.site, result)
+        print(f"ok     {result.describe()}  -> {path}")
+    return 1 if failed else 0

@@ -1,0 +1,119 @@
+"""``recp baseline fit``: fit each meter's baseline from the consumption stored in InfluxDB.
+
+Reads the ``consumption`` measurement's ``actual`` field (``docs/influx-schema.md``) of one
+site over a baseline period, sums the service's intervals into the baseline's interval
+(an hour by default; an hour with a missing or unknown interval is left out), fits
+:func:`detectors.baseline.fit_baseline` per meter and writes ``<baselines.dir>/<site>/
+<meter>.json``, which ``recp detect`` loads for meters it meets from then on (restart it
+to take a refit baseline into use).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..baseline import BaselineConfig, BaselineModel, fit_baseline
+from .config import AnalyticsSpec
+
+
+@dataclass(frozen=True)
+class Row:
+    meter: str
+    t_s: int
+    value: float
+    unit: str
+
+
+def flux(bucket: str, site: str, start: dt.datetime, end: dt.datetime,
+         meters: Iterable[str] = ()) -> str:
+    """The Flux query for one site's interval consumption in [start, end)."""
+    def q(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    pick = list(meters)
+    meter_filter = (" and (" + " or ".join(f"r.meter == {q(m)}" for m in pick) + ")"
+                    if pick else "")
+    return (
+        f"from(bucket: {q(bucket)})\n"
+        f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
+        f'  |> filter(fn: (r) => r._measurement == "consumption" and r._field == "actual"'
+        f" and r.site == {q(site)}{meter_filter})\n"
+    )
+
+
+def rows_from_records(records: Iterable[Any]) -> list[Row]:
+    """FluxRecords (or anything with ``.values`` like them) -> rows."""
+    out = []
+    for rec in records:
+        v = rec.values
+        value = v.get("_value")
+        if value is None:
+            continue
+        t = v["_time"]
+        out.append(Row(str(v["meter"]), int(t.timestamp()), float(value), str(v.get("unit", ""))))
+    return out
+
+
+def to_interval(rows: list[Row], interval_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum one meter's rows into ``interval_s`` buckets; a bucket with a gap is NaN."""
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0)
+    steps = [b.t_s - a.t_s for a, b in itertools.pairwise(rows) if b.t_s > a.t_s]
+    step = min(steps) if steps else interval_s
+    per_bucket = max(1, interval_s // max(step, 1))
+    sums: dict[int, list[float]] = {}
+    for r in rows:
+        sums.setdefault(r.t_s // interval_s * interval_s, []).append(r.value)
+    ts = np.array(sorted(sums), dtype=np.int64)
+    ys = np.array([
+        math.fsum(v) if len(v) == per_bucket and all(math.isfinite(x) for x in v) else math.nan
+        for v in (sums[t] for t in ts.tolist())
+    ])  # fmt: skip
+    return ts, ys
+
+
+def fit_site(rows: list[Row], config: BaselineConfig) -> dict[str, BaselineModel | str]:
+    """meter -> fitted model, or the reason it could not be fitted."""
+    by_meter: dict[str, list[Row]] = {}
+    for r in sorted(rows, key=lambda r: (r.meter, r.t_s)):
+        by_meter.setdefault(r.meter, []).append(r)
+    out: dict[str, BaselineModel | str] = {}
+    for meter, mrows in by_meter.items():
+        ts, ys = to_interval(mrows, config.interval_s)
+        try:
+            out[meter] = fit_baseline(ts, ys, meter=meter, unit=mrows[0].unit, config=config)
+        except ValueError as exc:
+            out[meter] = str(exc)
+    return out
+
+
+def save(spec: AnalyticsSpec, site: str, model: BaselineModel) -> Path:
+    folder = spec.config.baselines.dir
+    if folder is None:
+        raise ValueError("set baselines.dir in the analytics file to store baselines")
+    path = spec.path(folder) / site / f"{model.meter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(model.to_json(indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def query_rows(spec: AnalyticsSpec, site: str, start: dt.datetime, end: dt.datetime,
+               meters: Iterable[str] = ()) -> list[Row]:
+    """Run the query against the configured InfluxDB (timeout from influx.timeout_s)."""
+    from influxdb_client import InfluxDBClient
+
+    cfg = spec.config.influx
+    with InfluxDBClient(url=spec.influx_url, token=spec.influx_token or "", org=cfg.org,
+                        timeout=int(cfg.timeout_s * 1000)) as client:
+        text = flux(cfg.bucket, site, start, end, meters)
+        return rows_from_records(client.query_api().query_stream(text, org=cfg.org))
