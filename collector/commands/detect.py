@@ -26,14 +26,57 @@ examples:
 """
 
 
+def _partition(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 0/2, got {text!r}") \
+            from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"INDEX must be in 0..COUNT-1, got {text!r}")
+    return index, count
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", type=Path, required=True, metavar="FILE",
                    help="analytics file (kind: analytics)")
     p.add_argument("--broker", metavar="URL", help="override the broker URL")
     p.add_argument("--influx", metavar="URL", help="override the InfluxDB URL")
+    p.add_argument("--partition", type=_partition, metavar="I/N",
+                   help="handle partition I of N of the meters (overrides the file)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N processes, one per partition I/N (one per CPU core)")
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: N child processes ``--partition i/N``; signals are passed on."""
+    import signal
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "collector", "detect", "-c", str(args.config)]
+    base += ["-v"] * getattr(args, "verbose", 0)
+    for flag, value in (("--broker", args.broker), ("--influx", args.influx)):
+        if value:
+            base += [flag, value]
+    n = args.workers
+    children = [subprocess.Popen([*base, "--partition", f"{i}/{n}"]) for i in range(n)]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    return max(child.wait() for child in children)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        if args.partition is not None:
+            raise SystemExit("error: --workers and --partition exclude each other")
+        return _run_workers(args)
     import asyncio
     import signal
     from typing import Any
@@ -49,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         from detectors.service.config import load_analytics
         from detectors.service.service import DetectService
 
-        spec = load_analytics(args.config, mqtt_url=args.broker, influx_url=args.influx)
+        spec = load_analytics(args.config, mqtt_url=args.broker, influx_url=args.influx,
+                              partition=args.partition)
     except BaseException:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

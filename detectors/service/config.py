@@ -273,18 +273,40 @@ class AnalyticsSpec:
         return p if p.is_absolute() else Path(self.file).resolve().parent / p
 
     @property
+    def instance(self) -> str:
+        """The instance name in topics and metrics: ``detect-1``, or ``detect-1-p0of2``."""
+        suffix = self.part_suffix
+        return f"{self.config.instance}-{suffix}" if suffix else self.config.instance
+
+    @property
+    def part_suffix(self) -> str:
+        """``p0of2`` when the meters are partitioned, else empty."""
+        part = self.config.processing.partition
+        return f"p{part.index}of{part.count}" if part.count > 1 else ""
+
+    def _per_partition(self, p: Path) -> Path:
+        path = self.path(p)
+        if not self.part_suffix:
+            return path
+        return path.with_name(f"{path.stem}.{self.part_suffix}{path.suffix}")
+
+    @property
     def spool_path(self) -> Path:
-        return self.path(self.config.spool.path)
+        """The spool file; ``name.p0of2.sqlite`` per partition, so instances never share."""
+        return self._per_partition(self.config.spool.path)
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path(self.config.checkpoint.path)
+        return self._per_partition(self.config.checkpoint.path)
 
     @property
     def client_id(self) -> str:
         c = self.config
         part = c.processing.partition
-        return c.mqtt.client_id or f"recp-detect-{c.instance}-p{part.index}of{part.count}"
+        if c.mqtt.client_id:
+            return f"{c.mqtt.client_id}-{self.part_suffix}" if self.part_suffix \
+                else c.mqtt.client_id
+        return f"recp-detect-{c.instance}-p{part.index}of{part.count}"
 
     def site(self, site: str) -> SiteSettings:
         return self.config.sites.get(site) or SiteSettings()
@@ -296,10 +318,23 @@ def check_analytics(path: str | Path) -> Analytics:
 
 
 def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
-                   influx_url: str | None = None) -> AnalyticsSpec:
-    """Read and validate an analytics file; resolve environment and secrets."""
+                   influx_url: str | None = None,
+                   partition: tuple[int, int] | None = None) -> AnalyticsSpec:
+    """Read and validate an analytics file; resolve environment and secrets.
+
+    ``partition`` (index, count) overrides ``processing.partition`` (``--partition``).
+    """
     cfg, _ = load_indexed(Analytics, path)
     file = Path(path)
+    if partition is not None:
+        index, count = partition
+        if not 0 <= index < count:
+            raise ConfigError([Problem(str(file), None, "processing.partition",
+                                       f"partition {index}/{count}: index must be in "
+                                       f"0..{count - 1}")])
+        proc = cfg.processing.model_copy(update={"partition": Partition(index=index,
+                                                                         count=count)})
+        cfg = cfg.model_copy(update={"processing": proc})
     m, i = cfg.mqtt, cfg.influx
     url = mqtt_url or os.environ.get("RECP_MQTT_URL") or m.url
     if mqtt_url or os.environ.get("RECP_MQTT_URL"):

@@ -361,7 +361,7 @@ class DetectService:
     def health(self, now: float, rates: dict[str, float]) -> dict[str, Any]:
         s = self.stats
         return {
-            "v": 1, "instance": self.cfg.instance, "ts": contract.format_ts(now),
+            "v": 1, "instance": self.spec.instance, "ts": contract.format_ts(now),
             "uptime_s": round(now - s.started_s, 1), "connected": self.connected,
             "partition": self.cfg.processing.partition.model_dump(),
             "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
@@ -378,7 +378,7 @@ class DetectService:
 
     def metric_lines(self, now: float, health: dict[str, Any]) -> list[str]:
         out = []
-        svc = line("service", {"instance": self.cfg.instance}, {
+        svc = line("service", {"instance": self.spec.instance}, {
             "readings_in_per_s": health["readings_in_per_s"],
             "points_out_per_s": health["points_out_per_s"],
             "lag_s": health["lag_s"], "spool_depth": health["spool_depth"],
@@ -396,7 +396,7 @@ class DetectService:
     async def _metrics(self, stop: asyncio.Event) -> None:
         interval = self.cfg.metrics_interval_s
         last_t, last_in, last_out = time.time(), self.stats.readings_in, self.sink.stats.written
-        topic = f"{DETECT_ROOT}/{self.cfg.instance}/health"
+        topic = f"{DETECT_ROOT}/{self.spec.instance}/health"
         while not stop.is_set():
             await _sleep_or(stop, interval)
             now = time.time()
@@ -417,7 +417,7 @@ class DetectService:
     # ------------------------------------------------------------------ MQTT
 
     def _status(self, state: str, reason: str = "") -> bytes:
-        return contract.dumps({"v": 1, "instance": self.cfg.instance, "state": state,
+        return contract.dumps({"v": 1, "instance": self.spec.instance, "state": state,
                                "ts": contract.format_ts(time.time()), "reason": reason})
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -456,7 +456,7 @@ class DetectService:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
         props.ReceiveMaximum = m.receive_maximum
-        status = f"{DETECT_ROOT}/{self.cfg.instance}/status"
+        status = f"{DETECT_ROOT}/{self.spec.instance}/status"
         client = aiomqtt.Client(
             url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
             identifier=self.spec.client_id, protocol=aiomqtt.ProtocolVersion.V5,
@@ -503,7 +503,7 @@ class DetectService:
                 client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters()]),
                 m.connect_timeout_s,
             )
-            self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.cfg.instance}/status",
+            self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
                                      self._status("online"), 1, True))
             done = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
@@ -513,7 +513,7 @@ class DetectService:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.publish(
-                    f"{DETECT_ROOT}/{self.cfg.instance}/status",
+                    f"{DETECT_ROOT}/{self.spec.instance}/status",
                     self._status("offline", "stopped" if stop.is_set() else "reconnecting"),
                     qos=1, retain=True), 2.0)
             with contextlib.suppress(Exception):

@@ -153,11 +153,12 @@ ack_interval_s: 0.2
         self.log = tmp / "detect.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "collector", "detect", "-c", str(self.cfg), "-v"],
+                [sys.executable, "-m", "collector", "detect", "-c", str(self.cfg), "-v",
+                 *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )
 
@@ -321,15 +322,15 @@ def test_two_partitions_share_the_meters_exactly_once(
 ) -> None:
     broker = mosquitto_factory(BROKER_CONF)
     vm = victoria_metrics
-    a = Detect(tmp_path, broker, vm, "detect-a", "{index: 0, count: 2}")
-    b = Detect(tmp_path, broker, vm, "detect-b", "{index: 1, count: 2}")
-    a.start()
-    b.start()
+    # `recp detect --workers 2`: two processes, partitions 0/2 and 1/2, each with its own
+    # client id, spool, checkpoint and instance name
+    detect = Detect(tmp_path, broker, vm)
+    detect.start("--workers", "2")
     bus = Bus(broker)
     try:
         meters = ["m1", "m4", "m5"]  # crc32: m1 in partition 1, m4 and m5 in 0
         bus.publish([meta(m) for m in meters], retain=True)
-        for inst in ("detect-a", "detect-b"):
+        for inst in ("detect-p0of2", "detect-p1of2"):
 
             def connected(i: str = inst) -> bool:
                 return bus.health(instance=i).get("connected") is True
@@ -341,12 +342,13 @@ def test_two_partitions_share_the_meters_exactly_once(
         wait_until(lambda: all_stored(vm, n, tuple(meters)), 30, "every reading stored")
 
         def taken() -> tuple[int, int]:
-            return (bus.health(instance="detect-a").get("readings_in", 0),
-                    bus.health(instance="detect-b").get("readings_in", 0))
+            return (bus.health(instance="detect-p0of2").get("readings_in", 0),
+                    bus.health(instance="detect-p1of2").get("readings_in", 0))
 
         wait_until(lambda: sum(taken()) >= n * len(meters), 10, "both instances' counts")
         time.sleep(1.0)
-        ha, hb = bus.health(instance="detect-a"), bus.health(instance="detect-b")
+        ha = bus.health(instance="detect-p0of2")
+        hb = bus.health(instance="detect-p1of2")
         # every meter handled by exactly one instance
         assert ha["readings_in"] + hb["readings_in"] == n * len(meters)
         assert ha["meters"] + hb["meters"] == len(meters)
@@ -360,11 +362,13 @@ def test_two_partitions_share_the_meters_exactly_once(
                           ("close", f"dairy/m1/spike/{T0 + 3 * DAY + 36000}")]
         cons = samples(vm, "consumption_actual")
         assert {m: len(v) for m, v in cons.items()} == {m: 4 * 96 - 1 for m in meters}
+        assert detect.stop() == 0  # SIGTERM reaches both workers, both stop cleanly
+        assert {p.name for p in detect.cfg.parent.glob("state.p*of2.json")} == {
+            "state.p0of2.json", "state.p1of2.json"}
     finally:
         bus.close()
-        for d in (a, b):
-            if d.alive():
-                d.stop()
+        if detect.alive():
+            detect.stop(signal.SIGKILL)
 
 
 PLANT = """kind: plant

@@ -433,3 +433,18 @@ def test_baseline_fit_from_stored_consumption(tmp_path: Path) -> None:
     q = flux("recp", "dairy", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
              dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc), ["m1"])
     assert 'r.site == "dairy"' in q and 'r.meter == "m1"' in q and '"actual"' in q
+
+
+def test_partition_flag_separates_files_client_ids_and_names(tmp_path: Path) -> None:
+    cfg = tmp_path / "analytics.yaml"
+    cfg.write_text("kind: analytics\ninstance: d1\nmqtt: {client_id: fixed}\n"
+                   "spool: {path: spool.sqlite}\ncheckpoint: {path: state.json}\n")
+    one = load_analytics(cfg)
+    a, b = (load_analytics(cfg, partition=(i, 2)) for i in (0, 1))
+    assert one.spool_path == tmp_path / "spool.sqlite" and one.client_id == "fixed"
+    assert a.spool_path == tmp_path / "spool.p0of2.sqlite"
+    assert b.checkpoint_path == tmp_path / "state.p1of2.json"
+    assert (a.client_id, b.client_id) == ("fixed-p0of2", "fixed-p1of2")
+    assert (a.instance, b.instance, one.instance) == ("d1-p0of2", "d1-p1of2", "d1")
+    with pytest.raises(ConfigError):
+        load_analytics(cfg, partition=(2, 2))
