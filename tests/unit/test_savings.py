@@ -298,3 +298,43 @@ def test_unknown_time_zone_and_bad_period_are_usage_errors(
                           "--reporting", "2026-02-16..2026-03-01")  # fmt: skip
     assert code == 2
     assert "--baseline '2026-01-05': expected START..END" in capsys.readouterr().err
+
+
+def test_prepare_builds_local_days_and_reads_every_kind_of_column() -> None:
+    from detectors.meter import MeterInfo
+    from detectors.savings import Readings, prepare
+
+    meter = MeterInfo("m", "kWh")
+    start = parse_local("2026-03-27", "Europe/Vienna")  # DST starts on Sunday the 29th
+    end = parse_local("2026-03-31", "Europe/Vienna", end=True)
+    t = np.arange(start, end + 1, 900, dtype=np.int64)
+    counter = Readings(t, 1000.0 + (t - start) / 900.0)  # 1 kWh per 15 min: 4 kWh/h
+    per_row = Readings(t, np.ones(t.size), "interval")
+    rate = Readings(t, np.full(t.size, 8.0), "rate")  # 8 units/h
+    temp = Readings(t, np.full(t.size, 5.0), "rate")
+    daily = prepare(counter, meter=meter, start_s=start, end_s=end, interval_s=86400,
+                    timezone="Europe/Vienna", temperature=temp, production=rate)  # fmt: skip
+    assert daily.t_s.size == 5  # Friday to Tuesday, local days
+    hours = np.array([24, 24, 23, 24, 24])
+    assert np.allclose(daily.consumption, 4 * hours)
+    assert daily.production is not None and np.allclose(daily.production, 8 * hours)
+    assert daily.temperature is not None and np.allclose(daily.temperature, 5.0)
+    hourly = prepare(per_row, meter=meter, start_s=start, end_s=end, interval_s=3600)
+    assert np.allclose(hourly.consumption[:-1], 4.0)  # four rows of 1 kWh per hour
+    with pytest.raises(SavingsError, match="interval"):
+        prepare(counter, meter=meter, start_s=start, end_s=end, interval_s=7200)
+
+
+def test_a_column_is_found_in_the_one_sibling_file_that_has_it(tmp_path: Path) -> None:
+    from detectors.csvinput import CsvInputError, find_column
+
+    main_csv = tmp_path / "m.csv"
+    main_csv.write_text("timestamp_utc,energy_kwh\n2026-01-05T00:00:00Z,1\n")
+    (tmp_path / "w.csv").write_text("timestamp_utc,outdoor_temperature_c\n2026-01-05T00:00:00Z,3\n")
+    assert find_column("outdoor_temperature_c", main_csv) == tmp_path / "w.csv"
+    assert find_column("energy_kwh", main_csv) == main_csv
+    (tmp_path / "w2.csv").write_text("timestamp_utc,outdoor_temperature_c\n")
+    with pytest.raises(CsvInputError, match=r"in several files \(w.csv, w2.csv\)"):
+        find_column("outdoor_temperature_c", main_csv)
+    with pytest.raises(CsvInputError, match="no column 'rain_mm'"):
+        find_column("rain_mm", main_csv)

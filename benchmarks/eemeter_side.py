@@ -1,0 +1,141 @@
+"""The eemeter half of ``bench_savings``: run in eemeter's own environment, not ours.
+
+    python -m venv /tmp/eevenv
+    /tmp/eevenv/bin/pip install eemeter==4.1.1 "pandas<3" scikit-learn==1.5.2 pytz
+    /tmp/eevenv/bin/python benchmarks/eemeter_side.py OUTDIR
+
+For every sample meter eemeter ships (simulated Illinois and UK meters, hourly and daily),
+takes the year before the blackout as baseline and the year after it as reporting, fits
+eemeter's daily model (daily samples) and its CalTRACK hourly model (hourly samples), and
+writes OUTDIR/<sample>.csv (the exact series it fitted: UTC epoch, observed, temperature in
+degF) and OUTDIR/results.json (savings, CV(RMSE), NMBE, fit times). Not imported by
+``python -m benchmarks`` (its name does not start with ``bench_``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+warnings.filterwarnings("ignore")
+
+SAMPLES = [
+    "il-electricity-cdd-hdd-daily",
+    "il-electricity-cdd-only-daily",
+    "il-gas-hdd-only-daily",
+    "il-gas-intercept-only-daily",
+    "il-electricity-cdd-hdd-hourly",
+    "il-electricity-cdd-only-hourly",
+    "il-gas-hdd-only-hourly",
+    "il-gas-intercept-only-hourly",
+    "uk-electricity-hdd-only-hourly-sample-0",
+    "uk-electricity-hdd-only-hourly-sample-1",
+    "uk-electricity-hdd-only-hourly-sample-2",
+    "uk-gas-hdd-only-hourly-sample-0",
+]
+
+
+def periods(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp, pd.Timestamp]:
+    b_end = pd.Timestamp(meta["blackout_start_date"]).tz_convert("UTC")
+    r_start = pd.Timestamp(meta["blackout_end_date"]).tz_convert("UTC")
+    return b_end - pd.Timedelta(days=365), b_end, r_start, r_start + pd.Timedelta(days=365)
+
+
+def run(sample: str, out: Path) -> dict:
+    import eemeter.eemeter as em
+
+    uk = sample.startswith("uk")
+    from eemeter.eemeter.samples import load_sample
+
+    meter, temp, meta = load_sample(sample, tempF=not uk)
+    if uk:  # eemeter's models take degF
+        temp = temp * 9 / 5 + 32
+    elec = meta["interpretation"] == "electricity"
+    b0, b1, r0, r1 = periods(meta)
+    obs = meter["value"] if "value" in meter else meter.iloc[:, 0]
+    base = obs[(obs.index >= b0) & (obs.index < b1)]
+    rep = obs[(obs.index >= r0) & (obs.index < r1)]
+    daily = meta["freq"] == "daily"
+    if daily:
+        bd = em.DailyBaselineData.from_series(base, temp, is_electricity_data=elec)
+        rd = em.DailyReportingData.from_series(rep, temp, is_electricity_data=elec)
+        model_cls = em.DailyModel
+    else:
+        bd = em.HourlyCaltrackBaselineData.from_series(base, temp, is_electricity_data=elec)
+        rd = em.HourlyCaltrackReportingData.from_series(rep, temp, is_electricity_data=elec)
+        model_cls = em.HourlyCaltrackModel
+    times = []
+    for _ in range(3 if daily else 2):  # an hourly fit takes minutes here
+        started = time.perf_counter()
+        model = model_cls()
+        if daily:
+            model.fit(bd, ignore_disqualification=True)
+        else:
+            model.fit(bd)
+        times.append(time.perf_counter() - started)
+    pred = model.predict(rd)
+    ok = pred["observed"].notna() & pred["predicted"].notna()
+    predicted = float(pred.loc[ok, "predicted"].sum())
+    savings = predicted - float(pred.loc[ok, "observed"].sum())
+    fitted = (
+        model.predict(bd)
+        if daily
+        else model.predict(
+            em.HourlyCaltrackReportingData.from_series(base, temp, is_electricity_data=elec)
+        )
+    )
+    fok = fitted["observed"].notna() & fitted["predicted"].notna()
+    resid = fitted.loc[fok, "observed"] - fitted.loc[fok, "predicted"]
+    mean = float(fitted.loc[fok, "observed"].mean())
+    cvrmse = 100 * float(np.sqrt(np.mean(resid**2))) / mean
+    nmbe = 100 * float(resid.sum()) / (len(resid) * mean)
+    # the series as fitted: baseline and reporting frames of the data classes
+    frames = []
+    for data in (bd, rd):
+        df = data.df[["observed", "temperature"]].copy()
+        df.index = df.index.tz_convert("UTC")
+        frames.append(df)
+    both = pd.concat(frames)
+    epoch = (both.index - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+    pd.DataFrame(
+        {
+            "t": epoch,
+            "observed": both["observed"].values,
+            "temperature_f": both["temperature"].values,
+        }
+    ).to_csv(out / f"{sample}.csv", index=False)
+    return {
+        "sample": sample,
+        "freq": "daily" if daily else "hourly",
+        "baseline": [int(b0.timestamp()), int(b1.timestamp())],
+        "reporting": [int(r0.timestamp()), int(r1.timestamp())],
+        "savings": savings,
+        "savings_pct": 100 * savings / predicted if predicted else None,
+        "cv_rmse_pct": cvrmse,
+        "nmbe_pct": nmbe,
+        "first_fit_s": times[0],
+        "fit_s": min(times[1:]),
+    }
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for sample in SAMPLES:
+        started = time.perf_counter()
+        results.append(run(sample, out))
+        (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        took = time.perf_counter() - started
+        print(f"{sample}: {results[-1]['savings_pct']:.2f} % in {took:.1f} s", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
