@@ -127,7 +127,8 @@ def _detect_config(workdir: Path, mport: int, vport: int, name: str) -> Path:
     return cfg
 
 
-def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path) -> float | None:
+def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1
+               ) -> float | None:
     import paho.mqtt.client as mqtt
 
     servers = _servers(workdir)
@@ -136,19 +137,32 @@ def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path) -> float | None:
         return None
     mport, vport, procs = servers
     try:
-        cfg = _detect_config(workdir, mport, vport, "bench")
-        health: list[dict[str, Any]] = []
+        cfg = _detect_config(workdir, mport, vport, f"bench{workers}")
+        latest: dict[str, dict[str, Any]] = {}  # instance -> newest health message
+
+        def on_message(c: Any, u: Any, m: Any) -> None:
+            body = json.loads(m.payload)
+            latest[body["instance"]] = body
+
+        def total(key: str) -> int:
+            return sum(int(h.get(key) or 0) for h in latest.values())
+
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        sub.on_message = lambda c, u, m: health.append(json.loads(m.payload))
+        sub.on_message = on_message
         _wait(lambda: _connects(sub, mport), 10)
-        sub.subscribe("recp/v1/_detect/bench/health", qos=0)
+        sub.subscribe("recp/v1/_detect/+/health", qos=0)
         sub.loop_start()
-        argv = [sys.executable, "-m", "collector", "detect", "-c", str(cfg)]
+        argv = [sys.executable, "-m", "collector", "detect", "-c", str(cfg),
+                "--workers", str(workers)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        # first run: creates the persistent session and its subscriptions, then stops
+
+        def all_connected() -> bool:
+            return len(latest) == workers and all(h.get("connected") for h in latest.values())
+
+        # first run: creates the persistent sessions and their subscriptions, then stops
         first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
         procs.append(first)
-        _wait(lambda: bool(health) and health[-1].get("connected"), 30)
+        _wait(all_connected, 30)
         first.terminate()
         first.wait(30)
         # the agents' readings queue up at the broker for the absent service
@@ -160,23 +174,22 @@ def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path) -> float | None:
         for info in [pub.publish(t, p, qos=1) for t, p in msgs]:
             info.wait_for_publish(120)
         pub.loop_stop()
-        health.clear()
+        latest.clear()
         # second run: time from the first reading taken in until all are in the database
         detect = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
         procs.append(detect)
         n = len(msgs)
-        _wait(lambda: bool(health) and health[-1]["readings_in"] > 0, 60)
+        _wait(lambda: total("readings_in") > 0, 60)
         began = time.perf_counter() - 0.25  # health comes every 0.5 s: half a period
-        taken = health[-1]["readings_in"]
-        _wait(lambda: bool(health) and health[-1]["readings_in"] >= n
-              and health[-1]["spool_depth"] == 0, 600)
+        taken = total("readings_in")
+        _wait(lambda: len(latest) == workers and total("readings_in") >= n
+              and total("spool_depth") == 0, 600)
         elapsed = time.perf_counter() - began
         n -= taken
         sub.loop_stop()
-        h = health[-1]
-        print(f"end to end: {n} readings in {elapsed:.1f} s ({h['batches']} batches); "
-              f"written {h['points_written']} points; spool {h['spool_depth']}; "
-              f"dead letters {h['dead_letters']}")
+        print(f"end to end, {workers} worker(s): {n} readings in {elapsed:.1f} s "
+              f"({total('batches')} batches); written {total('points_written')} points; "
+              f"dead letters {total('dead_letters')}")
         return n / elapsed
     finally:
         for p in reversed(procs):
@@ -293,9 +306,12 @@ def main() -> None:
         rate = in_process(msgs, Path(tmp))
         print(f"in-process handle(): {rate:,.0f} readings/s ({rate / GOAL:.2f} x the goal "
               f"of {GOAL:,}/s)")
-        e2e = end_to_end(msgs, Path(tmp))
-        if e2e is not None:
-            print(f"end to end: {e2e:,.0f} readings/s ({e2e / GOAL:.2f} x the goal)")
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            e2e = end_to_end(msgs, Path(tmp), workers)
+            if e2e is not None:
+                print(f"end to end, {workers} worker(s): {e2e:,.0f} readings/s "
+                      f"({e2e / GOAL:.2f} x the goal)")
     with tempfile.TemporaryDirectory() as tmp:
         lat = alert_latency(Path(tmp))
         if lat:
