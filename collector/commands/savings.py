@@ -17,7 +17,10 @@ adjusted baseline minus actual, with its ASHRAE Guideline 14-2014 uncertainty at
 and a pass/fail verdict (CV(RMSE), NMBE, savings uncertainty, data sufficiency).
 
 INPUT is a CSV file: timestamp_utc, then value columns (the layout recp simulate --csv
-writes). The consumption column is a counter by default (--values interval: quantity per
+writes), or influx:SITE/METER: the interval consumption recp detect stored in the InfluxDB
+of --analytics FILE (then --production names a production meter and --temperature a
+reading field such as outdoor_temperature_c; prices from the site's settings or --price).
+For a CSV, the consumption column is a counter by default (--values interval: quantity per
 row). --temperature and --production name columns; a column not in INPUT is taken from
 --temperature-csv / --production-csv, or else from the one other CSV file in INPUT's folder
 that has it. A production column is a counter of units produced, or a rate per hour when
@@ -79,6 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="kg CO2 per counter unit (overrides meters.json)",
     )
     p.add_argument("--currency", default="EUR", help="currency of the price (default EUR)")
+    p.add_argument(
+        "--analytics",
+        type=Path,
+        metavar="FILE",
+        help="analytics file of recp detect, for INPUT influx:SITE/METER",
+    )
 
 
 def _problem(file: str, line: int | None, message: str) -> Any:
@@ -99,18 +108,41 @@ def run(args: argparse.Namespace) -> int:
         raise _problem(str(args.input), None, str(exc)) from None
 
 
-def _run(args: argparse.Namespace) -> int:
+def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(series, baseline, reporting) from the InfluxDB of an analytics file."""
+    from detectors.influxinput import parse_target, query_series
+    from detectors.savings import Period
+    from detectors.service.config import load_analytics
+
+    site, meter_id = parse_target(str(args.input))
+    if args.analytics is None:
+        raise _problem(str(args.input), None, "an InfluxDB input needs --analytics FILE "
+                       "(the analytics file of recp detect: URL, bucket, token)")  # fmt: skip
+    spec = load_analytics(args.analytics)
+    tz = args.timezone or "UTC"
+    baseline = Period.parse(args.baseline, "baseline", tz)
+    reporting = Period.parse(args.reporting, "reporting", tz)
+    try:
+        series = query_series(
+            spec, site, meter_id, baseline.start_s, reporting.end_s,
+            interval_s=86400 if args.interval == "daily" else 3600, timezone=tz,
+            production=args.production, temperature_field=args.temperature,
+            price=args.price, co2=args.co2_factor,
+        )  # fmt: skip
+    except (OSError, ConnectionError) as exc:
+        raise _problem(spec.influx_url, None, f"could not query InfluxDB: {exc}") from None
+    return series, baseline, reporting
+
+
+def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
+    """(series, baseline, reporting) from CSV files."""
     from dataclasses import replace
 
     from detectors.csvinput import CsvInputError, find_column, load_manifest, read_columns
     from detectors.meter import MeterInfo
-    from detectors.report.progress import Progress
-    from detectors.report.verification import savings_html
-    from detectors.savings import Period, Readings, compute_savings, prepare
+    from detectors.savings import Period, Readings, prepare
 
     src: Path = args.input
-    if str(src).startswith(("influx:", "http://", "https://")):
-        raise _problem(str(src), None, "InfluxDB input is not implemented yet; export a CSV")
     manifest = load_manifest(src.parent)
     meter_id = args.meter or src.stem
     if manifest is not None and meter_id in manifest.meters:
@@ -130,37 +162,51 @@ def _run(args: argparse.Namespace) -> int:
     tz = args.timezone or (manifest.timezone if manifest and manifest.timezone else "UTC")
     baseline = Period.parse(args.baseline, "baseline", tz)
     reporting = Period.parse(args.reporting, "reporting", tz)
+    bar.note(f"reading {src.name}")
+    ts, cols = read_columns(src, [column])
+    consumption = Readings(ts, cols[column], args.values, meter)
+    temperature = production = None
+    if args.temperature:
+        f = args.temperature_csv or find_column(args.temperature, src)
+        tt, tv = read_columns(f, [args.temperature])
+        temperature = Readings(tt, tv[args.temperature], "rate")
+    if args.production:
+        f = args.production_csv or find_column(args.production, src)
+        pt, pv = read_columns(f, [args.production])
+        kind = "rate" if args.production.endswith("_h") else "counter"
+        pmeter = None
+        if manifest is not None:
+            entry = manifest.meters.get(f.stem, {})
+            if entry.get("counter") == args.production:
+                pmeter = manifest.meter_info(f.stem)
+        production = Readings(pt, pv[args.production], kind, pmeter)  # type: ignore[arg-type]
+    bar.step("cleaning")
+    series = prepare(
+        consumption,
+        meter=meter,
+        start_s=baseline.start_s,
+        end_s=reporting.end_s,
+        interval_s=86400 if args.interval == "daily" else 3600,
+        timezone=tz,
+        temperature=temperature,
+        production=production,
+    )
+    return series, baseline, reporting
+
+
+def _run(args: argparse.Namespace) -> int:
+    from detectors.report.progress import Progress
+    from detectors.report.verification import savings_html
+    from detectors.savings import compute_savings
 
     with Progress(5, "savings") as bar:
-        bar.note(f"reading {src.name}")
-        ts, cols = read_columns(src, [column])
-        consumption = Readings(ts, cols[column], args.values, meter)
-        temperature = production = None
-        if args.temperature:
-            f = args.temperature_csv or find_column(args.temperature, src)
-            tt, tv = read_columns(f, [args.temperature])
-            temperature = Readings(tt, tv[args.temperature], "rate")
-        if args.production:
-            f = args.production_csv or find_column(args.production, src)
-            pt, pv = read_columns(f, [args.production])
-            kind = "rate" if args.production.endswith("_h") else "counter"
-            pmeter = None
-            if manifest is not None:
-                entry = manifest.meters.get(f.stem, {})
-                if entry.get("counter") == args.production:
-                    pmeter = manifest.meter_info(f.stem)
-            production = Readings(pt, pv[args.production], kind, pmeter)  # type: ignore[arg-type]
-        bar.step("cleaning")
-        series = prepare(
-            consumption,
-            meter=meter,
-            start_s=baseline.start_s,
-            end_s=reporting.end_s,
-            interval_s=86400 if args.interval == "daily" else 3600,
-            timezone=tz,
-            temperature=temperature,
-            production=production,
-        )
+        if str(args.input).startswith("influx:"):
+            bar.note("querying InfluxDB")
+            series, baseline, reporting = _influx_series(args)
+            bar.step("cleaning")
+        else:
+            series, baseline, reporting = _csv_series(args, bar)
+        meter = series.meter
         bar.step("fitting")
         result = compute_savings(
             series, baseline, reporting, currency=args.currency, progress=bar.note

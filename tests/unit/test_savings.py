@@ -282,9 +282,11 @@ def test_bad_inputs_get_clear_errors(
                  *base, "--out", str(tmp_path / "d")])  # fmt: skip
     assert code == 2
     assert "steam_main.csv:9: column mass_t: 'n/a' is not a number" in capsys.readouterr().err
-    # InfluxDB input is a documented follow-up
+    # InfluxDB input needs its analytics file, and SITE/METER
+    assert main(["savings", "influx:dairy/steam_main", *base, "--out", str(tmp_path / "e")]) == 2
+    assert "needs --analytics FILE" in capsys.readouterr().err
     assert main(["savings", "influx:steam_main", *base, "--out", str(tmp_path / "e")]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "influx:SITE/METER" in capsys.readouterr().err
 
 
 def test_unknown_time_zone_and_bad_period_are_usage_errors(
@@ -338,3 +340,71 @@ def test_a_column_is_found_in_the_one_sibling_file_that_has_it(tmp_path: Path) -
         find_column("outdoor_temperature_c", main_csv)
     with pytest.raises(CsvInputError, match="no column 'rain_mm'"):
         find_column("rain_mm", main_csv)
+
+
+def test_influx_input_gives_the_same_savings_as_the_csv(
+    plant_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """consumption.actual rows (15 min, as recp detect stores them) and hourly temperature."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from detectors import influxinput
+    from detectors.clean import clean_counter, resample_gauge
+    from detectors.csvinput import read_columns
+    from detectors.service.baselines import Row, rows_from_records
+
+    def records(meter: str, column: str, unit: str) -> list[SimpleNamespace]:
+        ts, cols = read_columns(plant_dir / f"{meter}.csv", [column])
+        c = clean_counter(ts, cols[column], interval_s=900)
+        return [
+            SimpleNamespace(values={"_time": dt.datetime.fromtimestamp(int(t), dt.timezone.utc),
+                                    "_value": None if np.isnan(v) else float(v),
+                                    "meter": meter, "unit": unit})
+            for t, v in zip(c.start_s, c.consumption, strict=True)
+        ]  # fmt: skip
+
+    rows: list[Row] = rows_from_records(
+        records("steam_main", "mass_t", "t") + records("prod_line", "produced_units", "units")
+    )
+    ts, cols = read_columns(plant_dir / "outdoor.csv", ["outdoor_temperature_c"])
+    g = resample_gauge(ts, cols["outdoor_temperature_c"], interval_s=3600)
+    temp_records = [
+        SimpleNamespace(values={"_time": dt.datetime.fromtimestamp(int(t), dt.timezone.utc),
+                                "_value": float(v)})
+        for t, v in zip(g.start_s, g.mean, strict=True)
+    ]  # fmt: skip
+    temperature = influxinput.gauge_from_records(temp_records)
+
+    def fake_query(spec, site, meter, start_s, end_s, **kw):  # type: ignore[no-untyped-def]
+        assert (site, meter, kw["production"]) == ("dairy", "steam_main", "prod_line")
+        assert kw["temperature_field"] == "outdoor_temperature_c"
+        return influxinput.series_from_rows(
+            rows, meter, start_s=start_s, end_s=end_s, interval_s=kw["interval_s"],
+            timezone=kw["timezone"], production=kw["production"], temperature=temperature,
+            info=influxinput.MeterInfo(meter, "t", price_per_unit=kw["price"]),
+        )  # fmt: skip
+
+    monkeypatch.setattr(influxinput, "query_series", fake_query)
+    monkeypatch.setenv("RECP_INFLUX_TOKEN", "not-used")
+    periods = ["--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
+               "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z"]  # fmt: skip
+    code = main(["savings", "influx:dairy/steam_main", "--analytics",
+                 str(REPO / "edge_config" / "analytics.yaml"), *periods,
+                 "--production", "prod_line", "--temperature", "outdoor_temperature_c",
+                 "--price", "55", "--out", str(tmp_path / "influx")])  # fmt: skip
+    assert code == 0
+    code, from_csv = run_savings(plant_dir, tmp_path / "csv", *periods,
+                                 "--temperature", "outdoor_temperature_c",
+                                 "--production", "produced_units", "--timezone", "UTC")  # fmt: skip
+    assert code == 0
+    from_influx = json.loads((tmp_path / "influx" / "savings.json").read_text(encoding="utf-8"))
+    a, b = from_influx["savings"], from_csv["savings"]
+    assert a["avoided"] == pytest.approx(b["avoided"], rel=1e-3)
+    assert a["cost"] == pytest.approx(b["cost"], rel=1e-3)
+    assert from_influx["verdict"]["passed"]
+    utc = dt.timezone.utc
+    flux = influxinput.temperature_flux("recp", "dairy", "outdoor_temperature_c",
+                                        dt.datetime(2026, 1, 5, tzinfo=utc),
+                                        dt.datetime(2026, 3, 2, tzinfo=utc))  # fmt: skip
+    assert 'r._field == "outdoor_temperature_c"' in flux and "aggregateWindow(every: 1h" in flux
