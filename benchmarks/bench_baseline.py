@@ -186,7 +186,7 @@ def bench_cusum(d: dict[str, Any]) -> None:
     started = time.perf_counter()
     for _, y, e, s in series[:few]:
         naive_cusum(tf.tolist(), y.tolist(), e.tolist(), s.tolist(), params[0], params[1],
-                    params[2], params[3], int(params[4]))  # fmt: skip
+                    params[2], params[3], int(params[4]), params[5], params[6])  # fmt: skip
     naive = (time.perf_counter() - started) * len(series) / few
     print(
         f"CUSUM kernel, {len(series)} meters x {m} intervals: {1000 * ours:.1f} ms "

@@ -347,6 +347,7 @@ def fit_baseline(
     meter: str = "",
     unit: str = "",
     config: BaselineConfig | None = None,
+    resolution: float | None = None,
 ) -> BaselineModel:
     """Fit a baseline on one meter's baseline period.
 
@@ -354,7 +355,12 @@ def fit_baseline(
     ``config.interval_s`` each); ``consumption``: counter units per interval, NaN where
     unknown (such intervals are skipped). ``temperature`` (degrees C) and ``production``
     (units per interval) are optional; when given, intervals where they are NaN are skipped
-    too. Raises ``ValueError`` when there is too little data for the model.
+    too. ``resolution`` is the counter's step in counter units (``Consumption.resolution``
+    of :func:`detectors.clean.clean_counter`): the noise floor is then at least the
+    quantisation noise of a difference of two readings, resolution / sqrt(6), so a coarse
+    counter that happened to read steadily during the baseline period does not make its
+    next one-step flicker look significant. Raises ``ValueError`` when there is too little
+    data for the model.
     """
     cfg = config or BaselineConfig()
     ts = as_timestamps("timestamps", timestamps)
@@ -449,6 +455,7 @@ def fit_baseline(
         cfg,
         chosen_score,
         cands.heat.size,
+        (resolution or 0.0) / math.sqrt(6.0),
     )
     return replace(model, stats=fit_stats)
 
@@ -486,6 +493,7 @@ def _fit_stats(
     cfg: BaselineConfig,
     score: float | None,
     candidates: int,
+    floor_min: float = 0.0,
 ) -> FitStats:
     """Guideline 14 statistics over the intervals the fit used."""
     n = y.size
@@ -499,7 +507,7 @@ def _fit_stats(
     adj = 1.0 - (rss / dof) / (tss / max(n - 1, 1)) if tss > 0 else None
     cv_rmse = 100.0 * std / mean if mean != 0 else None
     nmbe = 100.0 * float(np.sum(resid)) / (dof * mean) if mean != 0 else None
-    floor, rel = _noise_model(resid, expected, n_params)
+    floor, rel = _noise_model(resid, expected, n_params, floor_min)
     scale = np.sqrt(floor**2 + (rel * np.abs(expected)) ** 2)
     z = np.divide(resid, scale, out=np.zeros(n), where=scale > 0)
     consecutive = np.diff(ts) == cfg.interval_s
@@ -531,27 +539,47 @@ def _fit_stats(
     )
 
 
-def _noise_model(resid: FloatArray, expected: FloatArray, n_params: int) -> tuple[float, float]:
+def _noise_model(
+    resid: FloatArray, expected: FloatArray, n_params: int, floor_min: float = 0.0
+) -> tuple[float, float]:
     """(floor, rel) with resid^2 ~ floor^2 + rel^2 * expected^2, both >= 0.
 
-    Least squares of squared residuals (corrected for the in-sample shrinkage 1 - p/n) on
-    [1, expected^2]; a negative coefficient is set to zero and the other refitted.
+    Squared residuals (corrected for the in-sample shrinkage 1 - p/n) regressed on
+    [1, expected^2] by iteratively reweighted least squares with weights 1/variance^2 (the
+    variance of a squared Gaussian residual is 2 variance^2): plain least squares would let
+    the few high-load intervals decide alone and lose the floor, which is what quiet hours
+    and coarse counters need. A negative coefficient is set to zero and the other refitted;
+    the floor is at least ``floor_min``.
     """
     n = resid.size
-    shrink = max(1.0 - n_params / max(n, 1), 0.05)
+    if n == 0:
+        return floor_min, 0.0
+    shrink = max(1.0 - n_params / n, 0.05)
     r2 = resid**2 / shrink
     e2 = expected**2
-    if n >= 2 and float(np.ptp(e2)) > 0:
-        fit = lstsq_normal(np.column_stack([np.ones(n), e2]), r2)
-        a, b = float(fit.coef[0]), float(fit.coef[1])
-    else:
-        a, b = float(np.mean(r2)) if n else 0.0, 0.0
-    if b < 0:
-        a, b = float(np.mean(r2)), 0.0
-    if a < 0:
-        denom = float(np.sum(e2 * e2))
-        a, b = 0.0, (float(np.sum(r2 * e2)) / denom if denom > 0 else 0.0)
-    return math.sqrt(max(a, 0.0)), math.sqrt(max(b, 0.0))
+    mean_r2 = float(np.mean(r2))
+    if not mean_r2 > 0:
+        return floor_min, 0.0  # a perfect fit
+    v_min = max(floor_min**2, 1e-6 * mean_r2)
+    X = np.column_stack([np.ones(n), e2])
+    a, b = mean_r2, 0.0
+    for _ in range(20):
+        w = (v_min / np.maximum(a + b * e2, v_min)) ** 2  # 1 / variance^2, scaled to <= 1
+        if n >= 2 and float(np.ptp(e2)) > 0:
+            coef = lstsq_normal(X, r2, w).coef
+            a_new, b_new = float(coef[0]), float(coef[1])
+        else:
+            a_new, b_new = mean_r2, 0.0
+        if b_new < 0:
+            a_new, b_new = float(np.sum(w * r2) / np.sum(w)), 0.0
+        if a_new < 0:
+            denom = float(np.sum(w * e2 * e2))
+            a_new, b_new = 0.0, (float(np.sum(w * r2 * e2)) / denom if denom > 0 else 0.0)
+        done = abs(a_new - a) <= 1e-6 * (a + v_min) and abs(b_new - b) <= 1e-6 * (b + 1e-300)
+        a, b = a_new, b_new
+        if done:
+            break
+    return math.sqrt(max(a, floor_min**2)), math.sqrt(max(b, 0.0))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -33,29 +33,41 @@ from .streaming import Point, StreamingDetector
 class OverspendConfig:
     """CUSUM tuning, in multiples of the baseline's long-run prediction std (sigma).
 
-    ``k_sigma``: allowance per interval (half the smallest shift worth finding);
+    ``k_sigma``: allowance per interval (half the smallest shift worth finding), at least
+    ``k_rel`` of the expected consumption (a shift below twice that share of the load is
+    more likely a model bias, such as weather beyond the baseline period's, than a loss);
     ``h_sigma``: alert threshold; ``release``: an alert closes once the CUSUM has stayed
     below ``release * h`` for ``min_close_intervals`` intervals in a row; ``cap``: the CUSUM
-    never exceeds ``cap * h`` (bounds how long a finished overspend keeps an alert open).
+    never exceeds ``cap * h`` (bounds how long a finished overspend keeps an alert open);
+    ``clip_sigma``: one interval adds at most this much, so a lone spike or glitch cannot
+    open an alert (spikes have their own detector) while a sustained excess still does.
     An alert whose excess is at least ``alarm_pct`` of the expected consumption is an ALARM,
     otherwise a WARNING.
     """
 
     k_sigma: float = 0.5
+    k_rel: float = 0.025
     h_sigma: float = 8.0
     release: float = 0.5
     cap: float = 2.0
     min_close_intervals: int = 3
+    clip_sigma: float = 4.0
     alarm_pct: float = 10.0
     currency: str = "EUR"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.k_sigma) and self.k_sigma >= 0):
             raise ValueError(f"k_sigma must be a finite number >= 0, got {self.k_sigma!r}")
+        if not (math.isfinite(self.k_rel) and 0 <= self.k_rel < 1):
+            raise ValueError(f"k_rel must be in [0, 1), got {self.k_rel!r}")
         if not (math.isfinite(self.h_sigma) and self.h_sigma > 0):
             raise ValueError(f"h_sigma must be a finite number > 0, got {self.h_sigma!r}")
         if not 0.0 <= self.release < 1.0:
             raise ValueError(f"release must be in [0, 1), got {self.release!r}")
+        if not self.clip_sigma > self.k_sigma:
+            raise ValueError(
+                f"clip_sigma must exceed k_sigma ({self.k_sigma}), got {self.clip_sigma!r}"
+            )
         if not self.cap >= 1.0:
             raise ValueError(f"cap must be >= 1 (a multiple of h), got {self.cap!r}")
         if int(self.min_close_intervals) != self.min_close_intervals or (
@@ -73,6 +85,8 @@ class OverspendConfig:
         out[kern.H_LOW] = self.release * self.h_sigma
         out[kern.CAP] = self.cap * self.h_sigma
         out[kern.MIN_CLOSE] = self.min_close_intervals
+        out[kern.CLIP] = self.clip_sigma
+        out[kern.K_REL] = self.k_rel
         return out
 
 

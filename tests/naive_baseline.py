@@ -269,8 +269,11 @@ def naive_cusum(
     h_low: float,
     cap: float,
     min_close: int,
+    clip: float = math.inf,
+    k_rel: float = 0.0,
 ) -> tuple[list[float], list[tuple[float, ...]], tuple[float, ...] | None]:
-    """Tabular CUSUM of standardised residuals with hysteresis, written out plainly.
+    """Tabular CUSUM of standardised residuals (clipped at ``clip``, allowance at least
+    ``k_rel`` of expected) with hysteresis.
 
     Returns (CUSUM computed at each interval, closed alerts, the alert still open or None);
     an alert is (start, alarm time, end = last time at its peak, residual sum from start to
@@ -287,7 +290,8 @@ def naive_cusum(
         if not (scale[i] > 0 and math.isfinite(scale[i]) and math.isfinite(r)):
             scores.append(cusum)
             continue
-        new = min(cap, max(0.0, cusum + r / scale[i] - k))
+        allowance = max(k, k_rel * expected[i] / scale[i])
+        new = min(cap, max(0.0, cusum + min(r / scale[i], clip) - allowance))
         scores.append(new)
         if alert is None:
             if new == 0.0:

@@ -1,18 +1,22 @@
 """Overspend kernels: a tabular CUSUM of residuals with hysteresis, one step at a time.
 
 The whole detector state is a small float64 vector, so the streaming detector can snapshot
-it as bytes and the batch run is nothing but the same step in a loop (same events, by
+it and the batch run is nothing but the same step in a loop (same events, by
 construction). Per interval with residual r = actual - expected and its expected spread
-``scale`` (the baseline's prediction std for that interval), with k and h in units of it:
+``scale`` (the baseline's prediction std for that interval), with k and h in units of it
+and the allowance at least ``k_rel`` of the expected consumption (a shift smaller than a
+few per cent of the load is a model bias, not a loss worth an alert):
 
-    S = min(cap, max(0, S + r / scale - k))
+    S = min(cap, max(0, S + min(r / scale, clip) - max(k, k_rel * expected / scale)))
 
 An alert opens when S exceeds h. Its start is the first interval of the run of positive S
 that led there (the CUSUM change-point estimate); it closes after S has stayed below
 ``h_low`` for ``min_close`` intervals (hysteresis: no flapping around h); its end is the last
 interval at which S was at its peak, i.e. where the excess stopped growing. Capping S bounds
-the time a long alert needs to close once the overspend stops. The excess is summed from
-the raw residuals. Intervals where actual, expected or scale is NaN leave the state alone.
+the time a long alert needs to close once the overspend stops; clipping each standardised
+residual at ``clip`` means a single outlier (a spike, a glitch) cannot open an alert alone.
+The excess is summed from the raw residuals. Intervals where actual, expected or scale is
+NaN leave the state alone.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ H = 1
 H_LOW = 2
 CAP = 3
 MIN_CLOSE = 4
-NPARAM = 5
+CLIP = 5  # standardised residuals above this count as this much (one outlier cannot alert)
+K_REL = 6  # allowance as a share of expected: the allowance is max(k, k_rel * expected / scale)
+NPARAM = 7
 
 # step results
 NOTHING = 0
@@ -79,8 +85,9 @@ def _peek(
     """The CUSUM value one more interval would give, without changing the state."""
     if not (scale > 0.0 and math.isfinite(actual - expected) and math.isfinite(scale)):
         return st[S]
-    z = (actual - expected) / scale
-    return min(params[CAP], max(0.0, st[S] + z - params[K]))
+    z = min((actual - expected) / scale, params[CLIP])
+    k = max(params[K], params[K_REL] * expected / scale)
+    return min(params[CAP], max(0.0, st[S] + z - k))
 
 
 @njit
@@ -92,9 +99,10 @@ def _step(
     if not (scale > 0.0 and math.isfinite(r) and math.isfinite(scale)):
         st[SCORE] = st[S]
         return NOTHING
-    z = r / scale
+    z = min(r / scale, params[CLIP])
+    k = max(params[K], params[K_REL] * expected / scale)
     st[SEEN] += 1.0
-    s_new = min(params[CAP], max(0.0, st[S] + z - params[K]))
+    s_new = min(params[CAP], max(0.0, st[S] + z - k))
     st[SCORE] = s_new
     if st[OPEN] == 0.0:
         if s_new == 0.0:

@@ -50,7 +50,8 @@ def residual_series(draw: st.DrawFn) -> dict:
     h = draw(st.sampled_from([1.0, 3.0, 5.0]))
     release = draw(st.sampled_from([0.0, 0.5, 0.9]))
     params = np.array([k, h, release * h, draw(st.sampled_from([1.0, 2.0, 5.0])) * h,
-                       draw(st.integers(1, 4))], dtype=np.float64)  # fmt: skip
+                       draw(st.integers(1, 4)), draw(st.sampled_from([1.5, 4.0, np.inf])),
+                       draw(st.sampled_from([0.0, 0.005, 0.05]))], dtype=np.float64)  # fmt: skip
     t = (MONDAY + HOUR * np.arange(n)).astype(np.float64)
     return dict(t=t, actual=actual, expected=expected, scale=scale, params=params)
 
@@ -63,7 +64,7 @@ def test_cusum_kernel_equals_naive_twin(case: dict) -> None:
     scores, done = kern._run(state, case["t"], case["actual"], case["expected"], case["scale"], p)
     want_scores, want_closed, want_open = naive_cusum(
         case["t"].tolist(), case["actual"].tolist(), case["expected"].tolist(),
-        case["scale"].tolist(), p[0], p[1], p[2], p[3], int(p[4]),
+        case["scale"].tolist(), p[0], p[1], p[2], p[3], int(p[4]), p[5], p[6],
     )  # fmt: skip
     np.testing.assert_allclose(scores, want_scores, rtol=1e-12, atol=1e-12)
     assert done.shape == (len(want_closed), 6)
@@ -91,7 +92,8 @@ def test_cusum_on_empty_and_constant_input() -> None:
 
 def _hovering(n: int, seed: int) -> np.ndarray:
     """Standardised residuals that push the CUSUM up to h, keep it wandering around h
-    (crossing it again and again), then return to normal."""
+    (crossing it again and again), then return to normal. (Fed with expected 0, so the
+    allowance is k_sigma alone.)"""
     rng = np.random.default_rng(seed)
     cfg = OverspendConfig()
     k, h = cfg.k_sigma, cfg.h_sigma
@@ -115,8 +117,8 @@ def test_hysteresis_does_not_flap_near_the_threshold(seed: int) -> None:
     n = z.size
     state = kern._new_state()
     scores, done = kern._run(
-        state, MONDAY + HOUR * np.arange(n, dtype=np.float64), 100.0 + z, np.full(n, 100.0),
-        np.ones(n), cfg.vector(),
+        state, MONDAY + HOUR * np.arange(n, dtype=np.float64), z, np.zeros(n), np.ones(n),
+        cfg.vector(),
     )  # fmt: skip
     crossings = int(np.sum((scores[1:] > cfg.h_sigma) != (scores[:-1] > cfg.h_sigma)))
     assert crossings >= 20  # a plain threshold on the CUSUM would flap this often
