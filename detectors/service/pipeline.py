@@ -162,6 +162,28 @@ class MeterPipeline:
         self.detectors = make_detectors(settings)
         self.tracker = EventTracker(site, meter, settings.alerts)
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
+        self.overspend: Any = None  # a detectors.overspend.OverspendDetector on that baseline
+
+    def set_baseline(self, model: Any) -> None:
+        """Use a fitted baseline: expectation per interval, and overspend on the same grid.
+
+        A restored overspend detector on the same model keeps its CUSUM state. Overspend
+        needs the baseline on the service's interval grid and in the counter's unit.
+        """
+        self.baseline = model
+        if model is None:
+            self.overspend = None
+            return
+        if self.overspend is not None and self.overspend.model.to_dict() == model.to_dict():
+            return
+        self.overspend = None
+        if int(model.interval_s) != self.settings.interval_s:
+            return
+        from ..overspend import OverspendConfig, OverspendDetector
+
+        with contextlib.suppress(ValueError):  # unit mismatch: no overspend for this meter
+            self.overspend = OverspendDetector(model, self.info,
+                                               OverspendConfig(currency=self.currency))
 
     # ------------------------------------------------------------------ meter description
 
@@ -191,6 +213,8 @@ class MeterPipeline:
         cur = meta.tags.get("currency")
         if isinstance(cur, str) and cur:
             self.currency = cur
+        if self.overspend is not None:
+            self.overspend.meter = self.info  # price and CO2 factor for its events
 
     def _guess_counter(self, values: dict[str, float | None]) -> None:
         self.counter = pick_counter(self.resource, list(values))
@@ -258,8 +282,25 @@ class MeterPipeline:
                         kind, int(t), interval, float(x), score, diag, self.info,
                         self.resource, self.currency,
                     )  # fmt: skip
+            if self.overspend is not None:
+                scores["overspend"] = self.overspend.update_one(point)
+                diags["overspend"] = [self.overspend.cusum]
+                transitions += self._overspend_transitions()
             out.append(Interval(int(t), float(x), int(f), scores, diags, expected[i], stds[i]))
         return out, transitions
+
+    def _overspend_transitions(self) -> list[Transition]:
+        out = []
+        for ev in self.overspend.drain_events():
+            event_id = f"{self.site}/{self.meter}/overspend/{int(ev.start.timestamp())}"
+            kind = "open" if ev.end is None else "close"
+            out.append(Transition(kind, self.site, event_id, ev, self.resource))
+        if not out:
+            ev = self.overspend.open_event()
+            if ev is not None:
+                event_id = f"{self.site}/{self.meter}/overspend/{int(ev.start.timestamp())}"
+                out.append(Transition("update", self.site, event_id, ev, self.resource))
+        return out
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -273,6 +314,7 @@ class MeterPipeline:
             "next_start": self.next_start,
             "detectors": {k: _pack(d) for k, d in self.detectors.items()},
             "events": self.tracker.snapshot(),
+            "overspend": self.overspend.snapshot() if self.overspend is not None else None,
         }  # fmt: skip
 
     @classmethod
@@ -293,4 +335,9 @@ class MeterPipeline:
                 with contextlib.suppress(ValueError, KeyError, TypeError, zlib.error):
                     obj.detectors[kind] = _unpack(type(obj.detectors[kind]), snap)
         obj.tracker.restore(state.get("events", {}))
+        if state.get("overspend"):
+            from ..overspend import OverspendDetector
+
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                obj.overspend = OverspendDetector.restore(state["overspend"])
         return obj

@@ -79,6 +79,8 @@ def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> l
         fields: dict[str, float | None] = {"score": score}
         if kind == "level_shift":
             fields["step_per_h"] = iv.diagnostics[kind][2]
+        elif kind == "overspend":
+            fields["cusum"] = iv.diagnostics[kind][0]
         a = line("anomaly", {"site": p.site, "meter": p.meter, "detector": kind}, fields, t_ms)
         if a:
             out.append(a)
@@ -188,7 +190,7 @@ class DetectService:
                 log.error("checkpoint entry for %s/%s unusable (%s); starting it fresh",
                           snap.get("site"), snap.get("meter"), exc)
                 continue
-            pipe.baseline = self.load_baseline(pipe.site, pipe.meter)
+            pipe.set_baseline(self.load_baseline(pipe.site, pipe.meter))
             self.meters[(pipe.site, pipe.meter)] = pipe
         log.info("restored %d meters from %s (saved %.0f s ago)", len(self.meters),
                  self.spec.checkpoint_path, time.time() - float(state.get("saved_at", 0)))
@@ -212,7 +214,7 @@ class DetectService:
             meta = self.metas.get(key)
             if meta is not None:
                 pipe.set_meta(meta, s.price_per_unit, s.co2_kg_per_unit)
-            pipe.baseline = self.load_baseline(site, meter)
+            pipe.set_baseline(self.load_baseline(site, meter))
             self.meters[key] = pipe
         return pipe
 

@@ -448,3 +448,38 @@ def test_partition_flag_separates_files_client_ids_and_names(tmp_path: Path) -> 
     assert (a.instance, b.instance, one.instance) == ("d1-p0of2", "d1-p1of2", "d1")
     with pytest.raises(ConfigError):
         load_analytics(cfg, partition=(2, 2))
+
+
+def test_overspend_against_the_baseline_opens_once_and_survives_restore(tmp_path: Path) -> None:
+    from detectors.baseline import BaselineConfig, fit_baseline
+
+    def usage(t: int, factor: float = 1.0) -> float:  # kWh per 15 minutes, a little noise
+        wobble = 1.0 + 0.03 * math.sin(t / 900 * 1.7)
+        return sum(rate_kw(t + 60 * k) / 60 for k in range(15)) * wobble * factor
+
+    starts = [T0 - 21 * 86400 + 900 * i for i in range(21 * 96)]
+    model = fit_baseline(starts, [usage(t) for t in starts], meter="m1", unit="kWh",
+                         config=BaselineConfig(interval_s=900))
+    pipe = MeterPipeline("dairy", "m1", "electricity", Settings())
+    pipe.add(T0, {"energy_kwh": 0.0})  # the unit becomes known
+    pipe.set_baseline(model)
+    assert pipe.overspend is not None
+    e, kinds, saved, open_at = 0.0, [], None, None
+    for i in range(1, 3 * 96):
+        t = T0 + 900 * i
+        # day 2, 08:00 to 16:00: 40 % more than the baseline expects
+        factor = 1.4 if 96 + 32 <= i < 96 + 64 else 1.0
+        e += usage(t - 900, factor)
+        pipe.add(t, {"energy_kwh": e})
+        _, trans = pipe.complete()
+        kinds += [(x.kind, x.event.type.value) for x in trans if x.kind != "update"]
+        if ("open", "overspend") in kinds and open_at is None:
+            open_at = i
+        if i == 96 + 50 and saved is None:  # restart while the overspend is open
+            saved = json.loads(json.dumps(pipe.snapshot()))
+            pipe = MeterPipeline.restore(saved, Settings())
+            pipe.set_baseline(model)
+    assert open_at is not None and open_at < 96 + 50  # open when the restart came
+    opened = [k for k in kinds if k == ("open", "overspend")]
+    closed = [k for k in kinds if k == ("close", "overspend")]
+    assert len(opened) == 1 and len(closed) == 1, kinds
