@@ -11,9 +11,9 @@ import csv
 import datetime as dt
 import itertools
 import json
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("demo_csv")
-    procs, started = {}, time.monotonic()
+    procs = {}
     for name, extra in (("losses", []), ("clean", ["--no-losses"])):
         cmd = [sys.executable, "-m", "collector", "simulate", "-c", str(DEMO),
                "--csv", str(base / name), *extra]
@@ -44,9 +44,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     took = {}
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
-        took[name] = time.monotonic() - started
         assert proc.returncode == 0, err
-        assert "wrote" in out
+        # the writer's own CPU time: what it costs, whatever else the machine is doing
+        match = re.search(r"\(cpu ([0-9.]+) s\)", out)
+        assert match, out
+        took[name] = float(match.group(1))
     return {
         "dir": base / "losses",
         "clean": base / "clean",
@@ -57,8 +59,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_thirty_days_well_under_a_minute(runs: dict) -> None:
-    # both runs share this machine's two cores; each alone takes about 20 s
-    assert max(runs["seconds"].values()) < 60, runs["seconds"]
+    # CPU seconds of each run (about 15-20 s on this 2-core machine), not wall time,
+    # so that a busy machine does not fail the test
+    assert max(runs["seconds"].values()) < 45, runs["seconds"]
     truth = runs["truth"]
     assert truth["complete"] is True
     assert _t(truth["now"]) - _t(truth["start"]) == dt.timedelta(days=30)
