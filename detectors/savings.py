@@ -86,6 +86,15 @@ class Period:
     def label(self) -> str:
         return f"{_iso(self.start_s)}..{_iso(self.end_s)}"
 
+    def local_label(self, timezone: str) -> str:
+        """``2026-01-05 00:00 to 2026-02-16 00:00 Europe/Vienna`` for people."""
+        zone = _zone(timezone)
+
+        def f(t: int) -> str:
+            return dt.datetime.fromtimestamp(t, zone).strftime("%Y-%m-%d %H:%M")
+
+        return f"{f(self.start_s)} to {f(self.end_s)} {timezone}"
+
     def contains(self, t_s: IntArray) -> np.ndarray:
         return (t_s >= self.start_s) & (t_s < self.end_s)
 
@@ -276,6 +285,7 @@ class Savings:
     verdict: mv.Verdict
     thresholds: mv.Thresholds
     currency: str = "EUR"
+    timezone: str = "UTC"
     temperature: FloatArray | None = None
     production: FloatArray | None = None
     warnings: tuple[str, ...] = field(default=())
@@ -315,6 +325,7 @@ class Savings:
             "currency": self.currency,
             "baseline_period": self.baseline.label(),
             "reporting_period": self.reporting.label(),
+            "timezone": self.timezone,
             "interval_s": self.model.interval_s,
             "savings": {
                 "avoided": _round(self.avoided),
@@ -490,6 +501,7 @@ def compute_savings(
         verdict=result,
         thresholds=th,
         currency=currency,
+        timezone=series.timezone,
         temperature=None if T is None else T[keep],
         production=None if P is None else P[keep],
     )

@@ -65,6 +65,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--production-csv", type=Path, metavar="FILE", help="file holding the production column"
     )
     p.add_argument(
+        "--time-of-week",
+        choices=("week", "daytype"),
+        default="week",
+        help="hour of the week (default) or workday/weekend x hour: fewer parameters, "
+        "for baselines of a few weeks",
+    )
+    p.add_argument(
         "--interval",
         choices=("hourly", "daily"),
         default="hourly",
@@ -195,6 +202,7 @@ def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from detectors.baseline import BaselineConfig
     from detectors.report.progress import Progress
     from detectors.report.verification import savings_html
     from detectors.savings import compute_savings
@@ -208,9 +216,13 @@ def _run(args: argparse.Namespace) -> int:
             series, baseline, reporting = _csv_series(args, bar)
         meter = series.meter
         bar.step("fitting")
-        result = compute_savings(
-            series, baseline, reporting, currency=args.currency, progress=bar.note
+        config = BaselineConfig(
+            interval_s=series.interval_s, timezone=series.timezone, time_of_week=args.time_of_week
         )
+        result = compute_savings(
+            series, baseline, reporting, config=config, currency=args.currency,
+            progress=bar.note,
+        )  # fmt: skip
         bar.step("plotting")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "savings.json").write_text(

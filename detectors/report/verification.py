@@ -122,7 +122,8 @@ def savings_html(s: Savings) -> str:
     ]
     title = f"Savings verification: {m.id}"
     sub = (
-        f"{m.resource or 'meter'} in {unit}; baseline {s.baseline.label()}, reporting "
-        f"{s.reporting.label()}; IPMVP adjusted baseline, ASHRAE Guideline 14-2014 statistics"
+        f"{m.resource or 'meter'} in {unit}; baseline {s.baseline.local_label(s.timezone)}, "
+        f"reporting {s.reporting.local_label(s.timezone)}; IPMVP adjusted baseline, "
+        "ASHRAE Guideline 14-2014 statistics"
     )
     return page(title, sub, body)
