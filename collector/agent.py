@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__, contract
+from . import __version__, contract, sdnotify
 from .aio import TaskGroup, stop_task
 from .configfile import ConfigError, Problem
 from .contract import ClockState, Quality
@@ -131,6 +131,7 @@ class Agent:
         self.started = time.time()
         self.readings = 0
         self.written = 0
+        self.polling = asyncio.Event()
 
     # -- messages -----------------------------------------------------------------------
     def _render(self, result: PollResult, trusted: bool, stream: str
@@ -195,6 +196,7 @@ class Agent:
     # -- tasks --------------------------------------------------------------------------
     async def _emit(self, result: PollResult) -> None:
         self.readings += 1
+        self.polling.set()  # the watchdog pings only while polls keep coming
         if result.quality is not Quality.OK:
             log.info("poll meter=%s quality=%s errors=%s", result.meter, result.quality.value,
                      json.dumps(result.errors)[:300])
@@ -269,7 +271,11 @@ class Agent:
                 writer = tg.create_task(self._writer(), name="outbox writer")
                 health = tg.create_task(self._health(), name="health")
                 poller = tg.create_task(self.poller.run(self._emit, poller_stop), name="poller")
+                dog = tg.create_task(sdnotify.watchdog(self.polling), name="watchdog")
+                sdnotify.notify("READY=1", f"STATUS=polling {len(self.meters)} meters")
                 await stop.wait()
+                sdnotify.notify("STOPPING=1", "STATUS=draining the outbox")
+                dog.cancel()
                 log.info("agent stopping: polling stops, outbox drains")
                 poller_stop.set()  # a poll in progress finishes (bounded by its timeouts)
                 longest = max(m.timeout_s * (m.retries + 1) for m in self.spec.meters)
