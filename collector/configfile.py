@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -44,6 +45,29 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[Problem]):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def no_inline_secret(value: Any, what: str) -> None:
+    """Refuse a secret written into a configuration file (files end up in git and logs)."""
+    if value is not None:
+        raise ValueError(
+            f"inline {what}s are not accepted; use {what}_env (an environment variable) or "
+            f"{what}_file"
+        )
+
+
+def mqtt_url(url: str) -> str:
+    """Check ``mqtt://host[:port]`` or ``mqtts://host[:port]``, with no credentials in it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+    if parts.username or parts.password:
+        raise ValueError("put no credentials in the URL; use username and password_env")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    return url
 
 
 def format_path(loc: Sequence[int | str]) -> str:

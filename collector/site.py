@@ -19,7 +19,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from .configfile import ConfigError, Problem, Strict, load_yaml, validate
+from .configfile import (
+    ConfigError,
+    Problem,
+    Strict,
+    load_yaml,
+    mqtt_url,
+    no_inline_secret,
+    validate,
+)
 from .contract import check_id
 from .profiles import Profile, ResolvedPoint, find_profile, resolve_profiles
 
@@ -192,26 +200,13 @@ class Mqtt(Strict):
     @field_validator("password", mode="before")
     @classmethod
     def _no_inline_password(cls, value: Any) -> None:
-        if value is not None:
-            raise ValueError(
-                "inline passwords are not accepted; use password_env (an environment "
-                "variable) or password_file"
-            )
+        no_inline_secret(value, "password")
         return None
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
-        if parts.username or parts.password:
-            raise ValueError("put no credentials in the URL; use username and password_env")
-        try:
-            _ = parts.port
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
-        return url
+        return mqtt_url(url)
 
     @property
     def host(self) -> str:

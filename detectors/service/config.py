@@ -17,16 +17,15 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.configfile import ConfigError, Problem, Strict, load_indexed
+from collector.configfile import (
+    ConfigError,
+    Problem,
+    Strict,
+    load_indexed,
+    mqtt_url,
+    no_inline_secret,
+)
 from collector.contract import check_id
-
-
-def _no_inline(value: Any, what: str) -> None:
-    if value is not None:
-        raise ValueError(
-            f"inline {what}s are not accepted; use {what}_env (an environment variable) or "
-            f"{what}_file"
-        )
 
 
 def _secret(env: str | None, file: Path | None, base: Path) -> str | None:
@@ -82,18 +81,13 @@ class Mqtt(Strict):
     @field_validator("password", mode="before")
     @classmethod
     def _no_password(cls, value: Any) -> None:
-        _no_inline(value, "password")
+        no_inline_secret(value, "password")
         return None
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
-        if parts.username or parts.password:
-            raise ValueError("put no credentials in the URL; use username and password_env")
-        return url
+        return mqtt_url(url)
 
     @field_validator("sites")
     @classmethod
@@ -131,7 +125,7 @@ class Influx(Strict):
     @field_validator("token", mode="before")
     @classmethod
     def _no_token(cls, value: Any) -> None:
-        _no_inline(value, "token")
+        no_inline_secret(value, "token")
         return None
 
     @field_validator("url")
