@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from servicedata import BROKER_CONF, DAY, STEP, T0, rate_kw, readings
 
 from collector import contract
 from detectors import dashboards as dash
@@ -33,32 +34,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = 1767225600  # 2026-01-01T00:00Z
-STEP = 300
-DAY = 86400
-BROKER_CONF = "max_queued_messages 0\nautosave_on_changes false\nautosave_interval 30\n"
-
-
-def rate_kw(meter: str, t: int) -> float:
-    h = (t % DAY) / 3600
-    base = (20.0 if meter == "m1" else 5.0) + (60.0 if 6 <= h < 18 else 0.0)
-    if meter == "m1" and 3 * DAY + 10 * 3600 <= t - T0 < 3 * DAY + 10 * 3600 + 1800:
-        base += 400.0
-    return base
-
-
-def messages(meter: str, days: float) -> list[tuple[str, bytes]]:
-    out, e, t, seq = [], 1000.0, T0, 1
-    while t < T0 + days * DAY:
-        payload = contract.reading_payload(
-            site="dairy", meter=meter, resource="electricity", stream="st1", seq=seq, ts=t,
-            quality=contract.Quality.OK,
-            values={"energy_kwh": round(e, 3), "power_kw": rate_kw(meter, t)})
-        out.append((contract.reading_topic("dairy", meter), contract.dumps(payload)))
-        e += rate_kw(meter, t) * STEP / 3600
-        t += STEP
-        seq += 1
-    return out
 
 
 def write_baselines(directory: Path) -> None:
@@ -167,7 +142,7 @@ def test_every_field_and_tag_the_dashboards_use_is_written(detect_run: Any) -> N
     client, vm, proc, log = detect_run
     for topic, payload in (meta("m1"), meta("m2")):
         client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
-    m1, m2 = messages("m1", 4), messages("m2", 4)
+    m1, m2 = readings("m1", 4), readings("m2", 4)
     infos = [client.publish(t, p, qos=1) for pair in zip(m1, m2, strict=True) for t, p in pair]
     for info in infos:
         info.wait_for_publish(30)

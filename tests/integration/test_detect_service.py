@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from servicedata import BROKER_CONF, DAY, STEP, T0, readings
 
 from collector import contract
 
@@ -29,35 +30,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-T0 = 1767225600  # 2026-01-01T00:00Z
-STEP = 300
-DAY = 86400
-# the service's session may queue a backlog; no database save after every message
-BROKER_CONF = "max_queued_messages 0\nautosave_on_changes false\nautosave_interval 30\n"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def rate_kw(meter: str, t: int) -> float:
-    h = (t % DAY) / 3600
-    base = (20.0 if meter == "m1" else 5.0) + (60.0 if 6 <= h < 18 else 0.0)
-    if meter == "m1" and 3 * DAY + 10 * 3600 <= t - T0 < 3 * DAY + 10 * 3600 + 1800:
-        base += 400.0
-    return base
-
-
-def readings(meter: str, days: float) -> list[tuple[str, bytes]]:
-    out, e, t, seq = [], 1000.0, T0, 1
-    while t < T0 + days * DAY:
-        payload = contract.reading_payload(
-            site="dairy", meter=meter, resource="electricity", stream="st1", seq=seq, ts=t,
-            quality=contract.Quality.OK,
-            values={"energy_kwh": round(e, 3), "power_kw": rate_kw(meter, t)},
-        )  # fmt: skip
-        out.append((contract.reading_topic("dairy", meter), contract.dumps(payload)))
-        e += rate_kw(meter, t) * STEP / 3600
-        t += STEP
-        seq += 1
-    return out
 
 
 def meta(meter: str) -> tuple[str, bytes]:
