@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import sys
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from naive_baseline import naive_cv_sse, naive_fit, naive_predict, naive_time_group
 
 from detectors.baseline import (
     DAILY_S,
@@ -31,9 +30,6 @@ from detectors.kernels.baseline import (
     _predict,
     _time_groups,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from naive_baseline import naive_cv_sse, naive_fit, naive_predict, naive_time_group
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MONDAY = 1767571200  # 2026-01-05T00:00:00Z

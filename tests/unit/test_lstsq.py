@@ -3,20 +3,15 @@ NaN rows, empty input, rank deficiency and the wrappers' error messages."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from naive_baseline import naive_lstsq, solve_dropping
 
 from detectors.kernels.lstsq import _cholesky_solve, _householder_lstsq, _normal_lstsq
 from detectors.lstsq import lstsq, lstsq_normal
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from naive_baseline import naive_lstsq, solve_dropping
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

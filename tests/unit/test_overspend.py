@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from naive_baseline import naive_cusum
 
 from collector.plant import Engine, load_plant
 from detectors.baseline import BaselineConfig, fit_baseline
@@ -22,9 +22,6 @@ from detectors.kernels import overspend as kern
 from detectors.meter import MeterInfo
 from detectors.overspend import OverspendConfig, OverspendDetector, detect_overspend
 from detectors.streaming import Point
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from naive_baseline import naive_cusum
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 HOUR = 3600
