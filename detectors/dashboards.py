@@ -59,6 +59,11 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
         "tags": ("site", "meter"),
         "fields": ("last_seen_s", "age_s"),
     },
+    "agent": {
+        "tags": ("site",),
+        "fields": ("devices_up", "devices_down", "outbox_depth", "outbox_held",
+                   "outbox_dropped", "uptime_s", "clock_synced"),
+    },
 }
 
 #: The uid of the provisioned datasource (deploy/grafana/provisioning/datasources/recp.yaml);
@@ -539,6 +544,13 @@ def losses() -> Json:
 
 
 def health() -> Json:
+    def agent(fields: Sequence[str], last: bool = False) -> str:
+        query = flux_from("agent", fields, where=["site"])
+        if last:
+            return query + pipe('group(columns: ["_field"])', "last()")
+        return query + pipe('group(columns: ["_field"])',
+                            "aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)")
+
     def service(fields: Sequence[str], fn: str = "mean") -> str:
         return flux_from("service", fields) + pipe(
             'group(columns: ["instance", "_field"])',
@@ -604,10 +616,30 @@ def health() -> Json:
                                   custom__cellOptions={"type": "color-background"}),
                          override("last_seen", unit="dateTimeAsIso")]),
         timeseries("Age of each meter's newest reading", [ages], unit="s", w=12, h=10),
+        stat("Agent of ${site}: meters down", agent(["devices_down"], last=True),
+             unit="none", decimals=0, w=8, no_value="no agent report",
+             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+             description="Meters the edge agent cannot read (timeouts, exceptions, backed "
+             "off), from its health report every 30 s."),
+        stat("Agent of ${site}: readings waiting in its outbox",
+             agent(["outbox_depth"], last=True), unit="none", decimals=0, w=8,
+             thresholds=[{"color": "green", "value": None},
+                         {"color": "orange", "value": 1000}],
+             description="Readings kept on the edge box until the broker has them: grows "
+             "while the network or the broker is away, drains after."),
+        stat("Agent of ${site}: clock synchronised", agent(["clock_synced"], last=True),
+             unit="none", decimals=0, w=8,
+             thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
+             description="1 when the agent's clock is synchronised (NTP); readings taken "
+             "before are held and re-timed."),
+        timeseries("Agent of ${site}: meters up and down, outbox depth",
+                   [agent(["devices_up", "devices_down", "outbox_depth", "outbox_dropped"])],
+                   unit="none", w=24),
     ]
     return dashboard(
         "recp-health", "RECP · Service and agent health",
-        "The detector service's own metrics and when each meter last reported.",
+        "The detector service's own metrics, each site's edge agent, and when each meter "
+        "last reported.",
         panels, [var_bucket(), var_site()], time_from="now-6h", refresh="30s")
 
 

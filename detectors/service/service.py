@@ -63,6 +63,22 @@ def reading_line(r: contract.Reading, ts: float | None = None) -> str | None:
                 fields, _ms(r.ts.timestamp() if ts is None else ts))
 
 
+def agent_line(h: contract.Health) -> str | None:
+    """``agent``: an edge agent's own health (devices, outbox, clock), at its report time."""
+    states = [d.state for d in h.devices.values()]
+    fields: dict[str, float | int | None] = {
+        "devices_up": states.count("up"),
+        "devices_down": states.count("down") + states.count("offline"),
+        "outbox_depth": h.outbox.depth,
+        "outbox_held": h.outbox.held,
+        "outbox_dropped": sum(h.outbox.dropped.values()),
+        "uptime_s": float(h.uptime_s),
+        "clock_synced": 1 if h.clock is contract.ClockState.SYNCED else 0,
+    }
+    return line("agent", {"site": h.site}, fields, _ms(h.ts.timestamp()))
+
+
+
 def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> list[str]:
     out = []
     t_ms = iv.t_s * 1000
@@ -288,6 +304,12 @@ class DetectService:
             if isinstance(res, DeadLetter):
                 self._dead(res, now)
                 continue
+            if isinstance(res, contract.Health):  # one instance writes each site's agent
+                if owns(res.site, contract.AGENT, part.index, part.count):
+                    text = agent_line(res)
+                    if text:
+                        lines.append(text)
+                continue
             key = (res.site, res.meter)
             if not owns(res.site, res.meter, part.index, part.count):
                 self.stats.not_ours += 1
@@ -443,7 +465,8 @@ class DetectService:
         prefix = f"$share/{m.shared_group}/" if m.shared_group else ""
         sites = m.sites or ["+"]
         return [f"{prefix}{contract.subscription(s, kind)}" for s in sites
-                for kind in ("reading", "meta")]
+                for kind in ("reading", "meta")] + [
+            f"{prefix}{contract.health_topic(s)}" for s in sites]
 
     def _client(self) -> Any:
         from urllib.parse import urlsplit

@@ -78,15 +78,24 @@ def split_topic(topic: str) -> tuple[str, str, str] | None:
 
 def parse(
     topic: str, payload: bytes, now_s: float, limits: Limits
-) -> contract.Reading | contract.MeterMeta | DeadLetter | None:
-    """Validate one message; None for messages the service ignores (agent status/health)."""
+) -> contract.Reading | contract.MeterMeta | contract.Health | DeadLetter | None:
+    """Validate one message; None for messages the service ignores (agent status)."""
     where = split_topic(topic)
     site = where[0] if where else None
     if where is None:
         return DeadLetter(topic, payload, "topic is not recp/v1/{site}/{meter}/{kind}", site)
     _, meter, kind = where
     if meter == contract.AGENT:
-        return None
+        if kind != "health" or not payload:
+            return None
+        try:
+            health = contract.Health.model_validate_json(payload)
+        except ValidationError as exc:
+            return DeadLetter(topic, payload, f"invalid agent health: {_first_error(exc)}",
+                              site)
+        if health.site != where[0]:
+            return DeadLetter(topic, payload, "health site does not match the topic", site)
+        return health
     if kind not in ("reading", "meta"):
         return DeadLetter(topic, payload, f"unknown message kind {kind!r}", site)
     if len(payload) > max(limits.max_payload_bytes, 1):

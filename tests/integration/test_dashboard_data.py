@@ -60,6 +60,15 @@ def meta(meter: str) -> tuple[str, bytes]:
     })
 
 
+def agent_health() -> tuple[str, bytes]:
+    """The site's agent reporting one meter up, one down and a short outbox."""
+    return contract.health_topic("dairy"), contract.dumps({
+        "v": 1, "site": "dairy", "ts": contract.format_ts(T0 + 4 * DAY), "uptime_s": 345600.0,
+        "clock": "synced", "outbox": {"depth": 3, "held": 0, "cap": 100000},
+        "devices": {"m1": {"state": "up"}, "m2": {"state": "down"}},
+    })
+
+
 def dashboard_references() -> dict[str, tuple[set[str], set[str]]]:
     """measurement -> (fields, tags) that the dashboards' queries use."""
     out: dict[str, tuple[set[str], set[str]]] = {}
@@ -140,7 +149,7 @@ metrics_interval_s: 0.5
 
 def test_every_field_and_tag_the_dashboards_use_is_written(detect_run: Any) -> None:
     client, vm, proc, log = detect_run
-    for topic, payload in (meta("m1"), meta("m2")):
+    for topic, payload in (meta("m1"), meta("m2"), agent_health()):
         client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
     m1, m2 = readings("m1", 4), readings("m2", 4)
     infos = [client.publish(t, p, qos=1) for pair in zip(m1, m2, strict=True) for t, p in pair]

@@ -484,3 +484,29 @@ def test_overspend_against_the_baseline_opens_once_and_survives_restore(tmp_path
     opened = [k for k in kinds if k == ("open", "overspend")]
     closed = [k for k in kinds if k == ("close", "overspend")]
     assert len(opened) == 1 and len(closed) == 1, kinds
+
+
+def test_agent_health_becomes_an_agent_point_and_bad_health_a_dead_letter() -> None:
+    from collector import contract
+    from detectors.service.service import agent_line
+    from detectors.service.validate import DeadLetter, Limits, parse
+
+    topic = contract.health_topic("dairy")
+    payload = contract.dumps({
+        "v": 1, "site": "dairy", "ts": "2026-01-05T10:00:00.000Z", "uptime_s": 60.0,
+        "clock": "unsynced", "outbox": {"depth": 7, "held": 2, "cap": 1000,
+                                         "dropped": {"cap": 4}},
+        "devices": {"a": {"state": "up"}, "b": {"state": "offline"}, "c": {"state": "down"}},
+    })
+    health = parse(topic, payload, 1767607200.0, Limits())
+    assert isinstance(health, contract.Health)
+    line = agent_line(health)
+    assert line == (
+        "agent,site=dairy devices_up=1i,devices_down=2i,outbox_depth=7i,outbox_held=2i,"
+        "outbox_dropped=4i,uptime_s=60.0,clock_synced=0i 1767607200000"
+    )
+    other = parse(contract.health_topic("textile"), payload, 1767607200.0, Limits())
+    assert isinstance(other, DeadLetter) and "does not match" in other.reason
+    broken = parse(topic, b'{"v": 1, "site": "dairy"}', 1767607200.0, Limits())
+    assert isinstance(broken, DeadLetter) and "invalid agent health" in broken.reason
+    assert parse(contract.status_topic("dairy"), b'{"v":1}', 1767607200.0, Limits()) is None
