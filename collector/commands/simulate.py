@@ -68,7 +68,9 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..configfile import ConfigError, Problem
+    from pydantic import ValidationError
+
+    from ..configfile import ConfigError, Problem, validation_problems
     from ..plant import Engine, load_plant
     from ..plant.load import PlantSpec
 
@@ -78,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
         data = spec.plant.model_dump() | overrides
         try:
             plant = type(spec.plant).model_validate(data)
-        except Exception as exc:  # a pydantic ValidationError on a command-line value
-            raise ConfigError([Problem("command line", None, "", str(exc))]) from None
+        except ValidationError as exc:  # a bad --days, --start, --speed, ...
+            raise ConfigError(list(validation_problems(exc, "command line", {}))) from None
         spec = PlantSpec(plant, spec.profiles, spec.file)
     try:
         engine = Engine(spec.plant, spec.profiles, losses=not args.no_losses, file=spec.file)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configfile import ConfigError, Problem, load_indexed
-from ..profiles import Profile, resolve_profiles
+from ..profiles import Profile, ResolvedPoint, resolve_profiles
 from ..quantities import Resource
 from .config import LossType, Plant
 from .meters import primary_counter
@@ -28,10 +28,12 @@ def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: di
     """Cross-checks between the plant file and its profiles."""
     problems: list[Problem] = []
     by_id = {m.id: m for m in plant.meters}
+    primaries: dict[str, ResolvedPoint | None] = {}
     for i, m in enumerate(plant.meters):
         try:
-            primary_counter(m, profiles[m.id], file)
+            primaries[m.id] = primary_counter(m, profiles[m.id], file)
         except ConfigError as exc:
+            primaries[m.id] = None
             for p in exc.problems:
                 problems.append(Problem(file, index.get(("meters", i, "profile")),
                                         f"meters[{i}].profile", p.message))
@@ -48,8 +50,7 @@ def check_plant(plant: Plant, profiles: dict[str, Profile], file: str, index: di
                                     f"{loss.type.value} cannot apply to {meter.id}, a "
                                     f"{profile.resource.value} meter"))
         if loss.type is LossType.ROLLOVER:
-            point = next((p for p in profile.resolved() if p.name in
-                          ("energy_kwh", "volume_m3", "mass_kg", "mass_t", "produced_units")), None)
+            point = primaries[meter.id]
             if point is None or point.rollover is None:
                 stored = getattr(point.type, "value", point.type) if point else "nothing"
                 problems.append(Problem(
