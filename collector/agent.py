@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import sqlite3
 import sys
 import time
@@ -59,8 +61,61 @@ def kernel_clock_synchronised() -> bool | None:
     return bool(state != TIME_ERROR)
 
 
+class DeviceClock:
+    """Time from a Modbus time source: its last read value plus the monotonic time elapsed
+    since, times its rate (a PLC's clock runs at 1; the virtual plant's at its speed)."""
+
+    def __init__(self, meter: str, not_before: float):
+        self.meter = meter
+        self.not_before = not_before
+        self.anchor: tuple[float, int, float] | None = None  # (clock s, monotonic ns, rate)
+        self.reads = 0
+        self.failures = 0
+
+    def observe(self, result: PollResult) -> bool:
+        """Take the time from one poll of the time source; False if it gave none usable."""
+        ms, rate = result.values.get("clock_unix_ms"), result.values.get("clock_rate")
+        if ms is None or rate is None or not math.isfinite(rate) or rate < 0:
+            self.failures += 1
+            if self.failures == 1 or self.failures % 100 == 0:
+                log.warning("clock device gave no time meter=%s failures=%d errors=%s "
+                            "(extrapolating from its last read)", self.meter, self.failures,
+                            json.dumps(result.errors)[:200])
+            return False
+        t = ms / 1000.0
+        if t < self.not_before:
+            self.failures += 1
+            log.warning("clock device time %s is before clock.not_before: not used meter=%s",
+                        contract.format_ts(max(t, 0.0)), self.meter)
+            return False
+        # the device answered somewhere within the poll: take the middle
+        mono = result.mono_ns + int((result.latency_s or 0.0) * 5e8)
+        expected = self.at(mono)
+        if expected is None:
+            log.info("clock from device meter=%s time=%s rate=%g", self.meter,
+                     contract.format_ts(t), rate)
+        elif abs(t - expected) > max(1.0, 0.5 * rate):
+            log.warning("clock device stepped by %.3f s meter=%s rate=%g", t - expected,
+                        self.meter, rate)
+        self.anchor = (t, mono, rate)
+        self.reads += 1
+        return True
+
+    def at(self, mono_ns: int) -> float | None:
+        """The device's time at monotonic time ``mono_ns``; None before its first read."""
+        if self.anchor is None:
+            return None
+        t, mono, rate = self.anchor
+        return t + (mono_ns - mono) / 1e9 * rate
+
+    @property
+    def rate(self) -> float:
+        return self.anchor[2] if self.anchor else 1.0
+
+
 class ClockGuard:
-    """Decides whether wall-clock timestamps can be trusted, and notices clock steps."""
+    """Decides where timestamps come from and whether they can be trusted; notices clock
+    steps. With ``clock.source: device`` the time comes from a :class:`DeviceClock`."""
 
     def __init__(self, settings: ClockSettings, kernel: Callable[[], bool | None] = (
             kernel_clock_synchronised)):
@@ -68,10 +123,43 @@ class ClockGuard:
         self.kernel = kernel
         self.not_before = dt.datetime.combine(
             settings.not_before, dt.time(), dt.timezone.utc).timestamp()
+        self.device = (DeviceClock(settings.device, self.not_before)
+                       if settings.source == "device" and settings.device else None)
         self._offset = time.time() - time.monotonic()
         self._last: bool | None = None
 
+    def stamp(self, result: PollResult) -> tuple[PollResult, bool]:
+        """``result`` with its timestamp from the clock source, and whether it is trusted."""
+        if self.device is None:
+            return result, self.synced()
+        when = self.device.at(result.mono_ns)
+        self._note(when is not None)
+        if when is None:
+            return result, False
+        return dataclasses.replace(result, ts=when), True
+
+    def now(self) -> tuple[float, int, float]:
+        """(the source's time now, monotonic ns now, its rate): for re-timing held readings."""
+        mono = time.monotonic_ns()
+        if self.device is not None:
+            when = self.device.at(mono)
+            if when is not None:
+                return when, mono, self.device.rate
+        return time.time(), mono, 1.0
+
+    def _note(self, ok: bool) -> None:
+        if ok != self._last:
+            what = (f"source=device meter={self.device.meter}" if self.device
+                    else f"require={self.settings.require}")
+            log.log(logging.INFO if ok else logging.WARNING,
+                    "clock %s %s", "trusted" if ok else "NOT trusted: holding readings", what)
+            self._last = ok
+
     def synced(self) -> bool:
+        if self.device is not None:
+            ok = self.device.anchor is not None
+            self._note(ok)
+            return ok
         now = time.time()
         offset = now - time.monotonic()
         if abs(offset - self._offset) > 1.0:
@@ -84,11 +172,7 @@ class ClockGuard:
             ok = now >= self.not_before
             if ok and self.settings.require == "ntp":
                 ok = self.kernel() is True
-        if ok != self._last:
-            log.log(logging.INFO if ok else logging.WARNING,
-                    "clock %s require=%s", "trusted" if ok else "NOT trusted: holding readings",
-                    self.settings.require)
-            self._last = ok
+        self._note(ok)
         return ok
 
 
@@ -124,7 +208,8 @@ class Agent:
         self.drain_timeout_s = drain_timeout_s
         self.poller = Poller(spec.meters, spec.site.polling, trace_pdu=trace_pdu)
         self.clock = clock or ClockGuard(spec.site.clock)
-        self.meters: dict[str, MeterSpec] = {m.id: m for m in spec.meters}
+        self.meters: dict[str, MeterSpec] = {m.id: m for m in spec.published}
+        self.clock_meter = spec.clock_meter.id if spec.clock_meter else None
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self.queue: asyncio.Queue[tuple[PollResult, bool] | None] = asyncio.Queue(QUEUE_SIZE)
@@ -154,7 +239,7 @@ class Agent:
     def meta_messages(self) -> list[tuple[str, bytes]]:
         """Retained metadata of every meter, for discovery by consumers."""
         out = []
-        for m in self.spec.meters:
+        for m in self.spec.published:
             points = {}
             for p in m.points:
                 q = QUANTITIES[p.name]
@@ -200,7 +285,11 @@ class Agent:
         if result.quality is not Quality.OK:
             log.info("poll meter=%s quality=%s errors=%s", result.meter, result.quality.value,
                      json.dumps(result.errors)[:300])
-        await self.queue.put((result, self.clock.synced()))
+        if result.meter == self.clock_meter and self.clock.device is not None:
+            self.clock.device.observe(result)
+            if result.meter not in self.meters:  # the time source is not published
+                return
+        await self.queue.put(self.clock.stamp(result))
 
     async def _writer(self) -> None:
         """Commit readings to the outbox in batches; stop at the None sentinel."""
@@ -227,7 +316,7 @@ class Agent:
 
             def commit(entries: list[Entry] = entries, release: bool = release) -> int:
                 if release:  # same thread call, so held readings go out before newer ones
-                    n = box.release(retime, time.time(), time.monotonic_ns())
+                    n = box.release(retime, *self.clock.now())
                     log.info("clock trusted: released held readings count=%d", n)
                 return len(box.append(entries))
 
@@ -320,6 +409,10 @@ def format_once(spec: SiteSpec, results: list[PollResult]) -> str:
             lines.append(f"    {p.name:28s} {text:>16s} {unit:8s} {err}".rstrip())
         if "*" in r.errors:
             lines.append(f"    error: {r.errors['*']}")
+        ms, rate = r.values.get("clock_unix_ms"), r.values.get("clock_rate")
+        if ms is not None and rate is not None:
+            role = " (the site's clock source)" if spec.clock_meter is m else ""
+            lines.append(f"    = {contract.format_ts(ms / 1000)}, {rate:g} s per second{role}")
     ok = sum(r.quality is Quality.OK for r in results)
     lines.append(f"{ok} of {len(results)} meters answered every point")
     return "\n".join(lines)

@@ -255,9 +255,13 @@ class Outbox:
             self._count -= n
             return n
 
-    def release(self, retime: Retime, now_wall: float, now_mono_ns: int) -> int:
+    def release(self, retime: Retime, now_wall: float, now_mono_ns: int,
+                rate: float = 1.0) -> int:
         """Make held readings publishable, re-timing those of this boot from the monotonic
-        clock (the others keep their timestamp, flagged by ``retime(payload, None)``)."""
+        clock (the others keep their timestamp, flagged by ``retime(payload, None)``).
+
+        ``now_wall`` is the trusted clock's time at ``now_mono_ns``; it advances ``rate``
+        seconds per monotonic second (1 for the system clock, a simulated clock's speed)."""
         with self._lock:
             if not self._held:
                 return 0
@@ -268,7 +272,7 @@ class Outbox:
             for rid, payload, mono_ns, boot in rows:
                 when = None
                 if boot == self.boot and mono_ns:
-                    when = now_wall - (now_mono_ns - mono_ns) / 1e9
+                    when = now_wall - (now_mono_ns - mono_ns) / 1e9 * rate
                 updates.append((retime(payload, when), rid))
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -19,6 +19,7 @@ class Resource(str, Enum):
     STEAM = "steam"
     PRODUCTION = "production"
     WEATHER = "weather"
+    CLOCK = "clock"  # a time source (a PLC's real-time clock), not a meter
 
 
 class Kind(str, Enum):
@@ -84,6 +85,9 @@ QUANTITIES: dict[str, Quantity] = {
         # weather
         _q("outdoor_temperature_c", "degC", G, "outdoor air temperature"),
         _q("outdoor_humidity_pct", "%", G, "outdoor relative humidity"),
+        # time source (a PLC's real-time clock, the virtual plant's simulated clock)
+        _q("clock_unix_ms", "ms", G, "the device's time, milliseconds since 1970-01-01 UTC"),
+        _q("clock_rate", "s/s", G, "seconds the device's clock advances per real second"),
         # device status
         _q("status_code", "1", S, "device status or error register"),
     )

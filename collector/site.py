@@ -31,6 +31,7 @@ from .configfile import (
 from .contract import check_id
 from .profiles import Profile, ResolvedPoint, find_profile, resolve_profiles
 
+CLOCK_POINTS = frozenset({"clock_unix_ms", "clock_rate"})  # what a time source must serve
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
@@ -229,14 +230,37 @@ class OutboxSettings(Strict):
 
 
 class ClockSettings(Strict):
-    """When the system clock is trusted (a Raspberry Pi has no real-time clock)."""
+    """Where readings' timestamps come from, and when they are trusted.
 
+    ``source: system`` stamps readings with the system clock, trusted per ``require`` (a
+    Raspberry Pi has no real-time clock). ``source: device`` stamps them with the time of
+    a Modbus time source among the meters (a PLC's real-time clock, the virtual plant's
+    clock; profile ``recp_clock``): its last read value plus the monotonic time elapsed
+    since, times its rate. Either way a reading taken before the time can be trusted is
+    held and re-timed once it can.
+    """
+
+    source: Literal["system", "device"] = Field(
+        "system", description="system: the system clock; device: the meter named by device")
+    device: str | None = Field(
+        None, description="source: device: the id of the meter that is the time source")
+    publish: bool = Field(
+        False, description="also publish the time source's own readings as a meter")
     require: Literal["ntp", "plausible", "none"] = Field(
         "plausible",
-        description="ntp: the kernel says the clock is synchronised; plausible: it is "
-        "after not_before; none: always trust it",
+        description="system clock: ntp: the kernel says the clock is synchronised; "
+        "plausible: it is after not_before; none: always trust it",
     )
-    not_before: dt.date = dt.date(2025, 1, 1)
+    not_before: dt.date = Field(
+        dt.date(2025, 1, 1), description="a time before this date is not trusted")
+
+    @model_validator(mode="after")
+    def _device(self) -> ClockSettings:
+        if self.source == "device" and not self.device:
+            raise ValueError("source: device needs device: the id of the clock meter")
+        if self.source == "system" and self.device:
+            raise ValueError("device is only used with source: device")
+        return self
 
 
 class Site(Strict):
@@ -294,6 +318,21 @@ class SiteSpec:
     file: str
 
     @property
+    def clock_meter(self) -> MeterSpec | None:
+        """The meter that is the time source (``clock.source: device``), if any."""
+        if self.site.clock.source != "device":
+            return None
+        return next(m for m in self.meters if m.id == self.site.clock.device)
+
+    @property
+    def published(self) -> list[MeterSpec]:
+        """The meters whose readings are published (the time source only if asked)."""
+        clock = self.clock_meter
+        if clock is None or self.site.clock.publish:
+            return list(self.meters)
+        return [m for m in self.meters if m is not clock]
+
+    @property
     def outbox_path(self) -> Path:
         p = self.site.outbox.path
         return p if p.is_absolute() else Path(self.file).resolve().parent / p
@@ -347,6 +386,29 @@ def _cross_check(site: Site, profiles: dict[str, Profile], file: str, index: dic
                         file, index.get(("meters", i, "points", j)), f"meters[{i}].points[{j}]",
                         f"{name!r} is not in profile {m.profile} (it has: "
                         f"{', '.join(sorted(known))})"))
+    clock = site.clock
+    if clock.source == "device":
+        where = index.get(("clock", "device"))
+        found = [k for k, m in enumerate(site.meters) if m.id == clock.device]
+        if not found:
+            problems.append(Problem(file, where, "clock.device",
+                                    f"no meter {clock.device!r}; meters: "
+                                    f"{', '.join(m.id for m in site.meters)}"))
+        else:
+            i = found[0]
+            profile = profiles.get(f"meters[{i}]")
+            names = {p.name for p in profile.points} if profile is not None else set()
+            if profile is not None and not names >= CLOCK_POINTS:
+                problems.append(Problem(
+                    file, where, "clock.device",
+                    f"meter {clock.device!r} (profile {site.meters[i].profile}) has no "
+                    f"{' and '.join(sorted(CLOCK_POINTS - names))}: use a time source "
+                    "profile such as recp_clock"))
+            wanted = site.meters[i].points
+            if wanted is not None and not set(wanted) >= CLOCK_POINTS:
+                problems.append(Problem(
+                    file, index.get(("meters", i, "points")), f"meters[{i}].points",
+                    f"the clock device must read {' and '.join(sorted(CLOCK_POINTS))}"))
     if problems:
         raise ConfigError(problems)
 

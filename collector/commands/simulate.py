@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -72,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..configfile import ConfigError, Problem, validation_problems
     from ..plant import Engine, load_plant
-    from ..plant.load import PlantSpec
 
     spec = load_plant(args.config)
     overrides = _overrides(args)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             plant = type(spec.plant).model_validate(data)
         except ValidationError as exc:  # a bad --days, --start, --speed, ...
             raise ConfigError(list(validation_problems(exc, "command line", {}))) from None
-        spec = PlantSpec(plant, spec.profiles, spec.file)
+        spec = dataclasses.replace(spec, plant=plant)
     try:
         engine = Engine(spec.plant, spec.profiles, losses=not args.no_losses, file=spec.file)
     except ValueError as exc:

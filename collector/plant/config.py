@@ -223,6 +223,15 @@ class Loss(Strict):
         return self
 
 
+class ClockDevice(Strict):
+    """The plant's simulated clock served as a Modbus time source (an agent can stamp its
+    readings with it: site file ``clock.source: device``)."""
+
+    port: int = Field(ge=0, le=65535, description="TCP port (may be a meters' gateway port)")
+    unit_id: int = Field(1, ge=1, le=247)
+    profile: str = Field("recp_clock", description="a time source profile")
+
+
 class Plant(Strict):
     """A virtual plant (``kind: plant``)."""
 
@@ -243,6 +252,8 @@ class Plant(Strict):
     production: Production = Production()
     meters: list[Meter] = Field(min_length=1)
     losses: list[Loss] = Field(default_factory=list)
+    clock: ClockDevice | None = Field(
+        None, description="serve the simulated time as a Modbus time source")
 
     @field_validator("timezone")
     @classmethod
@@ -276,6 +287,11 @@ class Plant(Strict):
                     f"meters {seen[key]} and {m.id} both use port {m.port} unit {m.unit_id}"
                 )
             seen[key] = m.id
+        if self.clock is not None and (self.clock.port, self.clock.unit_id) in seen:
+            raise ValueError(
+                f"clock: port {self.clock.port} unit {self.clock.unit_id} is meter "
+                f"{seen[(self.clock.port, self.clock.unit_id)]}"
+            )
         for i, loss in enumerate(self.losses):
             if loss.meter not in ids:
                 raise ValueError(

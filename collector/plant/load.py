@@ -8,6 +8,7 @@ from pathlib import Path
 from ..configfile import ConfigError, Problem, load_indexed
 from ..profiles import Profile, ResolvedPoint, resolve_profiles
 from ..quantities import Resource
+from ..site import CLOCK_POINTS
 from .config import LossType, Plant
 from .meters import primary_counter
 
@@ -19,6 +20,7 @@ class PlantSpec:
     plant: Plant
     profiles: dict[str, Profile]  # by meter id
     file: str
+    clock_profile: Profile | None = None  # the time source's, when the plant serves one
 
 
 CONSUMING = (Resource.ELECTRICITY, Resource.WATER, Resource.STEAM)
@@ -74,4 +76,13 @@ def load_plant(path: str | Path) -> PlantSpec:
     )
     by_meter = {m.id: profiles[f"meters[{i}]"] for i, m in enumerate(plant.meters)}
     check_plant(plant, by_meter, str(path), index)
-    return PlantSpec(plant, by_meter, str(path))
+    clock = None
+    if plant.clock is not None:
+        clock = resolve_profiles({"clock": plant.clock.profile}, path, index=index)["clock"]
+        missing = CLOCK_POINTS - {p.name for p in clock.points}
+        if missing:
+            raise ConfigError([Problem(str(path), index.get(("clock", "profile")),
+                                       "clock.profile",
+                                       f"{plant.clock.profile} has no {', '.join(sorted(missing))}"
+                                       ": use a time source profile such as recp_clock")])
+    return PlantSpec(plant, by_meter, str(path), clock)

@@ -41,12 +41,14 @@ _SPARE_BIT = 65520  # pymodbus needs every bit table non-empty: one unused, alig
 
 @dataclass
 class ServedMeter:
-    """A meter's registers as currently served, per table: (address, registers) per point."""
+    """A meter's registers as currently served, per table: (address, registers) per point,
+    and the simulated time they show."""
 
     meter_id: str
     unit_id: int
     points: list[ResolvedPoint]
     image: dict[Table, list[tuple[int, list[int]]]]
+    t: float = float("-inf")
 
 
 SimBlocks = tuple[list[SimData], list[SimData], list[SimData], list[SimData]]
@@ -99,7 +101,11 @@ class PlantServer:
         self.servers: dict[int, ModbusTcpServer] = {}  # configured port -> server
         self.ports: dict[int, int] = {}  # configured port -> listening port
         self.requests = 0
-        configured = sorted({m.port for m in self.plant.meters})
+        self.clock_points = spec.clock_profile.resolved() if spec.clock_profile else []
+        self._origin: tuple[float, float] | None = None  # (monotonic, sim time) of run()
+        self._finished = False
+        configured = sorted({m.port for m in self.plant.meters}
+                            | ({self.plant.clock.port} if self.plant.clock else set()))
         if port_base is None:
             self._bind = {p: p for p in configured}
         elif port_base == 0:
@@ -115,13 +121,72 @@ class PlantServer:
     # -- registers ----------------------------------------------------------------------
     def _refresh(self, t: float) -> None:
         """Recompute every meter's register image for simulated time ``t``."""
-        for mid, served in self.meters.items():
-            values = self.engine.values(mid, t)
-            image: dict[Table, list[tuple[int, list[int]]]] = {t_: [] for t_ in _TABLE_ORDER}
-            for p in served.points:
-                image[p.table].append((p.address, encode_point(p, values[p.name])))
-            served.image = image
+        for served in self.meters.values():
+            self._refresh_meter(served, t)
         self.sim_time = t
+
+    def _refresh_meter(self, served: ServedMeter, t: float) -> None:
+        values = self.engine.values(served.meter_id, t)
+        image: dict[Table, list[tuple[int, list[int]]]] = {t_: [] for t_ in _TABLE_ORDER}
+        for p in served.points:
+            image[p.table].append((p.address, encode_point(p, values[p.name])))
+        served.image = image
+        served.t = t
+
+    def sim_now(self) -> float:
+        """Simulated time at this very moment (between the clock's ticks, too)."""
+        if self._origin is None or self.plant.speed == 0:
+            return self.sim_time
+        wall0, sim0 = self._origin
+        t = sim0 + (time.monotonic() - wall0) * self.plant.speed
+        end = self.engine.end
+        return t if end is None else min(t, end)
+
+    @property
+    def rate(self) -> float:
+        """Simulated seconds per wall second right now (0: frozen, not started or ended)."""
+        return 0.0 if self._origin is None or self._finished else self.plant.speed
+
+    def _current(self, served: ServedMeter) -> float:
+        """Bring a meter's registers up to the simulated time of this moment."""
+        t = self.sim_now()
+        if t > served.t:
+            self.engine.advance_to(t)
+            self._refresh_meter(served, t)
+        return served.t
+
+    @staticmethod
+    def _fill(image: dict[Table, list[tuple[int, list[int]]]], table: Table,
+              start_address: int, registers: list[int]) -> None:
+        for addr, regs in image[table]:
+            if table.is_bits:
+                i, bit = addr // 16 - start_address, addr % 16
+                if 0 <= i < len(registers):
+                    registers[i] = (registers[i] & ~(1 << bit)) | (int(bool(regs[0])) << bit)
+            else:
+                i = addr - start_address
+                if i >= 0 and i + len(regs) <= len(registers):
+                    registers[i : i + len(regs)] = regs
+
+    async def _clock_action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """The time source: simulated time (ms since 1970) and speed, as of this request."""
+        self.requests += 1
+        if set_values is not None or function_code not in FC_TABLE:
+            return ExcCodes.ILLEGAL_FUNCTION
+        values = {"clock_unix_ms": round(self.sim_now() * 1000.0), "clock_rate": self.rate}
+        image: dict[Table, list[tuple[int, list[int]]]] = {t_: [] for t_ in _TABLE_ORDER}
+        for p in self.clock_points:
+            image[p.table].append((p.address, encode_point(p, values[p.name])))
+        self._fill(image, FC_TABLE[function_code], start_address, registers)
+        return None
 
     async def _action(
         self,
@@ -137,23 +202,16 @@ class PlantServer:
         self.requests += 1
         if set_values is not None or function_code not in FC_TABLE:
             return ExcCodes.ILLEGAL_FUNCTION
+        served = self.meters[meter_id]
+        t = self._current(served)
         try:
-            self.engine.check_available(meter_id, self.sim_time)
+            self.engine.check_available(meter_id, t)
         except Unavailable as exc:
             if exc.code is None:
                 # pymodbus stays silent for an unknown unit when ignore_missing_devices=True
                 raise NoSuchIdException(f"{meter_id} is in a dropout") from None
             return ExcCodes(exc.code)
-        table = FC_TABLE[function_code]
-        for addr, regs in self.meters[meter_id].image[table]:
-            if table.is_bits:
-                i, bit = addr // 16 - start_address, addr % 16
-                if 0 <= i < len(registers):
-                    registers[i] = (registers[i] & ~(1 << bit)) | (int(bool(regs[0])) << bit)
-            else:
-                i = addr - start_address
-                if i >= 0 and i + len(regs) <= len(registers):
-                    registers[i : i + len(regs)] = regs
+        self._fill(served.image, FC_TABLE[function_code], start_address, registers)
         return None
 
     # -- life cycle ---------------------------------------------------------------------
@@ -169,6 +227,12 @@ class PlantServer:
                 action=functools.partial(self._action, m.id),
             )
             by_port.setdefault(m.port, []).append(device)
+        clock = self.plant.clock
+        if clock is not None:
+            device = SimDevice(id=clock.unit_id, simdata=_simdata(self.clock_points),
+                               action=self._clock_action)
+            by_port.setdefault(clock.port, []).append(device)
+            framing.setdefault(clock.port, "tcp")
         try:
             for port, devices in by_port.items():
                 server = ModbusTcpServer(
@@ -203,6 +267,7 @@ class PlantServer:
         engine = self.engine
         speed = self.plant.speed
         wall0, sim0 = time.monotonic(), engine.t
+        self._origin = (wall0, sim0)
         last_write = wall0
         next_day = sim0 + 86400.0
         while not stop.is_set():
@@ -221,6 +286,7 @@ class PlantServer:
                 log.info("simulated time %s", iso(target))
                 next_day += 86400.0
             if finished:
+                self._finished = True
                 return True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
@@ -240,10 +306,15 @@ class PlantServer:
                 },
                 "registers": {p.name: regs[(p.table, p.address)] for p in served.points},
             }
+        clock = self.plant.clock
         return {
             "plant": self.plant.name,
             "sim_time": iso(self.sim_time),
             "speed": self.plant.speed,
+            "clock": None if clock is None else {
+                "port": self.ports.get(clock.port, self._bind[clock.port]),
+                "unit_id": clock.unit_id, "profile": clock.profile,
+            },
             "host": self.plant.host,
             "ports": {str(k): v for k, v in self.ports.items()},
             "framing": {str(m.port): m.framing for m in self.plant.meters},
@@ -287,10 +358,14 @@ def serve_plant(
                     else f"1 simulated day per {86400 / plant.speed:g} s"
                 )
                 end = iso(engine.end) if engine.end else "never"
+                clock = ""
+                if plant.clock is not None:
+                    clock = (f"; its clock on port {server.ports[plant.clock.port]} unit "
+                             f"{plant.clock.unit_id}")
                 print(
                     f"serving {len(plant.meters)} meters of {plant.name} on {plant.host} "
-                    f"port(s) {ports}; {pace}; simulated time {iso(engine.t)} until {end}. "
-                    "Ctrl-C stops.",
+                    f"port(s) {ports}; {pace}; simulated time {iso(engine.t)} until {end}"
+                    f"{clock}. Ctrl-C stops.",
                     flush=True,
                 )
                 finished = await server.run(stop)

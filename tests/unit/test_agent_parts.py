@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -91,3 +92,75 @@ def test_commissioning_table():
     assert "outdoor_temperature_c" in text and "-2.1" in text and "degC" in text
     assert "error: no connection" in text
     assert text.endswith("1 of 2 meters answered every point")
+
+
+CLOCK_SITE = """kind: site
+site: s
+outbox: {path: box.sqlite}
+clock: {source: device, device: plc_clock}
+meters:
+  - {id: plc_clock, profile: recp_clock, unit_id: 2,
+     connection: {type: tcp, host: 127.0.0.1, port: 5023}}
+  - {id: m1, profile: eastron_sdm120, connection: {type: tcp, host: 127.0.0.1, port: 5023}}
+"""
+
+
+def clock_read(ms: float, rate: float, mono_ns: int, latency_s: float = 0.0) -> PollResult:
+    return PollResult("plc_clock", 0.0, mono_ns, {"clock_unix_ms": ms, "clock_rate": rate}, {},
+                      Quality.OK, latency_s, True)
+
+
+def test_device_clock_extrapolates_at_its_rate_and_holds_until_read():
+    guard = ClockGuard(ClockSettings(source="device", device="plc_clock"))
+    reading = PollResult("m1", 111.0, 5_000_000_000, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001,
+                         True)
+    # not read yet: the reading keeps its wall time and is not trusted (held)
+    assert guard.stamp(reading) == (reading, False) and not guard.synced()
+    # read at monotonic 4 s (+ half its 2 ms latency): 2026-01-05 00:00, a day per 10 s
+    assert guard.device is not None
+    assert guard.device.observe(clock_read(1767571200_000, 8640.0, 3_999_000_000, 0.002))
+    stamped, ok = guard.stamp(reading)
+    assert ok and guard.synced()
+    assert stamped.ts == pytest.approx(1767571200 + 1.0 * 8640)  # one second later
+    assert stamped.values == reading.values and stamped.mono_ns == reading.mono_ns
+    # before its first read, too (a poll that started earlier)
+    assert guard.stamp(dataclasses.replace(reading, mono_ns=3_000_000_000))[0].ts == (
+        pytest.approx(1767571200 - 8640))
+    # a failed read keeps the last anchor; a time before not_before is not used
+    assert not guard.device.observe(PollResult("plc_clock", 0, 6_000_000_000, {}, {"*": "x"},
+                                               Quality.ERROR, None, False))
+    assert not guard.device.observe(clock_read(0.0, 1.0, 6_000_000_000))
+    assert guard.stamp(reading)[0].ts == pytest.approx(1767571200 + 8640)
+    when, mono, rate = guard.now()
+    assert rate == 8640.0 and when == pytest.approx(guard.device.at(mono))
+
+
+def test_held_readings_are_retimed_at_the_clock_rate(tmp_path: Path):
+    from collector.outbox import Entry, Outbox
+
+    def render(seq: int) -> tuple[str, bytes]:
+        return "t", contract.dumps(contract.reading_payload(
+            site="s", meter="m1", resource="electricity", stream="x", seq=seq, ts=5.0,
+            quality=Quality.OK, values={"energy_kwh": 1.0}, clock=contract.ClockState.UNSYNCED))
+
+    with Outbox(tmp_path / "o.db") as box:
+        box.append([Entry("m1", render, held=True, mono_ns=1_000_000_000)])
+        # the clock shows T at monotonic 3 s and runs 100 s per second
+        assert box.release(retime, 1767571200.0, 3_000_000_000, rate=100.0) == 1
+        out = json.loads(box.peek()[0].payload)
+    assert out["ts"] == "2026-01-04T23:56:40.000Z" and out["clock"] == "corrected"
+
+
+def test_the_time_source_is_polled_but_not_published(tmp_path: Path):
+    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
+    spec = load_site(tmp_path / "site.yaml")
+    assert spec.clock_meter is not None and spec.clock_meter.id == "plc_clock"
+    assert [m.id for m in spec.published] == ["m1"]
+    agent = Agent(spec)
+    assert [m.id for m in agent.poller.devices] == ["plc_clock", "m1"]
+    assert [json.loads(p)["meter"] for _, p in agent.meta_messages()] == ["m1"]
+    (tmp_path / "site.yaml").write_text(CLOCK_SITE.replace("device: plc_clock}",
+                                                           "device: plc_clock, publish: true}"))
+    assert len(load_site(tmp_path / "site.yaml").published) == 2
+    text = format_once(spec, [clock_read(1767571200_000, 8640.0, 0)])
+    assert "= 2026-01-05T00:00:00.000Z, 8640 s per second (the site's clock source)" in text

@@ -49,6 +49,7 @@ MIN_POINTS = {
     Resource.STEAM: 2,
     Resource.WATER: 2,
     Resource.WEATHER: 2,
+    Resource.CLOCK: 2,
 }
 
 # the cumulative quantities that make sense for each resource
@@ -58,6 +59,7 @@ COUNTERS = {
     Resource.STEAM: {"mass_kg", "mass_t", "heat_kwh"},
     Resource.PRODUCTION: {"produced_units"},
     Resource.WEATHER: set(),
+    Resource.CLOCK: set(),
 }
 
 
