@@ -3,7 +3,8 @@
 Validated once at start-up without any network call. Secrets (the broker password, the
 InfluxDB token) come from an environment variable or a file, never inline. Precedence,
 highest first: command-line flags, environment (``RECP_MQTT_URL``, ``RECP_MQTT_USERNAME``,
-``RECP_MQTT_PASSWORD``, ``RECP_INFLUX_URL``, ``RECP_INFLUX_TOKEN``), the file, the defaults.
+``RECP_MQTT_PASSWORD``, ``RECP_INFLUX_URL``, ``RECP_INFLUX_TOKEN``, ``RECP_GRAFANA_TOKEN``),
+the file, the defaults.
 Relative paths (spool, checkpoint) are taken from the file's directory.
 """
 
@@ -212,6 +213,41 @@ class Alerts(Strict):
         return self
 
 
+class Grafana(Strict):
+    """Events as Grafana annotations (off unless this section is present)."""
+
+    url: str = Field(description="Grafana's base URL, e.g. https://grafana.plant.lan:3000")
+    token: str | None = Field(None, description="not accepted: use token_env or token_file")
+    token_env: str | None = Field(None, description="environment variable holding a service "
+                                  "account token (Editor role)")
+    token_file: Path | None = Field(None, description="file whose first line is the token")
+    dashboard_uid: str | None = Field(None, description="pin annotations to this dashboard "
+                                      "(default: organisation-wide, shown by tag)")
+    tags: list[str] = Field(default_factory=lambda: ["recp"], description="added to every "
+                            "annotation besides site, meter, resource, type, severity, event")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="per HTTP request")
+    queue: int = Field(10_000, ge=10, description="annotations waiting at most; the oldest "
+                       "is dropped (counted) beyond")
+    retry_delay_s: float = Field(1.0, gt=0)
+    retry_delay_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _no_token(cls, value: Any) -> None:
+        no_inline_secret(value, "token")
+        return None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected http://host[:port][/path] or https://...")
+        if parts.username or parts.password:
+            raise ValueError("put no credentials in the URL; use token_env or token_file")
+        return url
+
+
 class SiteSettings(Strict):
     currency: str = "EUR"
     utc_offset_s: int | None = None
@@ -232,6 +268,7 @@ class Analytics(Strict):
     processing: Processing = Processing()
     alerts: Alerts = Alerts()
     baselines: Baselines = Baselines()
+    grafana: Grafana | None = Field(None, description="post events as Grafana annotations")
     sites: dict[str, SiteSettings] = Field(default_factory=dict)
     metrics_interval_s: float = Field(10.0, ge=0.5)
     ack_interval_s: float = Field(1.0, ge=0.05, description="publish consumer acks this often")
@@ -262,6 +299,7 @@ class AnalyticsSpec:
     mqtt_password: str | None
     influx_url: str
     influx_token: str | None
+    grafana_token: str | None = None
 
     def path(self, p: Path) -> Path:
         return p if p.is_absolute() else Path(self.file).resolve().parent / p
@@ -336,6 +374,15 @@ def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
     password = os.environ.get("RECP_MQTT_PASSWORD") or _secret(m.password_env,
                                                                m.password_file, file)
     token = os.environ.get("RECP_INFLUX_TOKEN") or _secret(i.token_env, i.token_file, file)
+    g = cfg.grafana
+    grafana_token = None
+    if g is not None:
+        grafana_token = os.environ.get("RECP_GRAFANA_TOKEN") or _secret(
+            g.token_env, g.token_file, file)
+        if not grafana_token:
+            raise ConfigError([Problem(str(file), None, "grafana", "no token: set "
+                                       "grafana.token_env or grafana.token_file (or "
+                                       "RECP_GRAFANA_TOKEN)")])
     return AnalyticsSpec(
         config=cfg,
         file=str(file),
@@ -344,4 +391,5 @@ def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
         mqtt_password=password,
         influx_url=influx_url or os.environ.get("RECP_INFLUX_URL") or i.url,
         influx_token=token,
+        grafana_token=grafana_token,
     )

@@ -34,6 +34,7 @@ from collector import contract
 
 from . import checkpoint
 from .alerts import AlertSettings, Transition
+from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
 from .lines import QUALITY_CODES, line
@@ -184,6 +185,13 @@ class DetectService:
         self.outgoing_dropped = 0
         self.connected = False
         self._state_lock = asyncio.Lock()
+        self.annotator: Annotator | None = None
+        g = cfg.grafana
+        if g is not None and spec.grafana_token:
+            self.annotator = Annotator(
+                make_api(g.url, spec.grafana_token, g.timeout_s), cap=g.queue,
+                retry_delay_s=g.retry_delay_s, retry_delay_max_s=g.retry_delay_max_s,
+                dashboard_uid=g.dashboard_uid, tags=tuple(g.tags))
         self._restore()
 
     # ------------------------------------------------------------------ state
@@ -199,6 +207,8 @@ class DetectService:
         if state is None:
             return
         self.dedup = SeqTracker.restore(state.get("dedup", []))
+        if self.annotator is not None:
+            self.annotator.restore(state.get("grafana") or {})
         for snap in state.get("meters", []):
             try:
                 pipe = MeterPipeline.restore(snap, self.settings_for(snap["site"]))
@@ -212,8 +222,11 @@ class DetectService:
                  self.spec.checkpoint_path, time.time() - float(state.get("saved_at", 0)))
 
     def snapshot(self) -> dict[str, Any]:
-        return {"dedup": self.dedup.snapshot(),
-                "meters": [p.snapshot() for p in self.meters.values()]}
+        state: dict[str, Any] = {"dedup": self.dedup.snapshot(),
+                                 "meters": [p.snapshot() for p in self.meters.values()]}
+        if self.annotator is not None:
+            state["grafana"] = self.annotator.snapshot()
+        return state
 
     async def save_checkpoint(self) -> None:
         async with self._state_lock:
@@ -373,6 +386,9 @@ class DetectService:
         self.sink.wake.set()
         alerts = [t for t in transitions if t.kind in ("open", "close")]
         if alerts:
+            if self.annotator is not None:  # queued first, so the checkpoint holds them
+                for t in alerts:
+                    self.annotator.submit(t, self.meters[(t.site, t.event.meter)].currency)
             await self.save_checkpoint()
             for t in alerts:
                 self.stats.alerts += 1
@@ -398,6 +414,7 @@ class DetectService:
             "open_events": sum(len(p.tracker.open) for p in self.meters.values()),
             "lag_s": round(now - s.newest_ts, 3) if s.newest_ts else None,
             **{k: round(v, 2) for k, v in rates.items()},
+            **(self.annotator.health() if self.annotator is not None else {}),
         }  # fmt: skip
 
     def metric_lines(self, now: float, health: dict[str, Any]) -> list[str]:
@@ -407,6 +424,8 @@ class DetectService:
             "points_out_per_s": health["points_out_per_s"],
             "lag_s": health["lag_s"], "spool_depth": health["spool_depth"],
             "dead_letters": health["dead_letters"], "open_events": health["open_events"],
+            "annotations_queued": health.get("annotations_queued"),
+            "annotation_failures": health.get("annotation_failures"),
         }, _ms(now))  # fmt: skip
         if svc:
             out.append(svc)
@@ -624,6 +643,8 @@ class DetectService:
                 sink = tg.create_task(self.sink.run(sink_stop), name="sink")
                 tg.create_task(self._metrics(stop), name="metrics")
                 tg.create_task(self._checkpoints(stop), name="checkpoints")
+                if self.annotator is not None:
+                    tg.create_task(self.annotator.run(stop), name="grafana-annotations")
                 await self._mqtt_loop(stop)
                 await self.save_checkpoint()
                 log.info("stopped taking messages; writing the spool (%d points) for up to "
