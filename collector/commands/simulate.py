@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="keep the ground truth here while serving (default: none)")
     serve.add_argument("--status", type=Path, metavar="FILE",
                        help="keep a JSON snapshot of ports and current values here")
+    serve.add_argument("--record", type=Path, metavar="FILE",
+                       help="append every read served to FILE, one JSON line each (meter, "
+                       "simulated time, request, decoded values or why it was refused)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -114,4 +117,4 @@ def run(args: argparse.Namespace) -> int:
     from ..plant.server import serve_plant
 
     return serve_plant(engine, spec, port_base=args.port_base, truth_path=args.truth,
-                       status_path=args.status)
+                       status_path=args.status, record_path=args.record)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
@@ -92,6 +94,7 @@ class PlantServer:
         port_base: int | None = None,
         truth_path: Path | None = None,
         status_path: Path | None = None,
+        record_path: Path | None = None,
     ):
         self.engine = engine
         self.plant = spec.plant
@@ -101,6 +104,9 @@ class PlantServer:
         self.servers: dict[int, ModbusTcpServer] = {}  # configured port -> server
         self.ports: dict[int, int] = {}  # configured port -> listening port
         self.requests = 0
+        self.record_path = record_path
+        self._record: TextIO | None = None
+        self.recorded = 0
         self.clock_points = spec.clock_profile.resolved() if spec.clock_profile else []
         self._origin: tuple[float, float] | None = None  # (monotonic, sim time) of run()
         self._finished = False
@@ -207,16 +213,43 @@ class PlantServer:
         try:
             self.engine.check_available(meter_id, t)
         except Unavailable as exc:
+            self._note(served, t, function_code, address, count,
+                       "dropout" if exc.code is None else f"exception {exc.code}")
             if exc.code is None:
                 # pymodbus stays silent for an unknown unit when ignore_missing_devices=True
                 raise NoSuchIdException(f"{meter_id} is in a dropout") from None
             return ExcCodes(exc.code)
         self._fill(served.image, FC_TABLE[function_code], start_address, registers)
+        self._note(served, t, function_code, address, count)
         return None
+
+    def _note(self, served: ServedMeter, t: float, function_code: int, address: int,
+              count: int, error: str | None = None) -> None:
+        """Append one served read to the record: what the plant answered, and when."""
+        if self._record is None:
+            return
+        table = FC_TABLE[function_code]
+        item: dict[str, object] = {"meter": served.meter_id, "t": round(t, 3),
+                                   "fc": function_code, "address": address, "count": count}
+        if error is None:
+            span = count * 16 if table.is_bits else count  # pymodbus counts bit words
+            regs = {(tbl, a): r for tbl, items in served.image.items() for a, r in items}
+            item["values"] = {
+                p.name: decode_point(p, regs[(table, p.address)])
+                for p in served.points
+                if p.table is table and address <= p.address
+                and p.address + (1 if table.is_bits else p.registers) <= address + span
+            }
+        else:
+            item["error"] = error
+        self._record.write(json.dumps(item, separators=(",", ":")) + "\n")
+        self.recorded += 1
 
     # -- life cycle ---------------------------------------------------------------------
     async def __aenter__(self) -> PlantServer:
         logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        if self.record_path is not None:
+            self._record = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
         by_port: dict[int, list[SimDevice]] = {}
         framing = {m.port: m.framing for m in self.plant.meters}
         for m in self.plant.meters:
@@ -260,6 +293,9 @@ class PlantServer:
                 await server.shutdown()
         self.servers.clear()
         self.write_files()
+        if self._record is not None:
+            self._record.close()
+            self._record = None
 
     async def run(self, stop: asyncio.Event | None = None) -> bool:
         """Advance the clock until the scenario ends (True) or ``stop`` is set (False)."""
@@ -279,6 +315,8 @@ class PlantServer:
             if speed > 0:
                 engine.advance_to(target)
                 self._refresh(target)
+            if self._record is not None:
+                self._record.flush()  # a SIGKILLed plant loses at most a tick of its record
             if now - last_write >= STATUS_EVERY_S or finished:
                 self.write_files()
                 last_write = now
@@ -319,6 +357,7 @@ class PlantServer:
             "ports": {str(k): v for k, v in self.ports.items()},
             "framing": {str(m.port): m.framing for m in self.plant.meters},
             "requests": self.requests,
+            "recorded": self.recorded,
             "meters": meters,
         }
 
@@ -336,6 +375,7 @@ def serve_plant(
     port_base: int | None = None,
     truth_path: Path | None = None,
     status_path: Path | None = None,
+    record_path: Path | None = None,
 ) -> int:
     """Serve until the scenario ends or SIGINT/SIGTERM; return an exit status."""
 
@@ -347,7 +387,7 @@ def serve_plant(
         try:
             server = PlantServer(
                 engine, spec, port_base=port_base, truth_path=truth_path,
-                status_path=status_path,
+                status_path=status_path, record_path=record_path,
             )
             async with server:
                 plant = spec.plant

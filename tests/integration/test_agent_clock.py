@@ -4,7 +4,8 @@ The plant runs a day per 10 s and serves its clock as a ``recp_clock`` device be
 meters' gateway port; the agent polls it like a meter. Readings taken before the clock was
 first read are held and re-timed at the clock's rate, the others are stamped directly; either
 way their timestamps are simulated time, a poll interval times the speed apart, and the
-clock device itself is not published.
+clock device itself is not published. The plant's record of every read it served (`--record`)
+holds each published reading's values at nearly its timestamp.
 """
 
 from __future__ import annotations
@@ -99,11 +100,12 @@ def test_readings_are_stamped_with_the_plants_simulated_time(
 ) -> None:
     (tmp_path / "plant.yaml").write_text(PLANT)
     spec = load_plant(tmp_path / "plant.yaml")
+    record = tmp_path / "served.jsonl"
     sub = Collect(mosquitto)
 
     async def main() -> tuple[float, Agent]:
         engine = Engine(spec.plant, spec.profiles, file=spec.file)
-        async with PlantServer(engine, spec, port_base=0) as plant:
+        async with PlantServer(engine, spec, port_base=0, record_path=record) as plant:
             (tmp_path / "site.yaml").write_text(site(plant.ports, mosquitto,
                                                      tmp_path / "outbox.sqlite"))
             stop_plant, stop_agent = asyncio.Event(), asyncio.Event()
@@ -139,3 +141,14 @@ def test_readings_are_stamped_with_the_plants_simulated_time(
         # then re-timed at the clock's rate; later ones stamped directly
         assert mine[0].get("clock") == "corrected"
         assert {r.get("clock", "synced") for r in mine[2:]} == {"synced"}
+    # the plant's record of what it served: one counter read per published reading, with
+    # the same value, at (nearly) the same simulated time
+    served = [json.loads(line) for line in record.read_text().splitlines()]
+    for meter, counter in (("el_main", "energy_kwh"), ("water", "volume_m3")):
+        reads = [r for r in served if r["meter"] == meter and counter in r.get("values", {})]
+        mine = [r for r in readings if r["meter"] == meter]
+        assert len(reads) == len(mine)
+        for reading in mine:
+            when = ts(reading["ts"])
+            near = [r["t"] for r in reads if r["values"][counter] == reading["values"][counter]]
+            assert near and min(abs(t - when) for t in near) < 0.5 * SPEED, (reading, near)
