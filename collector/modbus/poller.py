@@ -41,37 +41,15 @@ from ..aio import TaskGroup
 from ..contract import Quality
 from ..site import MeterSpec, Polling, RtuConnection, RtuOverTcpConnection, TcpConnection
 from .plan import READ_FUNCTION_CODES, ReadRequest, plan_reads
+from .tcp import EXCEPTION_NAMES, BadResponse, LinkDown, ModbusTcpClient, NoAnswer, ReplyError
+
+__all__ = ["EXCEPTION_NAMES", "BadResponse", "Bus", "Device", "Link", "LinkDown", "NoAnswer",
+           "PollResult", "Poller", "ReplyError", "plan_device"]
 
 log = logging.getLogger("recp.poller")
 
-EXCEPTION_NAMES = {
-    1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-    4: "device failure", 5: "acknowledge", 6: "device busy", 7: "negative acknowledge",
-    8: "memory parity error", 10: "gateway path unavailable",
-    11: "gateway target failed to respond",
-}
 SILENT_REQUESTS_BEFORE_RECONNECT = 3  # no answer at all on a TCP link: maybe half-open
 GUARD_S = 2.0  # extra wait on top of pymodbus' own timeout before we give up on a call
-
-
-class ReplyError(Exception):
-    """The device answered with a Modbus exception code."""
-
-    def __init__(self, code: int):
-        self.code = code
-        super().__init__(f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
-
-
-class NoAnswer(Exception):
-    """Nothing (usable) came back within the timeout."""
-
-
-class LinkDown(Exception):
-    """The connection itself failed."""
-
-
-class BadResponse(Exception):
-    """Something came back that is not a valid answer to the request."""
 
 
 @dataclass
@@ -97,7 +75,11 @@ def jittered(delay: float) -> float:
 
 
 class Link:
-    """One Modbus connection (TCP port, RTU-over-TCP port or serial device)."""
+    """One Modbus connection (TCP port, RTU-over-TCP port or serial device).
+
+    Plain Modbus TCP goes through our own small client (:mod:`collector.modbus.tcp`),
+    RTU framing (serial, or tunnelled over TCP) through pymodbus.
+    """
 
     def __init__(
         self,
@@ -114,7 +96,9 @@ class Link:
         self.reconnect_delay_max_s = reconnect_delay_max_s
         self.trace_pdu = trace_pdu
         self.frame_gap_s = connection.frame_gap_s if isinstance(connection, RtuConnection) else 0
-        self.client: Any = None
+        self.client: Any = None  # pymodbus client (RTU framing)
+        self.tcp: ModbusTcpClient | None = None  # our own client (plain Modbus TCP)
+        self.own_tcp = isinstance(connection, TcpConnection)
         self.next_attempt = 0.0  # monotonic time before which we do not try to connect
         self.delay = 0.0
         self.last_error = ""
@@ -129,6 +113,8 @@ class Link:
 
     @property
     def connected(self) -> bool:
+        if self.tcp is not None:
+            return self.tcp.connected
         return self.client is not None and bool(self.client.connected)
 
     def _make_client(self) -> Any:
@@ -167,9 +153,19 @@ class Link:
         self.close()
         self.last_error = ""
         try:
-            self.client = self._make_client()
-            self.client.ctx.comm_params.timeout_connect = max(self.timeout_s, 1.0)
-            ok = await asyncio.wait_for(self.client.connect(), max(self.timeout_s, 1.0) + GUARD_S)
+            if self.own_tcp:
+                c = self.connection
+                assert isinstance(c, TcpConnection)
+                self.tcp = await ModbusTcpClient.open(c.host, c.port, max(self.timeout_s, 1.0))
+                ok = True
+            else:
+                self.client = self._make_client()
+                self.client.ctx.comm_params.timeout_connect = max(self.timeout_s, 1.0)
+                ok = await asyncio.wait_for(self.client.connect(),
+                                            max(self.timeout_s, 1.0) + GUARD_S)
+        except asyncio.TimeoutError:
+            ok = False
+            self.last_error = f"no connection within {max(self.timeout_s, 1.0):g} s"
         except Exception as exc:
             ok = False
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -196,6 +192,9 @@ class Link:
         log.warning("link lost link=%s error=%s retry_in_s=%.1f", self, reason, self.delay)
 
     def close(self) -> None:
+        if self.tcp is not None:
+            self.tcp.close()
+            self.tcp = None
         if self.client is not None:
             try:
                 self.client.close()
@@ -207,6 +206,10 @@ class Link:
         """One read request, one try; raise ReplyError, NoAnswer, LinkDown or BadResponse."""
         if req.function_code not in READ_FUNCTION_CODES:  # belt and braces: never write
             raise ValueError(f"refusing to send function code {req.function_code}")
+        if self.tcp is not None:  # says itself why it is not connected, if it is not
+            self.requests += 1
+            return await self.tcp.read(req.function_code, req.address, req.count, req.unit_id,
+                                       timeout_s)
         if not self.connected:
             raise LinkDown(self.last_error or "not connected")
         if self.frame_gap_s:

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -412,6 +413,105 @@ def test_silent_and_failing_units_do_not_hold_up_the_others(mosquitto: Mosquitto
     settled = neighbour[len(neighbour) // 2 :]
     assert max(settled) < interval + timeout + 0.1, settled
     assert len(by_meter["steam_main"]) >= 4.0 / interval * 0.6
+
+
+class GarbageMeter:
+    """A TCP server on loopback that answers every Modbus request wrongly, in turn: bytes
+    that are no Modbus frame, a frame cut short, a wrong transaction id, a wrong function
+    code, too few registers, a reset connection."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.connections = 0
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> GarbageMeter:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                tid, _p, _n, unit, fc, _a, count = struct.unpack(">HHHBBHH",
+                                                                  await r.readexactly(12))
+                data = bytes(2 * count)
+                good = struct.pack(">HHHBBB", tid, 0, 3 + len(data), unit, fc, len(data)) + data
+                kind = self.requests % 6
+                self.requests += 1
+                if kind == 0:
+                    w.write(b"\xde\xad\xbe\xef garbage \x00\xff" * 3)
+                elif kind == 1:
+                    w.write(good[: len(good) // 2])  # and nothing more
+                elif kind == 2:
+                    w.write(struct.pack(">H", tid ^ 0x5A5A) + good[2:])
+                elif kind == 3:
+                    w.write(good[:7] + bytes([fc ^ 0x06]) + good[8:])
+                elif kind == 4:
+                    short = bytes(2)
+                    w.write(struct.pack(">HHHBBB", tid, 0, 5, unit, fc, 2) + short)
+                else:
+                    w.transport.abort()
+                    return
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+def test_garbage_answering_meter_leaves_the_others_on_schedule(mosquitto: MosquittoServer,
+                                                               tmp_path: Path):
+    """A real TCP server answering garbage, truncated and wrong frames: its readings say
+    what was wrong, the agent runs on, and the plant's meters keep their schedule."""
+    spec = demo_plant()
+    sub = Subscriber(mosquitto)
+    interval, timeout = 0.2, 0.25
+
+    async def main() -> tuple[Agent, GarbageMeter]:
+        async with PlantServer(engine(spec), spec, port_base=0) as plant, \
+                GarbageMeter() as bad:
+            site = write_site(tmp_path, plant.ports, mosquitto, polling={
+                "interval_s": interval, "timeout_s": timeout, "retries": 0,
+                "offline_after": 1000}, meters=["el_main", "water_main", "prod_line"])
+            data = yaml.safe_load(site.read_text())
+            data["meters"].append({"id": "garbage", "profile": "eastron_sdm630", "unit_id": 1,
+                                   "connection": {"type": "tcp", "host": "127.0.0.1",
+                                                  "port": bad.port}})
+            site.write_text(yaml.safe_dump(data, sort_keys=False))
+            return await run_agent(site, 4.0), bad
+
+    agent, bad = asyncio.run(main())
+    last = last_seqs(tmp_path / "outbox.sqlite")
+    sub.wait_for(lambda: len(sub.readings()) >= sum(last.values()), "all readings")
+    readings = sub.readings()
+    sub.close()
+    check_complete(readings, last)
+    by_meter: dict[str, list[dict]] = defaultdict(list)
+    for r in readings:
+        by_meter[r["meter"]].append(r)
+    garbage = by_meter["garbage"]
+    assert all(r["quality"] != "ok" for r in garbage)
+    said = " | ".join(e for r in garbage for e in r["errors"].values())
+    for text in ("not a Modbus TCP frame", "no answer within 0.25 s", "transaction id",
+                 "function code", "registers in the answer", "connection"):
+        assert text in said, (text, said[:2000])
+    assert bad.requests >= 12 and bad.connections >= 3  # reconnected after losing framing
+    assert len(garbage) >= 4.0 / interval * 0.5
+    for meter in ("el_main", "water_main", "prod_line"):
+        assert all(r["quality"] == "ok" for r in by_meter[meter]), meter
+        ts = [dt.datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+              for r in by_meter[meter]]
+        assert max(b - a for a, b in itertools.pairwise(ts)) < interval + 0.15, meter
+        assert len(ts) >= 4.0 / interval - 2, meter
+    devices = {d.id: d for d in agent.poller.devices}
+    assert devices["garbage"].failures >= 10 and devices["el_main"].failures == 0
 
 
 def test_agent_never_sends_a_write_function_code(mosquitto: MosquittoServer, tmp_path: Path,

@@ -1,0 +1,262 @@
+"""Our Modbus TCP client (collector.modbus.tcp) against real servers on loopback.
+
+1. The virtual plant's pymodbus servers: every point of every Modbus TCP meter reads the
+   same registers and bits the plant serves, and mbpoll (libmodbus) reads the same words.
+2. A scripted asyncio server answering wrong: transaction id, unit id, function code,
+   byte count, truncated frames, garbage, exception replies, late replies, resets. Each
+   gives a clear error of the right kind, and the link keeps polling afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.contract import Quality
+from collector.modbus.poller import Bus, Device, Link, plan_device
+from collector.modbus.tcp import BadResponse, LinkDown, ModbusTcpClient, NoAnswer, ReplyError
+from collector.plant import Engine, load_plant
+from collector.plant.load import PlantSpec
+from collector.plant.server import PlantServer
+from collector.profiles import Table
+from collector.site import Polling, load_site
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_PLANT = REPO / "edge_config" / "plants" / "demo.yaml"
+FC = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+MBPOLL_TABLE = {Table.COIL: "0", Table.DISCRETE: "1", Table.INPUT: "3", Table.HOLDING: "4"}
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+def frozen_demo() -> PlantSpec:
+    spec = load_plant(DEMO_PLANT)
+    plant = type(spec.plant).model_validate(spec.plant.model_dump() | {"speed": 0.0})
+    return PlantSpec(plant, spec.profiles, spec.file)
+
+
+def test_reads_what_the_pymodbus_servers_serve_and_mbpoll_reads(
+        mbpoll: Callable[..., list]) -> None:
+    spec = frozen_demo()
+
+    async def main() -> tuple[int, int]:
+        engine = Engine(spec.plant, spec.profiles, file=spec.file, losses=False)
+        async with PlantServer(engine, spec, port_base=0) as plant:
+            status = plant.status()
+            points = words = 0
+            for m in spec.plant.meters:
+                if m.framing != "tcp":
+                    continue
+                served = status["meters"][m.id]
+                client = await ModbusTcpClient.open("127.0.0.1", served["port"], 2.0)
+                try:
+                    for p in plant.meters[m.id].points:
+                        got = await client.read(FC[p.table], p.address, p.registers,
+                                                served["unit_id"], 2.0)
+                        want = served["registers"][p.name]
+                        assert [int(w) for w in got] == [int(w) for w in want], (m.id, p.name)
+                        points += 1
+                    # mbpoll, an independent client, reads the same words (first point)
+                    p = plant.meters[m.id].points[0]
+                    kind = "" if p.table.is_bits else ":hex"
+                    args = ["-m", "tcp", "-p", str(served["port"]), "-a",
+                            str(served["unit_id"]), "-0", "-r", str(p.address), "-c",
+                            str(p.registers), "-t", MBPOLL_TABLE[p.table] + kind, "127.0.0.1"]
+                    seen = await asyncio.to_thread(mbpoll, args)
+                    got = await client.read(FC[p.table], p.address, p.registers,
+                                            served["unit_id"], 2.0)
+                    assert [int(w) for w in got] == seen, (m.id, p.name)
+                    words += len(seen)
+                    # an address the meter does not have: pymodbus answers exception 2
+                    with pytest.raises(ReplyError, match=r"exception 2 \(illegal data address"):
+                        await client.read(3, 65000, 10, served["unit_id"], 2.0)
+                finally:
+                    client.close()
+            return points, words
+
+    points, words = asyncio.run(main())
+    assert points > 30 and words >= 5
+
+
+# --------------------------------------------------------------------------- scripted server
+
+Reply = Callable[[int, int, int, int, int], Awaitable[bytes | None]]
+
+
+def reply(tid: int, unit: int, fc: int, count: int) -> bytes:
+    """A correct answer of ``count`` registers 1000, 1001, ..."""
+    data = struct.pack(f">{count}H", *range(1000, 1000 + count))
+    return struct.pack(">HHHBBB", tid, 0, 3 + len(data), unit, fc, len(data)) + data
+
+
+class Scripted:
+    """A Modbus TCP server on loopback whose n-th request is answered by ``script[n]``
+    (a correct answer once the script runs out); an answer of None stays silent, the
+    string "reset" aborts the connection."""
+
+    def __init__(self, script: list[Any]):
+        self.script = list(script)
+        self.requests = 0
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                tid, _p, _n, unit, fc, _a, count = struct.unpack(">HHHBBHH",
+                                                                  await r.readexactly(12))
+                step = self.script.pop(0) if self.script else None
+                self.requests += 1
+                if step is None:
+                    answer: Any = reply(tid, unit, fc, count)
+                else:
+                    answer = await step(tid, unit, fc, count)
+                if answer == "reset":
+                    w.transport.abort()
+                    return
+                if answer:
+                    w.write(answer)
+                    await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            w.close()
+
+
+def answer(build: Callable[[int, int, int, int], Any]) -> Reply:
+    async def step(tid: int, unit: int, fc: int, count: int) -> Any:
+        return build(tid, unit, fc, count)
+    return step
+
+
+def late(seconds: float) -> Reply:
+    async def step(tid: int, unit: int, fc: int, count: int) -> bytes:
+        await asyncio.sleep(seconds)
+        return reply(tid, unit, fc, count)
+    return step
+
+
+SILENT = answer(lambda *a: b"")
+CASES: list[tuple[str, Reply, type[Exception], str, bool]] = [
+    # name, first answer, error, message, connection still usable afterwards
+    ("wrong transaction id", answer(lambda t, u, f, c: reply(t + 7, u, f, c)), BadResponse,
+     r"transaction id \d+, expected \d+", True),
+    ("wrong unit id", answer(lambda t, u, f, c: reply(t, u + 1, f, c)), BadResponse,
+     "reply from unit 2, asked unit 1", True),
+    ("wrong function code", answer(lambda t, u, f, c: reply(t, u, 4, c)), BadResponse,
+     "reply has function code 4, asked function code 3", True),
+    ("too few registers", answer(lambda t, u, f, c: reply(t, u, f, c - 2)), BadResponse,
+     "8 registers in the answer, asked for 10", True),
+    ("byte count beyond the frame", answer(
+        lambda t, u, f, c: struct.pack(">HHHBBB", t, 0, 5, u, f, 20) + b"\x00\x01"),
+     BadResponse, "byte count 20 does not match the frame length", True),
+    ("exception reply", answer(lambda t, u, f, c: struct.pack(">HHHBBB", t, 0, 3, u, f | 0x80,
+                                                              2)),
+     ReplyError, r"exception 2 \(illegal data address\)", True),
+    ("truncated frame, then silence", answer(lambda t, u, f, c: reply(t, u, f, c)[:11]),
+     NoAnswer, "no answer within 0.3 s", True),
+    ("silence", SILENT, NoAnswer, "no answer within 0.3 s", True),
+    ("late reply", late(0.5), NoAnswer, "no answer within 0.3 s", True),
+    ("garbage bytes", answer(lambda *a: b"HTTP/1.1 400 Bad Request\r\n\r\n"), BadResponse,
+     "not a Modbus TCP frame", False),
+    ("connection reset", answer(lambda *a: "reset"), LinkDown, "connection", False),
+]
+
+
+@pytest.mark.parametrize(("name", "first", "error", "message", "usable"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_a_bad_reply_is_a_clear_error_and_the_next_read_works(
+        name: str, first: Reply, error: type[Exception], message: str, usable: bool) -> None:
+    async def main() -> None:
+        async with Scripted([first]) as server:
+            client = await ModbusTcpClient.open("127.0.0.1", server.port, 2.0)
+            with pytest.raises(error, match=message):
+                await client.read(3, 0, 10, 1, 0.3)
+            if not usable:  # framing lost or connection gone: the next read says so
+                await asyncio.sleep(0.05)
+                with pytest.raises(LinkDown):
+                    await client.read(3, 0, 10, 1, 0.3)
+                client.close()
+                client = await ModbusTcpClient.open("127.0.0.1", server.port, 2.0)
+            # a late reply arrives while the next read waits: its transaction id is an
+            # abandoned one, so it is dropped and the next read gets its own answer
+            assert tuple(await client.read(3, 0, 10, 1, 0.5)) == tuple(range(1000, 1010))
+            assert tuple(await client.read(3, 0, 4, 1, 0.5)) == tuple(range(1000, 1004))
+            client.close()
+
+    asyncio.run(main())
+
+
+def test_bits_and_only_read_function_codes() -> None:
+    def bits(t: int, u: int, f: int, c: int) -> bytes:
+        return struct.pack(">HHHBBBBB", t, 0, 5, u, f, 2, 0b10100101, 0b1)
+
+    async def main() -> None:
+        async with Scripted([answer(bits)]) as server:
+            client = await ModbusTcpClient.open("127.0.0.1", server.port, 2.0)
+            assert await client.read(2, 0, 9, 1, 0.5) == [True, False, True, False, False,
+                                                          True, False, True, True]
+            for fc in (5, 6, 15, 16, 0x2B):
+                with pytest.raises(ValueError, match=f"refusing to send function code {fc}"):
+                    await client.read(fc, 0, 1, 1, 0.5)
+            assert server.requests == 1
+            client.close()
+
+    asyncio.run(main())
+
+
+def test_a_device_answering_wrong_keeps_being_polled(tmp_path: Path) -> None:
+    """Through the poller: each bad answer is a bad reading naming the problem, the link
+    reconnects where the stream was lost, and the device is polled on."""
+    script = [case[1] for case in CASES]
+
+    async def main() -> list[Any]:
+        async with Scripted(script) as server:
+            (tmp_path / "p.yaml").write_text(
+                "kind: profile\nmanufacturer: T\nmodel: t\nresource: electricity\n"
+                "source: test\ndefaults: {table: holding, type: uint16}\npoints:\n"
+                + "".join(f"  - {{name: {n}, address: {i}}}\n" for i, n in enumerate(
+                    ["voltage_l1_v", "voltage_l2_v", "voltage_l3_v"])))
+            (tmp_path / "site.yaml").write_text(
+                "kind: site\nsite: s\nmeters:\n"
+                f"  - {{id: m, profile: {tmp_path / 'p.yaml'}, connection: {{type: tcp, "
+                f"host: 127.0.0.1, port: {server.port}}}, timeout_s: 0.3, retries: 0}}\n")
+            spec = load_site(tmp_path / "site.yaml").meters[0]
+            link = Link(spec.meter.connection, timeout_s=0.3, reconnect_delay_s=0.01,
+                        reconnect_delay_max_s=0.02)
+            polling = Polling(offline_after=100)
+            bus = Bus(link, [dev := Device(spec, plan_device(spec))], polling)
+            results = []
+            for _ in range(len(script) + 6):
+                results.append(await bus.poll(dev))
+                await asyncio.sleep(0.03)
+            link.close()
+            return results
+
+    results = asyncio.run(main())
+    errors = [next(iter(r.errors.values()), "") for r in results]
+    for text in ("transaction id", "reply from unit 2", "function code 4",
+                 "registers in the answer", "byte count 20", "exception 2",
+                 "no answer within 0.3 s", "not a Modbus TCP frame", "connection"):
+        assert any(text in e for e in errors), (text, errors)
+    assert all(r.quality is Quality.ERROR for r in results[:3])
+    assert results[-1].quality is Quality.OK
+    assert results[-1].values == {"voltage_l1_v": 1000.0, "voltage_l2_v": 1001.0,
+                                  "voltage_l3_v": 1002.0}
