@@ -350,9 +350,10 @@ class Agent:
             self.mqtt, self.site, self.outbox, self.credentials,
             retained=self.meta_messages, agent=f"recp-monitor {__version__}",
             confirm_wait_s=self.drain_timeout_s / 2)
-        log.info("agent starting site=%s meters=%d buses=%d outbox=%s depth=%d stream=%s",
-                 self.site, len(self.meters), len(self.poller.buses), self.outbox_path,
-                 self.outbox.depth, self.outbox.stream)
+        log.info("agent starting site=%s meters=%d buses=%d outbox=%s depth=%d stream=%s "
+                 "loop=%s", self.site, len(self.meters), len(self.poller.buses),
+                 self.outbox_path, self.outbox.depth, self.outbox.stream,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
         poller_stop, publisher_stop = asyncio.Event(), asyncio.Event()
         try:
             async with TaskGroup() as tg:

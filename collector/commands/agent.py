@@ -69,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         await agent.run(stop)
         return 0
 
-    return asyncio.run(main())
+    from ..aio import run as run_loop
+
+    return run_loop(main())

@@ -164,3 +164,21 @@ def test_the_time_source_is_polled_but_not_published(tmp_path: Path):
     assert len(load_site(tmp_path / "site.yaml").published) == 2
     text = format_once(spec, [clock_read(1767571200_000, 8640.0, 0)])
     assert "= 2026-01-05T00:00:00.000Z, 8640 s per second (the site's clock source)" in text
+
+
+def test_event_loop_is_uvloop_when_installed_unless_turned_off(monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+    import importlib.util
+
+    from collector import aio
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.setenv("RECP_EVENT_LOOP", "asyncio")
+    assert aio.event_loop_name() == "asyncio"
+    assert aio.run(loop_module()).startswith("asyncio")
+    monkeypatch.delenv("RECP_EVENT_LOOP")
+    installed = importlib.util.find_spec("uvloop") is not None
+    assert aio.event_loop_name() == ("uvloop" if installed else "asyncio")
+    assert aio.run(loop_module()).startswith("uvloop" if installed else "asyncio")
