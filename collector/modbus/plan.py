@@ -27,6 +27,11 @@ DEFAULT_MAX_GAP_REGISTERS = 10
 DEFAULT_MAX_GAP_BITS = 64
 
 Decoder = Callable[[Sequence[int], int], float]
+RawDecoder = Callable[[bytes, int], float]  # (register bytes as on the wire, offset in registers)
+_STRUCT = {
+    DataType.INT16: "h", DataType.UINT16: "H", DataType.INT32: "i", DataType.UINT32: "I",
+    DataType.INT64: "q", DataType.UINT64: "Q", DataType.FLOAT32: "f", DataType.FLOAT64: "d",
+}
 
 
 def compile_decoder(point: ResolvedPoint) -> Decoder:
@@ -40,10 +45,7 @@ def compile_decoder(point: ResolvedPoint) -> Decoder:
         return lambda bits, off: 1.0 if bits[off] else 0.0
     dtype = DataType(point.type)
     n = dtype.registers
-    fmt = {
-        DataType.INT16: "h", DataType.UINT16: "H", DataType.INT32: "i", DataType.UINT32: "I",
-        DataType.INT64: "q", DataType.UINT64: "Q", DataType.FLOAT32: "f", DataType.FLOAT64: "d",
-    }[dtype]
+    fmt = _STRUCT[dtype]
     value = struct.Struct(">" + fmt).unpack
     order = WordOrder(point.order)
     # Wire words w0..wn-1; the value's big-endian bytes are rebuilt by packing the words
@@ -71,6 +73,34 @@ def compile_decoder(point: ResolvedPoint) -> Decoder:
     return decode_in_order
 
 
+def compile_raw_decoder(point: ResolvedPoint) -> RawDecoder:
+    """``f(data, offset) -> value`` from the reply's register bytes as they came off the
+    wire (big-endian words), without building a list of words first: one ``unpack_from``
+    for the ABCD order, the word decoder above for the others. Equal to
+    :func:`compile_decoder` on the same registers (tested)."""
+    if point.type == "bool":
+        raise ValueError("bits are not decoded from register bytes")
+    dtype = DataType(point.type)
+    n = dtype.registers
+    scale, shift = point.scale, point.offset
+    order = WordOrder(point.order)
+    if order is WordOrder.ABCD or (n == 1 and order is WordOrder.CDAB):
+        unpack = struct.Struct(">" + _STRUCT[dtype]).unpack_from
+
+        def decode_raw(data: bytes, off: int) -> float:
+            raw: float = unpack(data, 2 * off)[0]
+            return raw * scale + shift
+
+        return decode_raw
+    words = struct.Struct(f">{n}H").unpack_from
+    decoder = compile_decoder(point)
+
+    def decode_swapped(data: bytes, off: int) -> float:
+        return decoder(words(data, 2 * off), 0)
+
+    return decode_swapped
+
+
 @dataclass(frozen=True)
 class Slot:
     """One point inside a request: where its words start, relative to the request."""
@@ -78,6 +108,7 @@ class Slot:
     point: ResolvedPoint
     offset: int
     decoder: Decoder = field(repr=False, compare=False)
+    raw_decoder: RawDecoder | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -114,12 +145,23 @@ class ReadRequest:
         """Whether the request also reads words no point uses (some devices refuse that)."""
         return sum(s.point.registers for s in self.slots) < self.count
 
-    def decode(self, words: Sequence[int] | Sequence[bool]) -> dict[str, float | None]:
-        """Values of every point from the response; non-finite floats become None."""
-        if len(words) < self.count:
-            raise ValueError(f"response has {len(words)} {self.unit}, expected {self.count}")
+    def decode(self, words: Sequence[int] | Sequence[bool] | bytes) -> dict[str, float | None]:
+        """Values of every point from the response; non-finite floats become None.
+
+        ``words`` are registers (ints) or bits, or the reply's register bytes as they came
+        off the wire (``bytes``, two per register: our Modbus TCP client's form)."""
         out: dict[str, float | None] = {}
         isfinite = math.isfinite
+        if isinstance(words, bytes):
+            if self.table.is_bits or len(words) < 2 * self.count:
+                raise ValueError(f"response has {len(words)} bytes, expected {2 * self.count}")
+            for slot in self.slots:
+                assert slot.raw_decoder is not None
+                v = slot.raw_decoder(words, slot.offset)
+                out[slot.point.name] = v if isfinite(v) else None
+            return out
+        if len(words) < self.count:
+            raise ValueError(f"response has {len(words)} {self.unit}, expected {self.count}")
         for slot in self.slots:
             v = slot.decoder(words, slot.offset)
             out[slot.point.name] = v if isfinite(v) else None
@@ -145,7 +187,9 @@ def _merge(
 
     def flush() -> None:
         if block:
-            slots = tuple(Slot(p, p.address - start, compile_decoder(p)) for p in block)
+            slots = tuple(Slot(p, p.address - start, compile_decoder(p),
+                               None if table.is_bits else compile_raw_decoder(p))
+                          for p in block)
             out.append(ReadRequest(unit_id, table, start, end - start, slots))
 
     for p in sorted(points, key=lambda p: p.address):

@@ -202,8 +202,12 @@ class Link:
                 log.debug("closing %s: %s", self, exc)
             self.client = None
 
-    async def read(self, req: ReadRequest, timeout_s: float) -> Sequence[int] | Sequence[bool]:
-        """One read request, one try; raise ReplyError, NoAnswer, LinkDown or BadResponse."""
+    async def read(self, req: ReadRequest, timeout_s: float
+                   ) -> Sequence[int] | Sequence[bool] | bytes:
+        """One read request, one try; raise ReplyError, NoAnswer, LinkDown or BadResponse.
+
+        Registers come back as values (pymodbus) or as their bytes off the wire (our TCP
+        client); :meth:`ReadRequest.decode` takes either."""
         if req.function_code not in READ_FUNCTION_CODES:  # belt and braces: never write
             raise ValueError(f"refusing to send function code {req.function_code}")
         if self.tcp is not None:  # says itself why it is not connected, if it is not
@@ -312,13 +316,29 @@ class Bus:
         now = time.monotonic()
         for d in self.devices:
             d.next_due = now
-        stopped = asyncio.ensure_future(stop.wait())  # one waiter for the whole run
+        loop = asyncio.get_running_loop()
+        nap: asyncio.Future[None] | None = None  # the current wait for a due time
+
+        def wake(_: object = None) -> None:
+            if nap is not None and not nap.done():
+                nap.set_result(None)
+
+        # one waiter for the whole run, and one future and timer per wait: cheaper than
+        # asyncio.wait() per poll, which dominated the schedule's cost
+        stopped = asyncio.ensure_future(stop.wait())
+        stopped.add_done_callback(wake)
         try:
             while not stop.is_set():
                 dev = min(self.devices, key=lambda d: d.next_due)
                 delay = dev.next_due - time.monotonic()
                 if delay > 0:
-                    await asyncio.wait((stopped,), timeout=delay)
+                    nap = loop.create_future()
+                    timer = loop.call_later(delay, wake)
+                    try:
+                        await nap
+                    finally:
+                        timer.cancel()
+                        nap = None
                     if stop.is_set():
                         break
                 result = await self.poll(dev)
@@ -414,7 +434,7 @@ class Bus:
         return PollResult(dev.id, ts, mono, values, errors, quality, latency, True)
 
     async def _read(self, req: ReadRequest, dev: Device, retries: int
-                    ) -> Sequence[int] | Sequence[bool]:
+                    ) -> Sequence[int] | Sequence[bool] | bytes:
         for attempt in range(retries + 1):
             try:
                 return await self.link.read(req, dev.spec.timeout_s)

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Sequence
 
 log = logging.getLogger("recp.modbus.tcp")
 
@@ -36,7 +35,6 @@ MAX_FRAME_LENGTH = 254  # MBAP length field: unit id + PDU (at most 253 bytes)
 
 _REQUEST = struct.Struct(">HHHBBHH")  # MBAP (tid, protocol 0, length 6, unit) + fc, addr, count
 _HEADER = struct.Struct(">HHHBB")  # MBAP + function code of a reply
-_WORDS: dict[int, struct.Struct] = {}
 
 
 class ReplyError(Exception):
@@ -59,11 +57,9 @@ class BadResponse(Exception):
     """Something came back that is not a valid answer to the request."""
 
 
-def _words(count: int) -> struct.Struct:
-    s = _WORDS.get(count)
-    if s is None:
-        s = _WORDS[count] = struct.Struct(f">{count}H")
-    return s
+def registers(data: bytes) -> tuple[int, ...]:
+    """Register bytes as :meth:`ModbusTcpClient.read` returns them -> register values."""
+    return struct.unpack(f">{len(data) // 2}H", data)
 
 
 def _bits(data: bytes, start: int, count: int) -> list[bool]:
@@ -74,7 +70,7 @@ def _bits(data: bytes, start: int, count: int) -> list[bool]:
 class _Pending:
     __slots__ = ("count", "fc", "future", "tid", "timer", "unit")
 
-    def __init__(self, future: asyncio.Future[Sequence[int] | Sequence[bool]], tid: int,
+    def __init__(self, future: asyncio.Future[bytes | list[bool]], tid: int,
                  unit: int, fc: int, count: int):
         self.future = future
         self.tid = tid
@@ -136,9 +132,10 @@ class ModbusTcpClient(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     async def read(self, fc: int, address: int, count: int, unit: int, timeout_s: float
-                   ) -> Sequence[int] | Sequence[bool]:
-        """Registers (fc 3, 4) or bits (fc 1, 2); raise ReplyError, NoAnswer, LinkDown or
-        BadResponse."""
+                   ) -> bytes | list[bool]:
+        """Registers (fc 3, 4) as their bytes off the wire (big-endian, two per register:
+        decoders unpack them in place, :func:`registers` gives the values), or bits (fc 1,
+        2); raise ReplyError, NoAnswer, LinkDown or BadResponse."""
         if fc not in READ_FUNCTION_CODES:  # belt and braces: this client never writes
             raise ValueError(f"refusing to send function code {fc}")
         transport = self.transport
@@ -147,7 +144,7 @@ class ModbusTcpClient(asyncio.Protocol):
         if self._pending is not None:
             raise RuntimeError("one request at a time on a Modbus TCP link")
         self._tid = tid = (self._tid + 1) & 0xFFFF
-        fut: asyncio.Future[Sequence[int] | Sequence[bool]] = self.loop.create_future()
+        fut: asyncio.Future[bytes | list[bool]] = self.loop.create_future()
         p = self._pending = _Pending(fut, tid, unit, fc, count)
         transport.write(_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
         p.timer = self.loop.call_later(timeout_s, self._expire, p, timeout_s)
@@ -222,7 +219,7 @@ class ModbusTcpClient(asyncio.Protocol):
                 fut.set_exception(BadResponse(
                     f"{nbytes // 2} registers in the answer, asked for {p.count}"))
             else:
-                fut.set_result(_words(p.count).unpack_from(buf, 9))
+                fut.set_result(buf[9:end])
         elif nbytes != (p.count + 7) >> 3:
             fut.set_exception(BadResponse(
                 f"{nbytes} bytes of bits in the answer, asked for {p.count} bits"))

@@ -16,6 +16,7 @@ from collector.modbus.plan import (
     READ_FUNCTION_CODES,
     ReadRequest,
     compile_decoder,
+    compile_raw_decoder,
     plan_reads,
 )
 from collector.profiles import ResolvedPoint, Table, load_profile
@@ -82,6 +83,10 @@ def test_compiled_decoder_reads_wire_bytes(dtype: str, order: str, wire: bytes, 
     assert decoder(regs, 0) == value * 1.0 + 0.0
     # the same words further into a response
     assert decoder([0xDEAD, 0xBEEF, *regs, 0xFFFF], 2) == value * 1.0 + 0.0
+    # straight from the reply's bytes (our Modbus TCP client's form)
+    raw = compile_raw_decoder(pt(type=dtype, order=order))
+    assert raw(wire, 0) == value * 1.0 + 0.0
+    assert raw(b"\xde\xad\xbe\xef" + wire + b"\xff\xff", 2) == value * 1.0 + 0.0
 
 
 def test_scale_and_offset_applied_like_the_profile_says():
@@ -109,6 +114,12 @@ def test_compiled_decoder_equals_reference_decode(dtype, order, regs, off):
     ref = decode(regs[off : off + n], dtype, order) * 1.0 + 0.0
     got = compile_decoder(pt(type=dtype.value, order=order.value))(regs, off)
     assert (math.isnan(ref) and math.isnan(got)) or got == ref
+    data = b"".join(r.to_bytes(2, "big") for r in regs)
+    raw = compile_raw_decoder(pt(type=dtype.value, order=order.value, scale=0.5,
+                                 offset=-3.0))(data, off)
+    scaled = compile_decoder(pt(type=dtype.value, order=order.value, scale=0.5,
+                                offset=-3.0))(regs, off)
+    assert (math.isnan(raw) and math.isnan(scaled)) or raw == scaled
 
 
 # ---------------------------------------------------------------------------- planning
@@ -191,11 +202,16 @@ def test_decode_a_coalesced_response():
     assert req.decode(response) == {"voltage_l1_v": 230.5, "current_l1_a": 1234 * 0.01}
     with pytest.raises(ValueError, match="expected 5"):
         req.decode(response[:4])
+    data = b"".join(w.to_bytes(2, "big") for w in response)
+    assert req.decode(data) == {"voltage_l1_v": 230.5, "current_l1_a": 1234 * 0.01}
+    with pytest.raises(ValueError, match="expected 10"):
+        req.decode(data[:8])
 
 
 def test_nan_from_a_meter_becomes_none():
     (req,) = plan_reads([pt("power_kw", 0)], 1)
     assert req.decode(words(b"\x7f\xc0\x00\x00")) == {"power_kw": None}
+    assert req.decode(b"\x7f\xc0\x00\x00") == {"power_kw": None}
 
 
 def test_split_reads_each_contiguous_run():
