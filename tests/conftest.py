@@ -11,6 +11,9 @@ Fixtures
   mosquitto_factory          function  (extra_conf: str = "") -> MosquittoServer, started
   victoria_metrics           function  VictoriaMetricsServer, started
   victoria_metrics_factory   function  (*extra_args: str) -> VictoriaMetricsServer, started
+  chain_factory              function  (plant: dict, **options) -> chain.Chain, the whole
+                                       chain plant -> agent -> broker -> detect -> database
+                                       (tests/chain.py), not started
   mbpoll                     function  run_mbpoll, after checking mbpoll is installed
   free_tcp_port              function  free_port(): an unused TCP port on 127.0.0.1
 
@@ -557,3 +560,36 @@ def mbpoll() -> Callable[..., list[int | float | str]]:
     """run_mbpoll, after failing early if mbpoll is not installed."""
     require_binary("mbpoll", "/usr/bin/mbpoll", "mbpoll")
     return run_mbpoll
+
+
+# --------------------------------------------------------------------------- the whole chain
+
+
+@pytest.fixture
+def chain_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+    mosquitto_factory: Callable[..., MosquittoServer],
+    victoria_metrics_factory: Callable[..., VictoriaMetricsServer],
+) -> Iterator[Callable[..., Any]]:
+    """factory(plant, **options) -> tests/chain.py's Chain on its own broker and database.
+
+    Files are written and checked, nothing of the plant, agent or service runs yet: call
+    ``fit_lead_in()`` (when a lead-in was asked for) and ``start()``. Everything is stopped
+    at teardown.
+    """
+    from chain import BROKER_CONF, Chain
+
+    made: list[Any] = []
+
+    def make(plant: dict[str, Any], **options: Any) -> Any:
+        chain = Chain(_workdir(tmp_path_factory, "chain"), plant,
+                      broker=mosquitto_factory(BROKER_CONF), vm=victoria_metrics_factory(),
+                      process=ServerProcess, **options)
+        made.append(chain)
+        return chain
+
+    try:
+        yield make
+    finally:
+        for chain in reversed(made):
+            chain.close()

@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="keep the ground truth here while serving (default: none)")
     serve.add_argument("--status", type=Path, metavar="FILE",
                        help="keep a JSON snapshot of ports and current values here")
+    serve.add_argument("--from", dest="serve_from", metavar="TIME",
+                       help="start serving at this simulated time (UTC): the scenario still "
+                       "begins at its start and runs there silently, so a CSV of the days "
+                       "before (a lead-in) continues into what is served")
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="append every read served to FILE, one JSON line each (meter, "
                        "simulated time, request, decoded values or why it was refused)")
@@ -113,6 +117,21 @@ def run(args: argparse.Namespace) -> int:
             f"(cpu {cpu:.1f} s)"
         )
         return 0
+
+    if args.serve_from:
+        try:
+            begin = dt.datetime.fromisoformat(args.serve_from.replace("Z", "+00:00"))
+        except ValueError:
+            begin = None
+        if begin is None or begin.tzinfo is None:
+            raise ConfigError([Problem("command line", None, "--from",
+                                       f"not a UTC time like 2026-02-02T00:00:00Z: "
+                                       f"{args.serve_from!r}")])
+        t = begin.timestamp()
+        if not engine.start <= t < (engine.end if engine.end is not None else float("inf")):
+            raise ConfigError([Problem("command line", None, "--from",
+                                       f"{args.serve_from} is not within the scenario")])
+        engine.advance_to(t)
 
     from ..plant.server import serve_plant
 
