@@ -27,6 +27,7 @@ from collector.configfile import (
     no_inline_secret,
 )
 from collector.contract import check_id
+from collector.quantities import QUANTITIES, Kind
 
 
 def _secret(env: str | None, file: Path | None, base: Path) -> str | None:
@@ -194,6 +195,8 @@ class Baselines(Strict):
                              "is first seen and at start")
     band_sigma: float = Field(2.0, gt=0, description="lower/upper = expected -/+ this many "
                               "prediction standard deviations")
+    input_max_age_s: float = Field(1800.0, gt=0, description="a temperature or production "
+                                   "reading older than this is not carried forward")
 
 
 class Alerts(Strict):
@@ -248,12 +251,57 @@ class Grafana(Strict):
         return url
 
 
-class SiteSettings(Strict):
+def _input_value(name: str, kind: Kind) -> str:
+    q = QUANTITIES.get(name)
+    if q is None or q.kind is not kind:
+        raise ValueError(f"{name!r} is not a {kind.value} quantity (e.g. "
+                         f"{'outdoor_temperature_c' if kind is Kind.GAUGE else 'produced_units'})")
+    return name
+
+
+class MeterInputs(Strict):
+    """The meters whose readings a baseline with temperature or production terms needs."""
+
+    temperature_meter: str | None = Field(None, description="meter of the same site giving "
+                                          "the outdoor temperature")
+    temperature_value: str = Field("outdoor_temperature_c", description="its value name")
+    production_meter: str | None = Field(None, description="meter of the same site counting "
+                                         "production")
+    production_value: str = Field("produced_units", description="its counter name")
+
+    @field_validator("temperature_meter", "production_meter")
+    @classmethod
+    def _meter(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "meter id")
+
+    @field_validator("temperature_value")
+    @classmethod
+    def _temperature(cls, value: str) -> str:
+        return _input_value(value, Kind.GAUGE)
+
+    @field_validator("production_value")
+    @classmethod
+    def _production(cls, value: str) -> str:
+        return _input_value(value, Kind.COUNTER)
+
+
+class SiteSettings(MeterInputs):
+    """Per site: money, local time, and baseline inputs (for every meter, or per meter)."""
+
     currency: str = "EUR"
     utc_offset_s: int | None = None
     price_per_unit: dict[str, float] = Field(default_factory=dict, description="unit -> "
                                              "price, when a meter's meta has none")
     co2_kg_per_unit: dict[str, float] = Field(default_factory=dict)
+    meters: dict[str, MeterInputs] = Field(default_factory=dict, description="meter id -> "
+                                           "its own baseline inputs (replacing the site's)")
+
+    @field_validator("meters")
+    @classmethod
+    def _meter_ids(cls, value: dict[str, MeterInputs]) -> dict[str, MeterInputs]:
+        for key in value:
+            check_id(key, "meter id")
+        return value
 
 
 class Analytics(Strict):

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,29 +76,53 @@ class Interval:
     std: float = math.nan
 
 
-def expected_per_interval(model: Any, starts: list[int], interval_s: int
-                          ) -> tuple[list[float], list[float]]:
+InputsFor = Callable[[list[int], int], tuple[list[float] | None, list[float] | None]]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A baseline's view of some intervals: expectation, its std, and the inputs used.
+
+    ``temperature``/``production`` are per interval of the *baseline* (NaN: unknown).
+    """
+
+    expected: list[float]
+    std: list[float]
+    temperature: list[float]
+    production: list[float]
+
+
+def expected_per_interval(model: Any, starts: list[int], interval_s: int,
+                          inputs: InputsFor | None = None) -> Expectation:
     """A baseline's expectation and prediction std for intervals of ``interval_s``.
 
     A baseline on the same grid predicts directly; a coarser one (hourly for 15-minute
     intervals) predicts its own interval and is spread evenly. Terms needing outdoor
-    temperature or production are not fed here (NaN: no expectation written).
+    temperature or production take them from ``inputs(baseline interval starts, baseline
+    interval)`` (:class:`~.inputs.Inputs`); without them those intervals get NaN (no
+    expectation written).
     """
     n = len(starts)
     nan = [math.nan] * n
     b = int(model.interval_s)
     if b < interval_s or b % interval_s:
-        return nan, nan
+        return Expectation(nan, nan, nan, nan)
     ts = np.asarray(starts, dtype=np.int64) // b * b
+    temp: list[float] | None = None
+    prod: list[float] | None = None
+    if inputs is not None and (model.uses_temperature or model.uses_production):
+        temp, prod = inputs(ts.tolist(), b)
+    temp = temp if temp is not None else nan
+    prod = prod if prod is not None else nan
     kwargs: dict[str, Any] = {}
     if model.uses_temperature:
-        kwargs["temperature"] = np.full(n, np.nan)
+        kwargs["temperature"] = np.asarray(temp, dtype=np.float64)
     if model.uses_production:
-        kwargs["production"] = np.full(n, np.nan)
+        kwargs["production"] = np.asarray(prod, dtype=np.float64)
     share = interval_s / b
     exp = np.asarray(model.predict(ts, **kwargs), dtype=np.float64)
     std = np.asarray(model.prediction_std(np.nan_to_num(exp)), dtype=np.float64)
-    return (exp * share).tolist(), (std * share).tolist()
+    return Expectation((exp * share).tolist(), (std * share).tolist(), temp, prod)
 
 
 def make_detectors(s: Settings) -> dict[str, KernelDetector]:
@@ -163,6 +188,7 @@ class MeterPipeline:
         self.tracker = EventTracker(site, meter, settings.alerts)
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
         self.overspend: Any = None  # a detectors.overspend.OverspendDetector on that baseline
+        self.inputs: InputsFor | None = None  # outdoor temperature and production (service)
 
     def set_baseline(self, model: Any) -> None:
         """Use a fitted baseline: expectation per interval, and overspend on the same grid.
@@ -264,9 +290,10 @@ class MeterPipeline:
         out: list[Interval] = []
         transitions: list[Transition] = []
         starts = cons.start_s.tolist()
-        expected, stds = [math.nan] * len(starts), [math.nan] * len(starts)
+        nan = [math.nan] * len(starts)
+        exp = Expectation(nan, nan, nan, nan)
         if self.baseline is not None:
-            expected, stds = expected_per_interval(self.baseline, starts, interval)
+            exp = expected_per_interval(self.baseline, starts, interval, self.inputs)
         for i, (t, x, f) in enumerate(zip(starts, cons.consumption.tolist(),
                                           cons.flags.tolist(), strict=True)):
             point = Point(int(t), float(x))
@@ -282,11 +309,14 @@ class MeterPipeline:
                         kind, int(t), interval, float(x), score, diag, self.info,
                         self.resource, self.currency,
                     )  # fmt: skip
-            if self.overspend is not None:
-                scores["overspend"] = self.overspend.update_one(point)
+            if self.overspend is not None:  # on the baseline's grid: inputs line up
+                scores["overspend"] = self.overspend.update_one(Point(
+                    int(t), float(x), production=exp.production[i],
+                    temperature=exp.temperature[i]))
                 diags["overspend"] = [self.overspend.cusum]
                 transitions += self._overspend_transitions()
-            out.append(Interval(int(t), float(x), int(f), scores, diags, expected[i], stds[i]))
+            out.append(Interval(int(t), float(x), int(f), scores, diags, exp.expected[i],
+                                exp.std[i]))
         return out, transitions
 
     def _overspend_transitions(self) -> list[Transition]:

@@ -37,6 +37,7 @@ from .alerts import AlertSettings, Transition
 from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
+from .inputs import Inputs, Links, Source
 from .lines import QUALITY_CODES, line
 from .pipeline import Interval, MeterPipeline, Settings
 from .sink import InfluxWriter, SpoolSink, _sleep_or
@@ -185,6 +186,7 @@ class DetectService:
         self.outgoing_dropped = 0
         self.connected = False
         self._state_lock = asyncio.Lock()
+        self.inputs = _inputs(spec)
         self.annotator: Annotator | None = None
         g = cfg.grafana
         if g is not None and spec.grafana_token:
@@ -209,6 +211,7 @@ class DetectService:
         self.dedup = SeqTracker.restore(state.get("dedup", []))
         if self.annotator is not None:
             self.annotator.restore(state.get("grafana") or {})
+        self.inputs.restore(state.get("inputs") or [])
         for snap in state.get("meters", []):
             try:
                 pipe = MeterPipeline.restore(snap, self.settings_for(snap["site"]))
@@ -217,6 +220,7 @@ class DetectService:
                           snap.get("site"), snap.get("meter"), exc)
                 continue
             pipe.set_baseline(self.load_baseline(pipe.site, pipe.meter))
+            self._wire_inputs(pipe)
             self.meters[(pipe.site, pipe.meter)] = pipe
         log.info("restored %d meters from %s (saved %.0f s ago)", len(self.meters),
                  self.spec.checkpoint_path, time.time() - float(state.get("saved_at", 0)))
@@ -226,6 +230,8 @@ class DetectService:
                                  "meters": [p.snapshot() for p in self.meters.values()]}
         if self.annotator is not None:
             state["grafana"] = self.annotator.snapshot()
+        if self.inputs:
+            state["inputs"] = self.inputs.snapshot()
         return state
 
     async def save_checkpoint(self) -> None:
@@ -244,8 +250,22 @@ class DetectService:
             if meta is not None:
                 pipe.set_meta(meta, s.price_per_unit, s.co2_kg_per_unit)
             pipe.set_baseline(self.load_baseline(site, meter))
+            self._wire_inputs(pipe)
             self.meters[key] = pipe
         return pipe
+
+    def _wire_inputs(self, pipe: MeterPipeline) -> None:
+        """Give a meter its outdoor temperature and production, when the file names them."""
+        links = self.inputs.of(pipe.site, pipe.meter)
+        if links is None:
+            return
+        inputs, site = self.inputs, pipe.site
+
+        def of_intervals(starts: list[int], interval_s: int
+                         ) -> tuple[list[float] | None, list[float] | None]:
+            return inputs.for_intervals(site, links, starts, interval_s)
+
+        pipe.inputs = of_intervals
 
     def load_baseline(self, site: str, meter: str) -> Any:
         """The meter's fitted baseline from ``baselines.dir``, or None (logged, not fatal)."""
@@ -306,6 +326,7 @@ class DetectService:
     ) -> tuple[list[Transition], set[tuple[str, str, str]]]:
         """The work of :meth:`handle`, in one worker thread (one GIL hand-over per batch)."""
         part = self.cfg.processing.partition
+        inputs = self.inputs
         lines: list[str] = []
         by_meter: dict[MeterKey, list[tuple[float, contract.Reading]]] = {}
         touched: set[tuple[str, str, str]] = set()
@@ -324,6 +345,9 @@ class DetectService:
                         lines.append(text)
                 continue
             key = (res.site, res.meter)
+            if inputs and isinstance(res, contract.Reading) and inputs.is_input(*key):
+                # every partition keeps the inputs its meters' baselines need
+                inputs.feed(res.site, res.meter, res.ts.timestamp(), res.values)
             if not owns(res.site, res.meter, part.index, part.count):
                 self.stats.not_ours += 1
                 continue
@@ -659,6 +683,21 @@ class DetectService:
                 self.writer.close()
             self.spool.close()
         log.info("stopped: %s", json.dumps(self.health(time.time(), {})))
+
+
+def _inputs(spec: AnalyticsSpec) -> Inputs:
+    """The analytics file's baseline inputs (outdoor temperature, production) per site/meter."""
+
+    def links(m: Any) -> Links:
+        return Links(
+            Source(m.temperature_meter, m.temperature_value) if m.temperature_meter else None,
+            Source(m.production_meter, m.production_value) if m.production_meter else None)
+
+    cfg = spec.config
+    site_links = {site: links(s) for site, s in cfg.sites.items()}
+    meter_links = {(site, meter): links(m) for site, s in cfg.sites.items()
+                   for meter, m in s.meters.items()}
+    return Inputs(site_links, meter_links, cfg.baselines.input_max_age_s)
 
 
 def _read_many(client: Any) -> None:
