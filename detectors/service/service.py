@@ -145,6 +145,7 @@ class Stats:
     batches: int = 0
     newest_ts: float = 0.0
     checkpoints: int = 0
+    checkpoint_errors: int = 0
     pipeline_errors: int = 0
 
 
@@ -186,6 +187,7 @@ class DetectService:
         self.outgoing_dropped = 0
         self.connected = False
         self._state_lock = asyncio.Lock()
+        self._save_lock = asyncio.Lock()
         self.inputs = _inputs(spec)
         self.annotator: Annotator | None = None
         g = cfg.grafana
@@ -235,9 +237,11 @@ class DetectService:
         return state
 
     async def save_checkpoint(self) -> None:
-        async with self._state_lock:
-            state = await asyncio.to_thread(self.snapshot)
-        await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
+        # one save at a time: the periodic one and an event's must not share the temp file
+        async with self._save_lock:
+            async with self._state_lock:
+                state = await asyncio.to_thread(self.snapshot)
+            await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
         self.stats.checkpoints += 1
 
     def pipeline(self, site: str, meter: str, resource: str) -> MeterPipeline:
@@ -413,7 +417,13 @@ class DetectService:
             if self.annotator is not None:  # queued first, so the checkpoint holds them
                 for t in alerts:
                     self.annotator.submit(t, self.meters[(t.site, t.event.meter)].currency)
-            await self.save_checkpoint()
+            try:
+                await self.save_checkpoint()
+            except Exception:
+                # the batch is stored and its readings marked seen: a redelivery would not
+                # raise these alerts again, so they go out (a restart may repeat them)
+                self.stats.checkpoint_errors += 1
+                log.exception("checkpoint not saved; sending the alerts anyway")
             for t in alerts:
                 self.stats.alerts += 1
                 cur = self.meters[(t.site, t.event.meter)].currency
@@ -430,7 +440,7 @@ class DetectService:
             "partition": self.cfg.processing.partition.model_dump(),
             "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
             "dead_letters": s.dead_letters, "alerts": s.alerts,
-            "pipeline_errors": s.pipeline_errors,
+            "pipeline_errors": s.pipeline_errors, "checkpoint_errors": s.checkpoint_errors,
             "points_written": self.sink.stats.written, "points_rejected":
             self.sink.stats.rejected, "spool_depth": self.spool.depth,
             "spool_dropped": self.spool.dropped, "db_healthy": self.sink.healthy,
@@ -479,7 +489,11 @@ class DetectService:
         while not stop.is_set():
             await _sleep_or(stop, self.cfg.checkpoint.interval_s)
             if not stop.is_set():
-                await self.save_checkpoint()
+                try:
+                    await self.save_checkpoint()
+                except Exception:  # a full or failing disk must not stop the service
+                    self.stats.checkpoint_errors += 1
+                    log.exception("periodic checkpoint not saved")
 
     # ------------------------------------------------------------------ MQTT
 

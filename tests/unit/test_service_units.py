@@ -510,3 +510,18 @@ def test_agent_health_becomes_an_agent_point_and_bad_health_a_dead_letter() -> N
     broken = parse(topic, b'{"v": 1, "site": "dairy"}', 1767607200.0, Limits())
     assert isinstance(broken, DeadLetter) and "invalid agent health" in broken.reason
     assert parse(contract.status_topic("dairy"), b'{"v":1}', 1767607200.0, Limits()) is None
+
+
+def test_concurrent_checkpoints_do_not_collide(tmp_path: Path) -> None:
+    # the periodic save and an event's save at once once renamed each other's temp file
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    asyncio.run(svc.handle(msgs))
+
+    async def go() -> None:
+        await asyncio.gather(*(svc.save_checkpoint() for _ in range(30)))
+
+    asyncio.run(go())
+    assert svc.stats.checkpoints == 30 and svc.stats.checkpoint_errors == 0
+    assert json.loads((tmp_path / "state.json").read_text())["meters"]
