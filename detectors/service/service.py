@@ -186,6 +186,7 @@ class DetectService:
         self.outgoing: deque[Outgoing] = deque()
         self.outgoing_dropped = 0
         self.connected = False
+        self._received = 0  # messages taken from the broker (progress while subscribing)
         self._state_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
         self.inputs = _inputs(spec)
@@ -581,17 +582,29 @@ class DetectService:
             _read_many(client)
             self.connected = True
             log.info("connected to %s as %s", self.spec.mqtt_url, self.spec.client_id)
-            await asyncio.wait_for(
-                client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.filters()]),
-                m.connect_timeout_s,
-            )
-            self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
-                                     self._status("online"), 1, True))
             done = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
+                # the persistent session's queued messages arrive before the SUBACK: they
+                # are taken in meanwhile, and a slow SUBACK behind them is no dead broker
                 tg.create_task(self._consume(client, stop, done), name="consume")
                 tg.create_task(self._publish(client, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
+                sub = asyncio.ensure_future(client.subscribe(
+                    [(f, SubscribeOptions(qos=1)) for f in self.filters()]))
+                seen = self._received
+                try:
+                    while True:
+                        finished, _ = await asyncio.wait([sub], timeout=m.connect_timeout_s)
+                        if finished:
+                            sub.result()
+                            break
+                        if self._received == seen:  # nothing arrived meanwhile either
+                            raise TimeoutError("no SUBACK from the broker")
+                        seen = self._received
+                finally:
+                    sub.cancel()
+                self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
+                                         self._status("online"), 1, True))
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.publish(
@@ -607,6 +620,7 @@ class DetectService:
 
         async def read() -> None:
             async for msg in client.messages:
+                self._received += 1
                 await queue.put(msg)
 
         reader = asyncio.create_task(read(), name="mqtt-read")
