@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test plant bench score clean
+.PHONY: venv test plant bench score fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ bench: venv
 # detection scored against the demo plant's ground truth (about a minute)
 score: venv
 	$(BIN)/python -m benchmarks.score_detection
+
+# every parser of outside input, 10,000 cases each (about half an hour on a shared 2-core VM);
+# add atheris runs with: pip install -e '.[fuzz]' && python -m benchmarks.fuzz --atheris 10000
+fuzz: venv
+	$(BIN)/python -m benchmarks.fuzz
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -34,6 +34,7 @@ ROOT = f"recp/v{VERSION}"
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 AGENT = "_agent"  # topic level of the agent's own messages; meter ids cannot start with _
 _ID = re.compile(ID_PATTERN)
+MAX_SEQ = 2**63 - 1  # sequence numbers are SQLite integers on both ends
 
 
 def check_id(value: str, what: str = "id") -> str:
@@ -113,7 +114,8 @@ class Reading(_Payload):
     meter: str
     resource: Resource
     stream: str = Field(min_length=1, description="outbox identity; (stream, seq) is unique")
-    seq: int = Field(ge=1, description="per meter and stream, +1 per reading, no gaps made")
+    seq: int = Field(ge=1, le=MAX_SEQ, description="per meter and stream, +1 per reading, "
+                     "no gaps made")
     ts: dt.datetime = Field(description="UTC time the poll started")
     quality: Quality
     values: dict[str, float | None] = Field(
@@ -178,7 +180,7 @@ class Ack(_Payload):
     """
 
     stream: str
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
 
 
 class AgentState(str, Enum):

@@ -34,6 +34,8 @@ TIME_NAMES = ("timestamp_utc", "timestamp", "time", "datetime", "date", "ts")
 TEMPERATURE_NAMES = ("outdoor_temperature_c", "temperature_c", "temperature", "temp_c")
 PRODUCTION_NAMES = ("produced_units", "production", "production_units", "units")
 RESOURCE_UNITS = {"electricity": "kWh", "water": "m3", "steam": "kg"}
+EPOCH_RANGE_S = (-62_135_596_800, 253_402_300_799)  # years 1..9999, what datetime holds
+MAX_INTERVALS = 2_000_000  # 57 years of 15 minutes: beyond that a timestamp is a typo
 DATA_QUALITY = {EventType.GAP, EventType.ROLLOVER, EventType.COUNTER_RESET,
                 EventType.IMPOSSIBLE_RATE}
 
@@ -94,7 +96,10 @@ def _parse_time(text: str, zone: dt.tzinfo) -> int:
     except ValueError:
         pass
     else:  # epoch seconds (or milliseconds)
-        return int(number / 1000 if number > 1e11 else number)
+        seconds = number / 1000 if number > 1e11 else number
+        if not EPOCH_RANGE_S[0] <= seconds <= EPOCH_RANGE_S[1]:  # also NaN and infinities
+            raise ValueError(f"{text} is not a time in years 1..9999")
+        return int(seconds)
     value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
@@ -135,6 +140,7 @@ def read_table(path: Path, opts: ScanOptions) -> Table:
     ti = header.index(time_col)
     decimal_comma = getattr(dialect, "delimiter", ",") == ";"
     stamps: list[int] = []
+    stamp_lines: list[int] = []
     cells: list[list[float]] = [[] for _ in header]
     bad_columns: dict[int, tuple[int, str]] = {}
     for line, row in enumerate(rows, start=2):
@@ -144,6 +150,7 @@ def read_table(path: Path, opts: ScanOptions) -> Table:
             raise CsvInputError(path, line, f"{len(row)} cells, the header has {len(header)}")
         try:
             stamps.append(_parse_time(row[ti], zone))
+            stamp_lines.append(line)
         except ValueError:
             raise CsvInputError(
                 path, line, f"{row[ti]!r} in column {time_col} is not a time "
@@ -159,6 +166,7 @@ def read_table(path: Path, opts: ScanOptions) -> Table:
                 bad_columns.setdefault(i, (line, cell))
     if not stamps:
         raise CsvInputError(path, 2, "no data rows after the header")
+    _check_span(path, stamps, stamp_lines, opts.interval_s)
     numeric = {
         h: np.asarray(cells[i], dtype=np.float64)
         for i, h in enumerate(header)
@@ -174,6 +182,22 @@ def read_table(path: Path, opts: ScanOptions) -> Table:
             line, cell = bad_columns[i]
             raise CsvInputError(path, line, f"{cell!r} in column {name} is not a number")
     return Table(path, header, time_col, np.asarray(stamps, dtype=np.int64), numeric)
+
+
+def _check_span(path: Path, stamps: list[int], lines: list[int], interval_s: int) -> None:
+    """Refuse a time span that would need a grid of more than MAX_INTERVALS (a typo such as
+    0226 for 2026 would otherwise allocate gigabytes); name the line farthest off."""
+    lo, hi = min(stamps), max(stamps)
+    if hi - lo <= MAX_INTERVALS * interval_s:
+        return
+    middle = sorted(stamps)[len(stamps) // 2]
+    far = lo if middle - lo > hi - middle else hi
+    i = stamps.index(far)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    when = (epoch + dt.timedelta(seconds=far)).isoformat().replace("+00:00", "Z")
+    raise CsvInputError(
+        path, lines[i], f"time {when} is {abs(far - middle) / (365.25 * 86400):.0f} years from "
+        f"the other readings (more than {MAX_INTERVALS:,} intervals); is the year right?")
 
 
 def _value_column(table: Table, opts: ScanOptions) -> str:

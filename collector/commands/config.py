@@ -51,7 +51,7 @@ def check_file(path: Path) -> Any:
             [Problem(str(path), 1, "kind", f"required field is missing (one of: {kinds})")]
         )
     kind = data["kind"]
-    if kind not in LOADERS:
+    if not isinstance(kind, str) or kind not in LOADERS:
         raise ConfigError(
             [Problem(str(path), index.get(("kind",)), "kind", f"unknown kind {kind!r}; "
                      f"expected one of: {kinds}")]
