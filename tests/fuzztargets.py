@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import random
+import struct
 import tempfile
 import time
 import traceback
@@ -218,35 +219,59 @@ def _reply_strategy() -> st.SearchStrategy[Any]:
     return st.one_of(pdu, pdu, pdu, failure)
 
 
-def _poller_case(x: tuple[str, list[Any], int]) -> None:
-    from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-    from pymodbus.pdu import DecodePDU
+def _spec(name: str, ask_points: int, conn: Any) -> Any:
+    from collector.site import Meter, MeterSpec
 
-    from collector.contract import Quality
-    from collector.modbus.poller import Bus, Device, Link, plan_device
-    from collector.site import Meter, MeterSpec, Polling, TcpConnection
-
-    global _LOOP
-    name, replies, ask_points = x
     if not _PROFILES:
         _PROFILES.update(_profiles())
     profile = _PROFILES[name]
     points = profile.resolved()
     if ask_points:  # a subset, as a site's points: list would
         points = points[: max(1, ask_points % (len(points) + 1))]
-    conn = TcpConnection(type="tcp", host="127.0.0.1", port=502)
     meter = Meter(id="m", profile=name, connection=conn)
-    spec = MeterSpec(meter, name, profile, points, 1.0, 0.1, 0, 10)
-    polling = Polling(retry_backoff_s=0, offline_after=2)
+    return MeterSpec(meter, name, profile, points, 1.0, 0.002, 0, 10)
+
+
+def _check_polls(bus: Any, device: Any, polls: int) -> None:
+    """Poll ``polls`` times; every result must be a well-formed reading."""
+    from collector.contract import Quality
+
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+    names = {p.name for p in device.spec.points}
+    for _ in range(polls):  # more than once: a split request (exception 2) is re-planned
+        result = _LOOP.run_until_complete(bus.poll(device))
+        assert result.quality in Quality
+        assert set(result.values) <= names
+        for key, value in result.values.items():
+            assert value is None or (isinstance(value, float) and math.isfinite(value)), (
+                key, value)
+        assert all(isinstance(v, str) and v for v in result.errors.values())
+        assert (result.quality is Quality.OK) == (
+            len(result.values) == len(names) and None not in result.values.values())
+
+
+def _poller_case(x: tuple[str, list[Any], int]) -> None:
+    """RTU framing (serial, RTU over TCP) goes through pymodbus: its decoded replies."""
+    from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+    from pymodbus.pdu import DecodePDU
+
+    from collector.modbus.poller import Bus, Device, Link, plan_device
+    from collector.site import Polling, RtuOverTcpConnection
+
+    name, replies, ask_points = x
+    conn = RtuOverTcpConnection(type="rtu_over_tcp", host="127.0.0.1", port=502)
+    spec = _spec(name, ask_points, conn)
     link = Link(conn, timeout_s=0.1)
     link.client = _FakeClient()
     answers = iter(replies)
     decoder = DecodePDU(False)
-    sent: list[tuple[int, int]] = []
+    sent: list[int] = []
 
     def reader(fc: int) -> Callable[..., Any]:
         async def read(address: int, count: int, device_id: int) -> Any:
-            sent.append((fc, address))
+            sent.append(fc)
             reply = next(answers, "io")
             if reply == "io":
                 raise ModbusIOException("timeout")
@@ -264,35 +289,124 @@ def _poller_case(x: tuple[str, list[Any], int]) -> None:
                 raise ModbusIOException("undecodable") from None
         return read
 
+    async def connected() -> bool:
+        link.client = _FakeClient()
+        return True
+
     link._readers = {fc: reader(fc) for fc in (1, 2, 3, 4)}
-    link.ensure = _always_connected  # type: ignore[method-assign]
+    link.ensure = connected  # type: ignore[method-assign]
     device = Device(spec, plan_device(spec))
-    bus = Bus(link, [device], polling)
-    if _LOOP is None:
-        _LOOP = asyncio.new_event_loop()
-    for _ in range(2):  # twice: a split request (exception 2 through a gap) is re-planned
-        result = _LOOP.run_until_complete(bus.poll(device))
-        assert result.quality in Quality
-        names = {p.name for p in points}
-        assert set(result.values) <= names
-        for key, value in result.values.items():
-            assert value is None or (isinstance(value, float) and math.isfinite(value)), (
-                key, value)
-        assert all(isinstance(v, str) and v for v in result.errors.values())
-        assert (result.quality is Quality.OK) == (
-            len(result.values) == len(names) and None not in result.values.values())
-    assert all(fc in (1, 2, 3, 4) for fc, _ in sent)
-
-
-async def _always_connected() -> bool:
-    return True
+    _check_polls(Bus(link, [device], Polling(retry_backoff_s=0, offline_after=2)), device, 2)
+    assert set(sent) <= {1, 2, 3, 4}
 
 
 poller_target = Target(
-    "poller: Modbus replies",
+    "poller: RTU replies (pymodbus)",
     st.tuples(st.sampled_from(sorted(p.stem for p in (CONFIG / "profiles").glob("*.yaml"))),
               st.lists(_reply_strategy(), max_size=12), st.integers(0, 40)),
     _poller_case,
+)
+
+
+class _Transport:
+    """What ModbusTcpClient uses of an asyncio transport; ``write`` answers from a script."""
+
+    def __init__(self, client: Any, script: Iterator[tuple[str, bytes, int]]):
+        self.client = client
+        self.script = script
+        self.closing = False
+        self.sent: list[tuple[int, int]] = []
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self._lost(None)
+
+    def abort(self) -> None:
+        self._lost(None)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.closing = True
+            self.client.loop.call_soon(self.client.connection_lost, exc)
+
+    def write(self, request: bytes) -> None:
+        tid, _proto, _len, unit, fc, address, count = struct.unpack(">HHHBBHH", request)
+        self.sent.append((fc, address))
+        how, noise, cut = next(self.script, ("silence", b"", 0))
+        if fc in (3, 4):
+            data = (noise * (2 * count // max(len(noise), 1) + 1))[: 2 * count] if noise \
+                else bytes(2 * count)
+        else:
+            data = (noise or b"\x00") * ((count + 7) // 8)
+            data = data[: (count + 7) // 8]
+        pdu = bytes([fc, len(data)]) + data
+        if how == "silence":
+            return
+        if how == "reset":
+            self._lost(ConnectionResetError(104, "reset"))
+            return
+        if how == "exception":
+            pdu = bytes([fc | 0x80, cut & 0xFF])
+        if how == "garbage":
+            frame = noise
+        else:
+            frame = struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit) + pdu
+            if how == "mutated" and frame:
+                b = bytearray(frame)
+                for i in range(0, len(noise), 2):
+                    b[noise[i] % len(b)] = noise[i + 1] if i + 1 < len(noise) else 0
+                frame = bytes(b)
+            elif how == "short":
+                frame = frame[: cut % (len(frame) + 1)]
+            elif how == "long":
+                frame = frame + noise
+        split = cut % (len(frame) + 1)
+        loop = self.client.loop
+        for chunk in (frame[:split], frame[split:]):
+            if chunk:
+                loop.call_soon(self.client.data_received, chunk)
+
+
+def _tcp_case(x: tuple[str, list[tuple[str, bytes, int]], int]) -> None:
+    """Plain Modbus TCP: our own client (collector/modbus/tcp.py) parses the wire bytes."""
+    from collector.modbus.poller import Bus, Device, Link, plan_device
+    from collector.modbus.tcp import ModbusTcpClient
+    from collector.site import Polling, TcpConnection
+
+    name, script, ask_points = x
+    conn = TcpConnection(type="tcp", host="127.0.0.1", port=502)
+    spec = _spec(name, ask_points, conn)
+    link = Link(conn, timeout_s=0.002)
+    steps = iter(script)
+    transports: list[_Transport] = []
+
+    async def connected() -> bool:
+        if link.tcp is None or not link.tcp.connected:
+            client = ModbusTcpClient()
+            transport = _Transport(client, steps)
+            transports.append(transport)
+            client.connection_made(transport)  # type: ignore[arg-type]
+            link.tcp = client
+        return True
+
+    link.ensure = connected  # type: ignore[method-assign]
+    device = Device(spec, plan_device(spec))
+    _check_polls(Bus(link, [device], Polling(retry_backoff_s=0, offline_after=2)), device, 3)
+    assert all(fc in (1, 2, 3, 4) for t in transports for fc, _ in t.sent)
+
+
+tcp_target = Target(
+    "poller: Modbus TCP frames (own client)",
+    st.tuples(
+        st.sampled_from(sorted(p.stem for p in (CONFIG / "profiles").glob("*.yaml"))),
+        st.lists(st.tuples(
+            st.sampled_from(["valid", "valid", "valid", "mutated", "mutated", "short", "long",
+                             "garbage", "exception", "silence", "reset"]),
+            st.binary(max_size=24), st.integers(0, 300)), max_size=10),
+        st.integers(0, 40)),
+    _tcp_case,
 )
 
 
@@ -715,7 +829,7 @@ def _csv_targets() -> tuple[Target, Target]:
 scan_target, savings_target = _csv_targets()
 
 TARGETS: list[Target] = [
-    decode_target, poller_target, mqtt_target, ack_target, site_target, plant_target,
+    decode_target, tcp_target, poller_target, mqtt_target, ack_target, site_target, plant_target,
     profile_target, analytics_target, scan_target, savings_target,
 ]
 
