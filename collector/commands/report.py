@@ -20,8 +20,8 @@ drift) with its excess, cost and CO2 ranked by money, and the total savings pote
 meters.json (resource, counter column, price, CO2 factor); production and outdoor
 temperature come from its production and weather meters.
 
-Writes OUT/report.html (self-contained, plots embedded) and OUT/assessment.json; with --pdf
-also OUT/report.pdf when Chromium or wkhtmltopdf is installed.
+Writes OUT/report.html (self-contained, plots embedded) and OUT/assessment.json, and
+OUT/report.pdf when Chromium or wkhtmltopdf is installed (--no-pdf: not even then).
 
 examples:
   recp simulate -c edge_config/plants/demo.yaml --csv out/demo
@@ -56,25 +56,47 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--currency", default="EUR", help="currency of the prices (default EUR)")
     p.add_argument(
-        "--pdf", action="store_true", help="also write report.pdf (needs chromium or wkhtmltopdf)"
+        "--pdf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write report.pdf when Chromium or wkhtmltopdf is installed (default: yes)",
     )
 
 
-def _pdf(html: Path, pdf: Path) -> str | None:
-    """Convert with the first converter found; returns its name or None."""
-    for exe in ("chromium", "chromium-browser", "google-chrome", "wkhtmltopdf"):
+CONVERTERS = ("chromium", "chromium-browser", "google-chrome", "wkhtmltopdf")
+
+
+def _pdf(html: Path, pdf: Path) -> tuple[str | None, str]:
+    """Convert with the first converter that works: (its name, "") or (None, why not)."""
+    import tempfile
+
+    tried = []
+    pdf.unlink(missing_ok=True)  # a PDF of an earlier run must not pass for this one
+    for exe in CONVERTERS:
         path = shutil.which(exe)
         if not path:
             continue
-        if exe == "wkhtmltopdf":
-            cmd = [path, "--quiet", str(html), str(pdf)]
-        else:
-            cmd = [path, "--headless", "--disable-gpu", "--no-sandbox",
-                   f"--print-to-pdf={pdf}", html.resolve().as_uri()]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-        if done.returncode == 0 and pdf.exists():
-            return exe
-    return None
+        with tempfile.TemporaryDirectory(prefix="recp-pdf-") as profile:
+            if exe == "wkhtmltopdf":
+                cmd = [path, "--quiet", "--enable-local-file-access", str(html), str(pdf)]
+            else:
+                cmd = [path, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                       "--disable-background-networking", "--disable-component-update",
+                       "--disable-sync", f"--user-data-dir={profile}",
+                       "--no-pdf-header-footer", f"--print-to-pdf={pdf.resolve()}",
+                       html.resolve().as_uri()]  # fmt: skip
+            try:
+                done = subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                tried.append(f"{exe}: {type(exc).__name__}")
+                continue
+        if done.returncode == 0 and pdf.exists() and pdf.stat().st_size > 0:
+            return exe, ""
+        tried.append(f"{exe} exited with {done.returncode}")
+    if not tried:
+        return None, "no PDF: no converter found (install chromium or wkhtmltopdf); " \
+                     "the HTML prints well from a browser too"
+    return None, "no PDF: " + "; ".join(tried)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,9 +152,8 @@ def _run(args: argparse.Namespace, start: int | None, end: int | None) -> int:
         cost = "" if e.cost is None else f"{e.cost:,.0f} {cur}, "
         print(f"  {e.meter}: {e.type.value} from {e.start:%Y-%m-%d %H:%M}: {cost}"
               f"{e.excess:,.4g} {e.unit}")  # fmt: skip
-    if args.pdf:
-        used = _pdf(out, args.out / "report.pdf")
-        hint = "no PDF: install chromium or wkhtmltopdf (the HTML prints well too)"
-        print(f"wrote {args.out / 'report.pdf'} with {used}" if used else hint)
     print(f"wrote {out} and {args.out / 'assessment.json'}")
+    if args.pdf:
+        used, why = _pdf(out, args.out / "report.pdf")
+        print(f"wrote {args.out / 'report.pdf'} with {used}" if used else why)
     return 0

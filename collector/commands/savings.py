@@ -136,9 +136,27 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             production=args.production, temperature_field=args.temperature,
             price=args.price, co2=args.co2_factor,
         )  # fmt: skip
-    except (OSError, ConnectionError) as exc:
-        raise _problem(spec.influx_url, None, f"could not query InfluxDB: {exc}") from None
+    except Exception as exc:
+        raise _problem(spec.influx_url, None, _influx_error(exc)) from None
     return series, baseline, reporting
+
+
+def _influx_error(exc: Exception) -> str:
+    """One line for a failed InfluxDB query: the HTTP status and message, or the cause."""
+    from detectors.savings import SavingsError
+
+    if isinstance(exc, SavingsError):
+        return str(exc)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        body = getattr(exc, "body", "") or ""
+        try:
+            message = json.loads(body).get("message", body)
+        except (ValueError, AttributeError):
+            message = str(body) or getattr(exc, "reason", "")
+        return f"InfluxDB answered {status}: {str(message).strip()[:200]}"
+    reason = getattr(exc, "reason", None) or exc
+    return f"could not query InfluxDB: {type(reason).__name__}: {str(reason)[:200]}"
 
 
 def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:

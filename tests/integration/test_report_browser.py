@@ -79,10 +79,37 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return plantdata.simulate(plant, root / "out", losses=True, interval_s=300)
 
 
-def test_assessment_report_renders(site: Path, tmp_path: Path) -> None:
+def test_assessment_report_renders(
+    site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chromium()
     assert main(["report", "--site-dir", str(site), "--out", str(tmp_path / "r"),
                  "--timezone", "Europe/Vienna"]) == 0
     check_renders(tmp_path / "r" / "report.html", tmp_path, min_images=4)
+    # the PDF beside it (Chromium is there): a real PDF with pages and the plots in it
+    assert "report.pdf with chromium" in capsys.readouterr().out
+    pdf = (tmp_path / "r" / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 2
+    assert len(re.findall(rb"/Subtype\s*/Image", pdf)) >= 4
+
+
+def test_no_pdf_converter_is_one_line(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no chromium, no wkhtmltopdf
+    assert main(["report", "--site-dir", str(site), "--out", str(tmp_path / "r"),
+                 "--from", "2026-01-05", "--to", "2026-01-11"]) == 0
+    captured = capsys.readouterr()
+    lines = [x for x in captured.out.splitlines() if "PDF" in x]
+    assert lines == ["no PDF: no converter found (install chromium or wkhtmltopdf); "
+                     "the HTML prints well from a browser too"]
+    assert "Traceback" not in captured.err
+    assert (tmp_path / "r" / "report.html").exists()
+    assert not (tmp_path / "r" / "report.pdf").exists()
 
 
 def test_savings_report_renders(site: Path, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def test_report_ranks_losses_by_money_and_renders_plots(
     site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["report", "--site-dir", str(site), "--from", "2026-01-05", "--to", "2026-02-01",
-                 "--timezone", "Europe/Vienna", "--out", str(tmp_path)])  # fmt: skip
+                 "--timezone", "Europe/Vienna", "--out", str(tmp_path), "--no-pdf"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     a = json.loads((tmp_path / "assessment.json").read_text(encoding="utf-8"))
     truth = json.loads((site / "truth.json").read_text(encoding="utf-8"))
@@ -66,6 +66,7 @@ def test_report_ranks_losses_by_money_and_renders_plots(
     assert "Losses found, most expensive first" in html
     out = capsys.readouterr().out
     assert "loss events" in out and "savings potential" in out
+    assert not (tmp_path / "report.pdf").exists()  # --no-pdf
 
 
 def test_report_errors_name_the_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

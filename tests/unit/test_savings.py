@@ -343,57 +343,58 @@ def test_a_column_is_found_in_the_one_sibling_file_that_has_it(tmp_path: Path) -
 
 
 def test_influx_input_gives_the_same_savings_as_the_csv(
-    plant_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    plant_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """consumption.actual rows (15 min, as recp detect stores them) and hourly temperature."""
-    import datetime as dt
-    from types import SimpleNamespace
+    """``influx:SITE/METER`` through the real influxdb_client over HTTP to a loopback stand-in
+    of InfluxDB's query API (tests/fluxserver.py) holding what recp detect stores: 15-minute
+    consumption.actual of the steam meter and the production line, and the raw outdoor
+    temperature readings. The savings equal those from the plant's CSV files."""
+    from fluxserver import FluxReplay, Point
 
-    from detectors import influxinput
-    from detectors.clean import clean_counter, resample_gauge
+    from detectors.clean import clean_counter
     from detectors.csvinput import read_columns
-    from detectors.service.baselines import Row, rows_from_records
 
-    def records(meter: str, column: str, unit: str) -> list[SimpleNamespace]:
+    replay = FluxReplay(token="s3cret")
+    for meter, column, unit in (("steam_main", "mass_t", "t"),
+                                ("prod_line", "produced_units", "units")):  # fmt: skip
         ts, cols = read_columns(plant_dir / f"{meter}.csv", [column])
         c = clean_counter(ts, cols[column], interval_s=900)
-        return [
-            SimpleNamespace(values={"_time": dt.datetime.fromtimestamp(int(t), dt.timezone.utc),
-                                    "_value": None if np.isnan(v) else float(v),
-                                    "meter": meter, "unit": unit})
-            for t, v in zip(c.start_s, c.consumption, strict=True)
-        ]  # fmt: skip
-
-    rows: list[Row] = rows_from_records(
-        records("steam_main", "mass_t", "t") + records("prod_line", "produced_units", "units")
-    )
+        tags = {"site": "dairy", "meter": meter, "resource": "steam", "unit": unit}
+        replay.points += [Point("consumption", tags, "actual", int(t), float(v))
+                          for t, v in zip(c.start_s, c.consumption, strict=True)
+                          if np.isfinite(v)]  # fmt: skip
     ts, cols = read_columns(plant_dir / "outdoor.csv", ["outdoor_temperature_c"])
-    g = resample_gauge(ts, cols["outdoor_temperature_c"], interval_s=3600)
-    temp_records = [
-        SimpleNamespace(values={"_time": dt.datetime.fromtimestamp(int(t), dt.timezone.utc),
-                                "_value": float(v)})
-        for t, v in zip(g.start_s, g.mean, strict=True)
-    ]  # fmt: skip
-    temperature = influxinput.gauge_from_records(temp_records)
-
-    def fake_query(spec, site, meter, start_s, end_s, **kw):  # type: ignore[no-untyped-def]
-        assert (site, meter, kw["production"]) == ("dairy", "steam_main", "prod_line")
-        assert kw["temperature_field"] == "outdoor_temperature_c"
-        return influxinput.series_from_rows(
-            rows, meter, start_s=start_s, end_s=end_s, interval_s=kw["interval_s"],
-            timezone=kw["timezone"], production=kw["production"], temperature=temperature,
-            info=influxinput.MeterInfo(meter, "t", price_per_unit=kw["price"]),
-        )  # fmt: skip
-
-    monkeypatch.setattr(influxinput, "query_series", fake_query)
-    monkeypatch.setenv("RECP_INFLUX_TOKEN", "not-used")
-    periods = ["--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
-               "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z"]  # fmt: skip
-    code = main(["savings", "influx:dairy/steam_main", "--analytics",
-                 str(REPO / "edge_config" / "analytics.yaml"), *periods,
-                 "--production", "prod_line", "--temperature", "outdoor_temperature_c",
-                 "--price", "55", "--out", str(tmp_path / "influx")])  # fmt: skip
-    assert code == 0
+    tags = {"site": "dairy", "meter": "outdoor", "resource": "weather"}
+    replay.points += [Point("reading", tags, "outdoor_temperature_c", int(t), float(v))
+                      for t, v in zip(ts, cols["outdoor_temperature_c"], strict=True)]  # fmt: skip
+    replay.start()
+    try:
+        monkeypatch.setenv("RECP_INFLUX_URL", replay.url)
+        monkeypatch.setenv("RECP_INFLUX_TOKEN", "s3cret")
+        periods = ["--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
+                   "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z"]  # fmt: skip
+        command = ["savings", "influx:dairy/steam_main", "--analytics",
+                   str(REPO / "edge_config" / "analytics.yaml"), *periods,
+                   "--production", "prod_line", "--temperature", "outdoor_temperature_c",
+                   "--price", "55", "--out", str(tmp_path / "influx")]  # fmt: skip
+        code = main(command)
+        assert code == 0, capsys.readouterr().err
+        assert len(replay.queries) == 2
+        assert 'r.meter == "steam_main" or r.meter == "prod_line"' in replay.queries[0]
+        assert 'r._field == "outdoor_temperature_c"' in replay.queries[1]
+        # a wrong token: InfluxDB's 401 in one line, no traceback
+        monkeypatch.setenv("RECP_INFLUX_TOKEN", "wrong")
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "401" in err and "unauthorized" in err and "Traceback" not in err
+    finally:
+        replay.stop()
+    # nothing listening any more: the same, a line naming the URL
+    monkeypatch.setenv("RECP_INFLUX_TOKEN", "s3cret")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert replay.url in err and "could not query InfluxDB" in err and "Traceback" not in err
     code, from_csv = run_savings(plant_dir, tmp_path / "csv", *periods,
                                  "--temperature", "outdoor_temperature_c",
                                  "--production", "produced_units", "--timezone", "UTC")  # fmt: skip
@@ -403,8 +404,3 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
     assert a["avoided"] == pytest.approx(b["avoided"], rel=1e-3)
     assert a["cost"] == pytest.approx(b["cost"], rel=1e-3)
     assert from_influx["verdict"]["passed"]
-    utc = dt.timezone.utc
-    flux = influxinput.temperature_flux("recp", "dairy", "outdoor_temperature_c",
-                                        dt.datetime(2026, 1, 5, tzinfo=utc),
-                                        dt.datetime(2026, 3, 2, tzinfo=utc))  # fmt: skip
-    assert 'r._field == "outdoor_temperature_c"' in flux and "aggregateWindow(every: 1h" in flux
