@@ -454,6 +454,11 @@ class Chain:
         wait_until(lambda: self.sim_time() >= t, timeout, f"simulated time {iso(t)}",
                    self.tails)
 
+    def health_count(self) -> int:
+        assert self.watch is not None
+        with self.watch._lock:
+            return self.watch.count[f"recp/v1/_detect/{DETECT_INSTANCE}/health"]
+
     def detect_health(self) -> dict[str, Any]:
         assert self.watch is not None
         return self.watch.json(f"recp/v1/_detect/{DETECT_INSTANCE}/health")
@@ -465,31 +470,14 @@ class Chain:
         finally:
             db.close()
 
-    def health_count(self) -> int:
-        assert self.watch is not None
-        with self.watch._lock:
-            return self.watch.count[f"recp/v1/_detect/{DETECT_INSTANCE}/health"]
-
     def finish(self, timeout: float = 180.0) -> None:
-        """Stop polling (the agent drains its outbox) and the plant; wait until the service
-        has taken in and analysed every sequence number the agent gave out (its per-meter
-        acknowledgement, sent after a batch's detectors ran), its alerts are out (two more
-        health messages, queued after them), and the database holds every reading."""
+        """Stop polling (the agent drains its outbox) and the plant; wait until the database
+        holds every sequence number the agent gave out and the service has gone quiet (two
+        health messages in a row with the same readings taken in and an empty spool), so
+        the alerts of its last batch are out too."""
         self.stop_part("agent")
         self.stop_part("plant")
         last = self.agent_last_seqs()
-        assert self.watch is not None
-        watch = self.watch
-
-        def acked() -> bool:
-            return all(watch.json(f"recp/v1/{self.site}/{m}/ack").get("seq", 0) >= n
-                       for m, n in last.items())
-
-        wait_until(acked, timeout, f"recp detect to take in every reading ({last})",
-                   self.tails)
-        n = self.health_count()
-        wait_until(lambda: self.health_count() >= n + 2, 30, "recp detect's health",
-                   self.tails)
 
         def stored() -> bool:
             seqs = self.stored("reading_seq")
@@ -497,6 +485,16 @@ class Chain:
                        for m, n in last.items())
 
         wait_until(stored, timeout, f"the database to hold every reading ({last})", self.tails)
+        seen: list[tuple[int, int]] = []
+
+        def quiet() -> bool:
+            n = self.health_count()
+            if not seen or seen[-1][0] != n:
+                h = self.detect_health()
+                seen.append((n, h.get("readings_in", -1) if h.get("spool_depth") == 0 else -n))
+            return len(seen) >= 3 and seen[-1][1] == seen[-2][1] >= 0
+
+        wait_until(quiet, 60, "recp detect to go quiet", self.tails)
 
     def close(self) -> None:
         for name in ("agent", "plant", "detect"):
