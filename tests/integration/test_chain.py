@@ -65,11 +65,17 @@ def check_end_state(chain: Any, result: Any) -> None:
     truth = chain.truth()
     losses = [e for e in truth["events"] if e["type"] in FOUND_AS]
     assert {e["meter"] for e in losses} == {"el_main", "water_main"}
+    closed = {a["id"]: utc(a["end"]) for a in result.alerts
+              if a["event"] == "close" and a.get("end")}
     for loss in losses:
+        # an event of a fitting type on the loss's meter, open while the loss runs: begun
+        # at most a day before it (an overspend starts where its CUSUM began to climb)
+        began = utc(loss["start"])
         opened = [a for a in result.alerts if a["event"] == "open"
                   and a["meter"] == loss["meter"] and a["type"] in FOUND_AS[loss["type"]]
-                  and utc(a["start"]) >= utc(loss["start"]) - 6 * 3600]
-        assert opened, (loss, result.alerts)
+                  and utc(a["start"]) >= began - 86400 and closed.get(a["id"], 1e12) > began]
+        assert opened, (loss["id"], loss["start"], [(a["event"], a["id"], a["start"])
+                                                     for a in result.alerts])
         assert result.events_stored.get(loss["meter"], set()) & FOUND_AS[loss["type"]], (
             loss, result.events_stored)
     assert not result.alerts_twice
