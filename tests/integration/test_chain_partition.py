@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +235,82 @@ def test_partition_longer_than_the_outbox_drops_exactly_the_oldest(
         assert m.duplicated == 0 and m.seq_twice == 0, m
         assert m.lost == len(m.seq_missing) == len(gap), m
         assert m.stored == m.matched == m.published, m
+
+
+@pytest.fixture
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A 16 MiB tmpfs for the agent's outbox (mounting needs root, as the CI runs)."""
+    mnt = tmp_path_factory.mktemp("small-disk")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (root needed): {proc.stderr.strip()}",
+                    pytrace=False)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until the disk is full; the bytes written."""
+    n = 0
+    chunk = bytes(65536)
+    with path.open("wb", buffering=0) as f:
+        while True:
+            try:
+                n += f.write(chunk)
+            except OSError:
+                break
+        for size in (4096, 512, 1):  # the last bits too
+            try:
+                while True:
+                    n += f.write(bytes(size))
+            except OSError:
+                continue
+    return n
+
+
+def test_disk_full_during_a_partition_drops_exactly_what_was_not_stored(
+    chain_factory: Callable[..., Any], small_disk: Path,
+) -> None:
+    """The outbox's disk fills up (another file takes every byte) while the broker is
+    unreachable. Readings that cannot be written are counted by reason and get no sequence
+    number; once space is back and the link heals the outbox drains, and the database
+    misses exactly the readings the agent counted, nothing else."""
+    chain = chain_factory(PLANT)
+    proxy = Proxy(chain.broker.port)
+    ballast = small_disk / "ballast"
+    try:
+        through_proxy(chain, proxy, {"path": str(small_disk / "outbox.sqlite")})
+        chain.paths["outbox"] = small_disk / "outbox.sqlite"
+        chain.start()
+        t0 = chain.sim_time()
+        chain.wait_sim(t0 + 86400)
+        proxy.partition()
+        fill(ballast)
+
+        def failing() -> bool:
+            return (chain.dir / "agent.log").read_text().count("outbox write failed") >= 5
+
+        wait_until(failing, 120, "outbox writes to fail on the full disk", chain.tails)
+        ballast.unlink()
+        time.sleep(2.0)
+        proxy.heal()
+        chain.wait_sim(chain.sim_time() + 86400)
+        chain.finish()
+        result = chain.reconcile()
+    finally:
+        proxy.close()
+        ballast.unlink(missing_ok=True)
+    agent_log = (chain.dir / "agent.log").read_text()
+    health = chain.watch.json(f"recp/v1/{chain.site}/_agent/health")
+    dropped = health["outbox"]["dropped"]
+    print(f"\ndisk full: dropped {dropped}\n{result.table()}")
+    assert dropped and all(r.startswith("not stored:") for r in dropped), dropped
+    assert "Traceback" not in agent_log
+    n_dropped = sum(dropped.values())
+    assert sum(m.lost for m in result.meters.values()) == n_dropped > 0
+    for m in result.meters.values():
+        assert m.duplicated == 0 and not m.seq_missing and m.seq_twice == 0, m
+        assert m.stored == m.matched == m.published == m.last_seq, m
