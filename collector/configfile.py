@@ -161,6 +161,11 @@ def load_yaml(path: str | Path) -> tuple[Any, dict]:
         if exc.context:
             msg += f" ({exc.context})"
         raise ConfigError([Problem(name, line, "", msg)]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        msg = f"not valid YAML: character U+{char:04X} is not allowed ({exc.reason})"
+        raise ConfigError([Problem(name, line, "", msg)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(name, None, "", f"not valid YAML: {exc}")]) from None
     index: dict = {}

@@ -696,6 +696,7 @@ def _config_case(kind: str) -> Callable[[str], None]:
             for p in exc.problems:
                 assert p.file and str(p), p
                 assert p.message, p
+                assert p.line or p.path, f"problem without a place: {p}"
             raise
         _after_load(obj)
 

@@ -78,3 +78,12 @@ def test_scan_timestamp_with_a_wrong_year_is_refused_quickly(tmp_path: Path) -> 
     assert time.process_time() - began < 2.0
     assert info.value.line == 6 and "0226-01-05" in info.value.message
     assert "years from the other readings" in info.value.message
+
+
+def test_a_control_character_in_yaml_names_its_line(tmp_path: Path) -> None:
+    """A character YAML refuses (here U+0093) was reported without a line."""
+    path = tmp_path / "site.yaml"
+    path.write_text("kind: site\nsite: a\nname: b\x93c\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        check_file(path)
+    assert str(info.value).startswith(f"{path}:3: not valid YAML: character U+0093 is not")
