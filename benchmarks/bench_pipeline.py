@@ -60,6 +60,12 @@ ONE_CORE = {
     "MKL_NUM_THREADS": "1",
 }
 LOSSES = ("spikes", "stuck", "leak", "drift")
+# glibc hands every array above 128 kB out as fresh pages from the kernel and takes them
+# back when it is freed, so each large temporary costs a page fault per 4 kB, and on a VM
+# those cost more than the arithmetic. With these settings freed memory is kept for reuse.
+DEFAULT_MALLOC: dict[str, str] = {}
+DATA_EVENTS = {"rollover", "counter_reset", "gap", "impossible_rate"}
+REUSE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 
 @dataclass(frozen=True)
@@ -255,13 +261,31 @@ import json, time
 t0 = time.perf_counter()
 from benchmarks import bench_pipeline as b
 site = b.site_readings(40 * 1440)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 shared = b.ours_site(site)
 lo, hi = b.grid(site)
 ts, v, _ = b.meter_readings(3, site)
 b.run_ours(ts, v, 3, shared, lo, hi, b.Clock())
-print(json.dumps({"import_s": t1 - t0, "first_call_s": time.perf_counter() - t1}))
+out = {"import_s": t1 - t0, "first_call_s": time.perf_counter() - t1,
+       "first_call_cpu_s": time.process_time() - c1}
+print(json.dumps({**out, **b.cache_stats()}))
 """
+
+
+def cache_stats() -> dict[str, int]:
+    """Signatures numba loaded from its cache (hits) and compiled (misses) in this process."""
+    import importlib
+
+    import numba.core.registry
+
+    hits = misses = 0
+    for name in ("anomaly", "baseline", "clean", "lstsq", "overspend"):
+        module = importlib.import_module(f"detectors.kernels.{name}")
+        for obj in vars(module).values():
+            if isinstance(obj, numba.core.registry.CPUDispatcher):
+                hits += sum(obj.stats.cache_hits.values())
+                misses += sum(obj.stats.cache_misses.values())
+    return {"cache_hits": hits, "cache_misses": misses}
 
 
 def first_call(cache_dir: str) -> dict[str, float]:
@@ -296,7 +320,7 @@ def measure(meters: int, readings: int, river_n: int) -> dict[str, Any]:
         ev_ours, cons, model = run_ours(ts, v, seed, shared, lo, hi, ours)
         ev_np = run_numpy(ts, v, seed, shared_np, lo, hi, model, numpy_)
         intervals += cons.consumption.size
-        kinds = lambda evs: sorted({e.type.value for e in evs})  # noqa: E731
+        kinds = lambda evs: sorted({e.type.value for e in evs} - DATA_EVENTS)  # noqa: E731
         found[f"m{seed} ({loss})"] = {"ours": kinds(ev_ours), "numpy": kinds(ev_np)}  # type: ignore[dict-item]
         if river_n_done < river_n:
             cpu, done = run_river(cons, shared, river_n - river_n_done)
@@ -316,42 +340,48 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(measure(args.meters, args.readings, args.river)))
 
 
-def report(r: dict[str, Any], compile_s: dict[str, dict[str, float]]) -> None:
+def report(r: dict[str, Any], reuse: dict[str, Any],
+           compile_s: dict[str, dict[str, float]]) -> None:  # fmt: skip
     pipeline = ("clean", "detectors", "overspend")
     points = r["readings"]
 
-    def rate(clock: dict[str, float], stages: tuple[str, ...]) -> float:
-        return points / sum(clock.get(s, 0.0) for s in stages) / 1e6
+    def total(clock: dict[str, float]) -> float:
+        return sum(clock[s] for s in pipeline)
 
-    numpy_s = sum(r["numpy_cpu"][s] for s in pipeline)
-    river_s = r["ours_cpu"]["clean"] + r["river_cpu"] / max(1, r["river_n"]) * r["intervals"]
     print(f"{r['meters']} meters, {points / 1e6:.1f} M one-minute readings -> "
-          f"{r['intervals'] / 1e6:.2f} M 15-minute intervals; one process on one core")  # fmt: skip
-    print("| pipeline | CPU s | M readings/s/core | wall M/s | vs numpy |")
+          f"{r['intervals'] / 1e6:.2f} M 15-minute intervals; one process on one core")
+    print("| pipeline | malloc | CPU s | M readings/s/core | wall M/s | vs numpy |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for run, how in ((r, "default"), (reuse, "reuse")):
+        numpy_s = total(run["numpy_cpu"])
+        for name, cpu, wall in (("ours (numba)", run["ours_cpu"], run["ours_wall"]),
+                                ("numpy", run["numpy_cpu"], run["numpy_wall"])):  # fmt: skip
+            print(f"| {name} | {how} | {total(cpu):.2f} | {points / total(cpu) / 1e6:.1f} | "
+                  f"{points / total(wall) / 1e6:.1f} | {numpy_s / total(cpu):.1f}x |")  # fmt: skip
+    river_per = r["river_cpu"] / max(1, r["river_n"])
+    river_s = r["ours_cpu"]["clean"] + river_per * r["intervals"]
+    numpy_s = total(r["numpy_cpu"])
+    print(f"| river HalfSpaceTrees + our cleaning | default | {river_s:.1f} | "
+          f"{points / river_s / 1e6:.2f} | | {numpy_s / river_s:.2f}x |")  # fmt: skip
+    print(f"river: {r['river_n']:,} intervals timed, {river_per * 1e6:.0f} us each, "
+          "scaled to all intervals")
+    print("| stage | ours CPU s | numpy CPU s | ours, reuse malloc | ours per interval |")
     print("| --- | --- | --- | --- | --- |")
-    for name, cpu, wall in (("ours (numba)", r["ours_cpu"], r["ours_wall"]),
-                            ("numpy", r["numpy_cpu"], r["numpy_wall"])):  # fmt: skip
-        total = sum(cpu[s] for s in pipeline)
-        print(f"| {name} | {total:.2f} | {rate(cpu, pipeline):.1f} | {rate(wall, pipeline):.1f} "
-              f"| {numpy_s / total:.1f}x |")  # fmt: skip
-    print(f"| river HalfSpaceTrees (+ our cleaning) | {river_s:.1f} | {points / river_s / 1e6:.2f} "
-          f"| | {numpy_s / river_s:.2f}x |")  # fmt: skip
-    print(f"river: {r['river_n']:,} intervals timed, "
-          f"{r['river_cpu'] / max(1, r['river_n']) * 1e6:.0f} us each, scaled to all intervals")
-    print("| stage | ours CPU s | numpy CPU s | ours per interval |")
-    print("| --- | --- | --- | --- |")
     for s in ("site", "clean", "detectors", "overspend", "baseline fit"):
         npv = r["numpy_cpu"].get(s)
         per = r["ours_cpu"][s] / r["intervals"] * 1e9
-        print(f"| {s} | {r['ours_cpu'][s]:.3f} | "
-              f"{'-' if npv is None else f'{npv:.3f}'} | {per:.0f} ns |")  # fmt: skip
+        print(f"| {s} | {r['ours_cpu'][s]:.3f} | {'-' if npv is None else f'{npv:.3f}'} | "
+              f"{reuse['ours_cpu'][s]:.3f} | {per:.0f} ns |")  # fmt: skip
     det = r["ours_cpu"]["detectors"] + r["ours_cpu"]["overspend"]
     print(f"detectors + overspend alone: {r['intervals'] / det / 1e6:.2f} M intervals/s/core")
     cold, warm = compile_s["cold"], compile_s["warm"]
-    print(f"numba: first pipeline call {cold['first_call_s']:.1f} s with an empty cache "
-          f"(compiling), {warm['first_call_s']:.2f} s in a second process (cache loaded)")
+    print(f"numba, fresh process, empty cache: first pipeline call {cold['first_call_s']:.1f} s "
+          f"({cold['first_call_cpu_s']:.1f} s CPU), {cold['cache_misses']} signatures compiled")
+    print(f"numba, second process, same cache: first call {warm['first_call_s']:.2f} s "
+          f"({warm['first_call_cpu_s']:.2f} s CPU), {warm['cache_hits']} signatures loaded, "
+          f"{warm['cache_misses']} compiled")  # fmt: skip
     same = all(v["ours"] == v["numpy"] for v in r["found"].values())
-    print(f"event types found, ours vs numpy {'identical' if same else 'DIFFER'}:")
+    print(f"anomaly and overspend event types, ours vs numpy: {'same' if same else 'DIFFER'}")
     for meter, v in r["found"].items():
         print(f"  {meter}: {', '.join(v['ours']) or '-'}"
               + ("" if v["ours"] == v["numpy"] else f"  (numpy: {', '.join(v['numpy'])})"))
@@ -369,12 +399,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory() as cache:
         compile_s = {"cold": first_call(cache), "warm": first_call(cache)}
-    env = {**os.environ, **ONE_CORE, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "benchmarks.bench_pipeline", "--child",
-           "--meters", str(args.meters), "--readings", str(args.readings),
-           "--river", str(args.river)]  # fmt: skip
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    report(json.loads(out.stdout.strip().splitlines()[-1]), compile_s)
+    runs = []
+    for allocator, river_n in ((DEFAULT_MALLOC, args.river), (REUSE_MALLOC, 0)):
+        env = {**os.environ, **ONE_CORE, **allocator, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "benchmarks.bench_pipeline", "--child",
+               "--meters", str(args.meters), "--readings", str(args.readings),
+               "--river", str(river_n)]  # fmt: skip
+        out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    report(runs[0], runs[1], compile_s)
 
 
 if __name__ == "__main__":

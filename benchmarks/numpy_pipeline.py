@@ -185,9 +185,10 @@ class NumpySpike(SpikeDetector):
             SIGMA_PER_MAD * mad, self.floor_rel * np.abs(med), self.floor_rel * level,
             np.full(xf.size, self.floor_abs), np.full(xf.size, 1e-12),
         ])  # fmt: skip
-        scores[fin[ok]] = np.maximum(0.0, (xf[ok] - med[ok]) / scale[ok])
+        rise = ok & (xf > med)
+        scores[fin[rise]] = (xf[rise] - med[rise]) / scale[rise]
         outs[fin[ok], 0] = med[ok]
-        outs[fin[ok], 1] = scale[ok]
+        outs[fin[rise], 1] = scale[rise]
         return scores, outs
 
 
@@ -216,7 +217,7 @@ class NumpyStuck(StuckDetector):
         scores[fin] = run_n * self.interval_s / 3600.0
         outs[fin[in_run], 0] = t[fin][first[in_run]]
         outs[fin[in_run], 1] = run_expected[in_run]
-        outs[fin, 2] = med
+        outs[fin[~moving], 2] = med[~moving]
         return scores, outs
 
 

@@ -80,7 +80,7 @@ class SpikeDetector(KernelDetector):
     value per slot); ``min_count``: values a slot needs before it scores; ``floor_rel``:
     the scale is at least this share of the slot median and of the mean level, and at
     least ``floor_abs``; ``warmup_n``: intervals learned before any score.
-    Diagnostics: expected (slot median), scale.
+    Diagnostics: expected (slot median), scale (only where the interval is above it).
     """
 
     name = "spike"
@@ -145,7 +145,7 @@ class StuckDetector(KernelDetector):
     It should move while production runs (``active`` >= 0.5) or when its time-of-week slot
     (learned as for :class:`SpikeDetector`) has a median above ``eps``. No score during the
     first ``warmup_n`` intervals (default: one day). Diagnostics: run start, expected
-    consumption during the run (what went unmetered), slot median.
+    consumption during the run (what went unmetered), slot median (NaN while it moves).
     """
 
     name = "stuck"

@@ -146,10 +146,9 @@ def order_readings(
     """Readings sorted by time with repeated timestamps dropped, and their flags."""
     ts = as_timestamps("timestamps_s", timestamps_s)
     vs = as_values("values", values, ts.shape[0])
-    in_order = ts.size < 2 or bool(np.all(ts[1:] >= ts[:-1]))
-    order = np.arange(ts.size) if in_order else np.argsort(ts, kind="stable")
-    keep, flags = k._order_readings(ts, vs, order)
-    return ts[keep], vs[keep], flags
+    if ts.size < 2 or bool(np.all(ts[1:] > ts[:-1])):  # the usual case: nothing to do
+        return ts, vs, np.zeros(ts.size, dtype=np.int32)
+    return k._ordered(ts, vs, np.argsort(ts, kind="stable"))
 
 
 def infer_resolution(values: FloatArray) -> float:
@@ -257,7 +256,8 @@ def clean_counter(
     ts_in, vs, reading_flags = order_readings(timestamps_s, values)
     if gap_s is None:
         # the typical sampling period, from at most ~10,000 evenly spread steps
-        steps = np.diff(ts_in)[:: max(1, ts_in.size // 10_000)]
+        every = max(1, ts_in.size // 10_000)
+        steps = ts_in[1::every] - ts_in[:-1:every]
         gap_s = max(float(interval), 3.0 * float(np.median(steps)) if steps.size else 0.0)
     if meter is not None:
         rollover = meter.rollover if rollover is None else rollover

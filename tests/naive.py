@@ -282,7 +282,8 @@ def spike(
             scale = max(
                 SIGMA_PER_MAD * mad, floor_rel * abs(med), floor_rel * level, floor_abs, 1e-12
             )
-            score, out = max(0.0, (xi - med) / scale), (med, scale)
+            # only a rise scores; the scale is reported only for one
+            score, out = (((xi - med) / scale, (med, scale)) if xi > med else (0.0, (med, NAN)))
         profile.learn(ti, xi)
         learned.append(abs(xi))
         scores.append(score)
@@ -326,7 +327,8 @@ def stuck(
             if found is not None:
                 run_expected += max(med, 0.0)
         scores.append(run_n * interval_s / 3600.0)
-        outs.append((run_start, run_expected, med) if run_n else (NAN, NAN, med))
+        still = med if not xi > eps else NAN  # the median is only looked at standing still
+        outs.append((run_start, run_expected, still) if run_n else (NAN, NAN, still))
         profile.learn(ti, xi)
         learned += 1
     return scores, outs

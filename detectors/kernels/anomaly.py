@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..jit import njit
+from ..jit import njit, njit_step
 
 WEEK_S = 7 * 86400
 DAY_S = 86400
@@ -67,18 +67,6 @@ def _ring_median(ring: np.ndarray, row: int, work: np.ndarray) -> float:
 
 
 @njit
-def _ring_median_mad(ring: np.ndarray, row: int, work: np.ndarray) -> tuple[float, float]:
-    """Median and median absolute deviation of the values in ring row ``row``."""
-    n = int(ring[row, 0])
-    for i in range(n):
-        work[i] = ring[row, 2 + i]
-    med = _sorted_median(work, n)
-    for i in range(n):
-        work[i] = abs(work[i] - med)
-    return med, _sorted_median(work, n)
-
-
-@njit
 def _slots(t: float, slot_s: float, offset_s: float, n_tow: int, n_tod: int) -> tuple[int, int]:
     """(time-of-week slot from Monday 00:00, time-of-day slot) of ``t`` in local time."""
     k = math.floor((t + offset_s + MONDAY_SHIFT_S) / slot_s)
@@ -99,17 +87,29 @@ def _profile_median(
 
 
 @njit
-def _profile(
+def _median_of_sorted(buf: np.ndarray, n: int) -> float:
+    half = n // 2
+    return buf[half] if n % 2 else 0.5 * (buf[half - 1] + buf[half])
+
+
+@njit
+def _profile_sorted(
     ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float, work: np.ndarray
-) -> tuple[bool, float, float]:
-    """(found, median, MAD) from the time-of-week slot, else the time-of-day slot."""
+) -> int:
+    """Values of the time-of-week slot (else the time-of-day slot) sorted into ``work``;
+    how many (0: neither slot has ``min_count`` values yet)."""
     if ra[tow, 0] >= min_count:
-        med, mad = _ring_median_mad(ra, tow, work)
-        return True, med, mad
-    if rb[tod, 0] >= min_count:
-        med, mad = _ring_median_mad(rb, tod, work)
-        return True, med, mad
-    return False, math.nan, math.nan
+        n = int(ra[tow, 0])
+        for i in range(n):
+            work[i] = ra[tow, 2 + i]
+    elif rb[tod, 0] >= min_count:
+        n = int(rb[tod, 0])
+        for i in range(n):
+            work[i] = rb[tod, 2 + i]
+    else:
+        return 0
+    _sorted_median(work, n)
+    return n
 
 
 # ---------------------------------------------------------------------------------- spikes
@@ -123,7 +123,7 @@ SP_NSTATE = 2
 SP_NOUT = 2  # expected (slot median), scale
 
 
-@njit
+@njit_step
 def _spike_step(
     p: np.ndarray,
     fs: np.ndarray,
@@ -141,7 +141,8 @@ def _spike_step(
 
     The scale is floored at ``floor_rel`` times the slot median and times the mean level
     learned so far (so a flat stretch with zero spread does not make every rise infinite).
-    Only rises score (spikes); falls and warm-up give 0.
+    Only rises score (spikes); falls and warm-up give 0, and for them the MAD (the scale)
+    is not computed.
     """
     out[0] = math.nan
     out[1] = math.nan
@@ -149,19 +150,24 @@ def _spike_step(
     if not math.isfinite(x):
         return score
     tow, tod = _slots(t, p[SP_SLOT], p[SP_OFFSET], ra.shape[0], rb.shape[0])
-    found, med, mad = _profile(ra, rb, tow, tod, p[SP_MIN_COUNT], work)
-    if found and fs[SP_N] >= p[SP_WARMUP]:
-        level = fs[SP_ABS_SUM] / fs[SP_N] if fs[SP_N] > 0 else 0.0
-        scale = max(
-            MAD_TO_SIGMA * mad,
-            p[SP_FLOOR_REL] * abs(med),
-            p[SP_FLOOR_REL] * level,
-            p[SP_FLOOR_ABS],
-            1e-12,
-        )
+    n = _profile_sorted(ra, rb, tow, tod, p[SP_MIN_COUNT], work)
+    if n > 0 and fs[SP_N] >= p[SP_WARMUP]:
+        med = _median_of_sorted(work, n)
         out[0] = med
-        out[1] = scale
-        score = max(0.0, (x - med) / scale)
+        if x > med:
+            for i in range(n):
+                work[i] = abs(work[i] - med)
+            mad = _sorted_median(work, n)
+            level = fs[SP_ABS_SUM] / fs[SP_N] if fs[SP_N] > 0 else 0.0
+            scale = max(
+                MAD_TO_SIGMA * mad,
+                p[SP_FLOOR_REL] * abs(med),
+                p[SP_FLOOR_REL] * level,
+                p[SP_FLOOR_ABS],
+                1e-12,
+            )
+            out[1] = scale
+            score = (x - med) / scale
     _ring_push(ra, tow, x)
     _ring_push(rb, tod, x)
     fs[SP_N] += 1.0
@@ -199,10 +205,10 @@ ST_SLOT, ST_OFFSET, ST_MIN_COUNT, ST_INTERVAL, ST_EPS, ST_WARMUP = 0, 1, 2, 3, 4
 ST_NPARAM = 6
 ST_N, ST_RUN_N, ST_RUN_START, ST_RUN_EXPECTED = 0, 1, 2, 3
 ST_NSTATE = 4
-ST_NOUT = 3  # run start, expected (unmetered) during the run, slot median
+ST_NOUT = 3  # run start, expected (unmetered) during the run, slot median while still
 
 
-@njit
+@njit_step
 def _stuck_step(
     p: np.ndarray,
     fs: np.ndarray,
@@ -220,7 +226,8 @@ def _stuck_step(
 
     It should move while production runs (``active`` >= 0.5) or when the time-of-week
     profile's median for the slot is above ``eps``. Standing still when nothing is
-    expected neither extends nor ends a run; moving (``x`` > ``eps``) ends it.
+    expected neither extends nor ends a run; moving (``x`` > ``eps``) ends it. The slot
+    median is only needed (and only computed) while the counter stands still.
     """
     out[0] = math.nan
     out[1] = math.nan
@@ -228,24 +235,24 @@ def _stuck_step(
     if not math.isfinite(x):
         return 0.0
     tow, tod = _slots(t, p[ST_SLOT], p[ST_OFFSET], ra.shape[0], rb.shape[0])
-    found, med = _profile_median(ra, rb, tow, tod, p[ST_MIN_COUNT], work)
-    warm = fs[ST_N] >= p[ST_WARMUP]
-    expected = warm and ((found and med > p[ST_EPS]) or active >= 0.5)
     if x > p[ST_EPS]:
         fs[ST_RUN_N] = 0.0
         fs[ST_RUN_START] = math.nan
         fs[ST_RUN_EXPECTED] = 0.0
-    elif expected:
-        if fs[ST_RUN_N] == 0.0:
-            fs[ST_RUN_START] = t
-        fs[ST_RUN_N] += 1.0
-        if found:
-            fs[ST_RUN_EXPECTED] += max(med, 0.0)
+    else:
+        found, med = _profile_median(ra, rb, tow, tod, p[ST_MIN_COUNT], work)
+        warm = fs[ST_N] >= p[ST_WARMUP]
+        if warm and ((found and med > p[ST_EPS]) or active >= 0.5):
+            if fs[ST_RUN_N] == 0.0:
+                fs[ST_RUN_START] = t
+            fs[ST_RUN_N] += 1.0
+            if found:
+                fs[ST_RUN_EXPECTED] += max(med, 0.0)
+        out[2] = med
     score = fs[ST_RUN_N] * p[ST_INTERVAL] / 3600.0
     if fs[ST_RUN_N] > 0.0:
         out[0] = fs[ST_RUN_START]
         out[1] = fs[ST_RUN_EXPECTED]
-    out[2] = med
     _ring_push(ra, tow, x)
     _ring_push(rb, tod, x)
     fs[ST_N] += 1.0
@@ -498,7 +505,7 @@ def _ls_night(
     return max(1.0, fs[LS_SHIFT_SUM] / fs[LS_SHIFT_N] / min_step), y
 
 
-@njit
+@njit_step
 def _ls_step(
     p: np.ndarray,
     fs: np.ndarray,
@@ -660,7 +667,7 @@ def _dr_day(
             fs[DR_ABOVE] = 0.0
 
 
-@njit
+@njit_step
 def _dr_step(
     p: np.ndarray,
     fs: np.ndarray,

@@ -81,6 +81,21 @@ def _order_readings(
 
 
 @njit
+def _ordered(
+    ts: np.ndarray, values: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_order_readings`, returning the kept readings themselves: (ts, values, flags)."""
+    keep, flags = _order_readings(ts, values, order)
+    m = keep.shape[0]
+    t_out = np.empty(m, dtype=np.int64)
+    v_out = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        t_out[i] = ts[keep[i]]
+        v_out[i] = values[keep[i]]
+    return t_out, v_out, flags
+
+
+@njit
 def _min_rise(values: np.ndarray) -> float:
     """Smallest rise between consecutive finite values (0 when there is none)."""
     best = math.inf
