@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,22 @@ def _previous_in_slot(slot: Array, values: Array, depth: int) -> Array:
     return out
 
 
+def _previous_in_other(slot: Array, other: Array, values: Array, depth: int) -> Array:
+    """Row i: the up to ``depth`` latest values before i whose slot is ``other[i]``."""
+    m = values.size
+    inclusive = np.concatenate(
+        [_previous_in_slot(slot, values, depth)[:, 1:], values[:, None]], axis=1
+    )  # row j: the values of j's slot up to and including j
+    order = np.lexsort((np.arange(m), slot))
+    key = slot[order].astype(np.int64) * m + order
+    k = np.searchsorted(key, other.astype(np.int64) * m + np.arange(m)) - 1
+    valid = k >= 0
+    valid[valid] = slot[order[k[valid]]] == other[valid]
+    out = np.full((m, depth), NAN)
+    out[valid] = inclusive[order[k[valid]]]
+    return out
+
+
 def _profile(
     t: Array, x: Array, det: SpikeDetector | StuckDetector, mad: bool
 ) -> tuple[Array, Array, Array]:
@@ -169,13 +186,50 @@ def _profile(
     return found, med, spread
 
 
+def _spike_profile(t: Array, x: Array, det: SpikeDetector) -> tuple[Array, Array, Array, Array]:
+    """(found, median, MAD, source) per finite value: time of week, else time of day on the
+    same kind of day, else (after a day's worth of values) the most recent values."""
+    slot, off = float(det.slot_s), float(det.utc_offset_s)
+    per_day = DAY // det.slot_s
+    tf = t.astype(np.float64)
+    tow = np.floor((tf + off + MONDAY) / slot).astype(np.int64) % (7 * DAY // det.slot_s)
+    weekend = (np.floor((tf + off) / DAY).astype(np.int64) + 3) % 7 >= 5
+    tod = np.floor((tf + off) / slot).astype(np.int64) % per_day + per_day * weekend
+    learned = np.arange(x.size)
+    choices = []
+    for rows, depth in ((tow, det.tow_depth), (tod, det.tod_depth),
+                        (np.zeros(x.size, np.int64), det.tod_depth)):  # fmt: skip
+        w = _previous_in_slot(rows, x, depth)
+        choices.append((w, (depth - np.isnan(w).sum(axis=1)) >= det.min_count))
+    week, day, recent = choices
+    day = (day[0], (det.tod_depth - np.isnan(day[0]).sum(axis=1)) >= 1)  # however few
+    # the recent values, unless x is within 25 % of this time on the other kind of day
+    other = _previous_in_other(tod, tod + np.where(weekend, -per_day, per_day), x, det.tod_depth)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        like = np.abs(x - np.nanmedian(other, axis=1)) <= 0.25 * np.abs(x)
+    recent = (np.where(like[:, None], other, recent[0]), recent[1] & (learned >= per_day))
+    choices = [week, day, recent]
+    taken = np.zeros(x.size, bool)
+    med, spread, source = (np.full(x.size, NAN) for _ in range(3))
+    for code, (w, enough) in enumerate(choices):
+        use = enough & ~taken & (learned >= det.warmup_n)
+        taken |= use
+        if use.any():
+            m = np.nanmedian(w[use], axis=1)
+            med[use] = m
+            spread[use] = np.nanmedian(np.abs(w[use] - m[:, None]), axis=1)
+            source[use] = code
+    return taken, med, spread, source
+
+
 class NumpySpike(SpikeDetector):
     def process(self, t_s, values, active=None, production=None, temperature=None):  # type: ignore[no-untyped-def,override]
         x = np.asarray(values, dtype=np.float64)
-        scores, outs = np.zeros(x.size), np.full((x.size, 2), NAN)
+        scores, outs = np.zeros(x.size), np.full((x.size, 3), NAN)
         fin = np.flatnonzero(np.isfinite(x))
         xf = x[fin]
-        found, med, mad = _profile(np.asarray(t_s)[fin], xf, self, mad=True)
+        found, med, mad, source = _spike_profile(np.asarray(t_s)[fin], xf, self)
         learned = np.arange(xf.size)
         abs_sum = np.r_[0.0, np.cumsum(np.abs(xf))[:-1]]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -189,6 +243,7 @@ class NumpySpike(SpikeDetector):
         scores[fin[rise]] = (xf[rise] - med[rise]) / scale[rise]
         outs[fin[ok], 0] = med[ok]
         outs[fin[rise], 1] = scale[rise]
+        outs[fin[ok], 2] = source[ok]
         return scores, outs
 
 

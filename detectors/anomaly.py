@@ -74,20 +74,28 @@ def _ring(rows: int, depth: int) -> FloatArray:
 class SpikeDetector(KernelDetector):
     """Robust z-score of each interval against its time-of-week slot (median, MAD).
 
-    ``slot_s``: slot width (keep it at the interval: a slot straddling a shift change or
-    a break mixes two levels and its median flips between them); ``tow_depth``/
+    Until the slot has ``min_count`` values, the same time of day on earlier days of the
+    same kind (weekday or weekend) stands in, however few; where there is none, the
+    ``tod_depth`` most recent values (after a day's worth of values), unless the interval
+    is within 25 % of the same time on the other kind of day: the first weekend of a
+    history has no weekend profile yet. ``slot_s``: slot width (keep it at the interval:
+    a slot straddling a shift change or a break mixes two levels and its median flips
+    between them); ``tow_depth``/
     ``tod_depth``: values kept per time-of-week and time-of-day slot (weeks and days at one
     value per slot); ``min_count``: values a slot needs before it scores; ``floor_rel``:
     the scale is at least this share of the slot median and of the mean level, and at
     least ``floor_abs``; ``warmup_n``: intervals learned before any score.
-    Diagnostics: expected (slot median), scale (only where the interval is above it).
+    Diagnostics: expected (the median), scale (only where the interval is above it), and
+    where the expectation came from: 0 time of week, 1 time of day and kind of day,
+    2 recent values (or the other kind of day).
     """
 
     name = "spike"
+    version = 2  # 2: rows per kind of day and a recent row in the time-of-day rings
     n_out = k.SP_NOUT
     _step = k._spike_step
     _batch = k._spike_batch
-    columns: ClassVar[tuple[str, ...]] = ("expected", "scale")
+    columns: ClassVar[tuple[str, ...]] = ("expected", "scale", "source")
 
     def __init__(
         self,
@@ -119,7 +127,7 @@ class SpikeDetector(KernelDetector):
             p,
             np.zeros(k.SP_NSTATE),
             _ring(k.WEEK_S // self.slot_s, self.tow_depth),
-            _ring(k.DAY_S // self.slot_s, self.tod_depth),
+            _ring(2 * (k.DAY_S // self.slot_s) + 1, self.tod_depth),
         )
 
     def config_dict(self) -> dict[str, Any]:
@@ -503,7 +511,10 @@ def detect_spikes(
     ``min_rel`` above the slot median. A run of more than ``max_intervals`` such intervals,
     or one whose ``context`` intervals before or after are themselves raised (median ratio
     to usual above ``1 + min_rel / 2``), is a level change or a sustained overspend, not a
-    spike, and is left to the other detectors.
+    spike, and is left to the other detectors. Where "usual" came from the most recent
+    values (no profile for that time yet), the intervals after the run must also be back
+    near the level before it: a recent median catches up with a shift that starts, so only
+    a return tells a spike from a start.
     """
     inp = _inputs(t_s, consumption, None, None, interval_s)
     det = detector or SpikeDetector()
@@ -523,6 +534,11 @@ def detect_spikes(
         )
         if n > max_intervals or raised:
             continue
+        if np.any(diag[i0:i1, 2] == k.SOURCE_RECENT):
+            after = inp.x[i1 : i1 + context]
+            after = after[np.isfinite(after)]
+            if not after.size or np.median(after) > (1.0 + 0.5 * min_rel) * expected[i0]:
+                continue
         excess = float(np.sum(inp.x[i0:i1] - expected[i0:i1]))
         top = i0 + int(np.argmax(scores[i0:i1]))
         when = utc(inp.t[top] + det.utc_offset_s)
@@ -695,15 +711,28 @@ def detect_level_shift(
     return Detection(inp.t, scores, diag, LevelShiftDetector.columns, tuple(events))
 
 
-def _ramp_fits_better(x: FloatArray, y: FloatArray) -> bool:
-    """Whether a straight line explains ``y(x)`` at least as well as one step does."""
-    if y.size < 4:
-        return True
-    line = np.polyval(np.polyfit(x, y, 1), x)
-    rss_line = float(np.sum((y - line) ** 2))
+def _step_rss(y: FloatArray) -> float:
+    """Residual sum of squares of ``y`` as two flat runs split where their means differ most."""
     j = _best_split(y)
-    rss_step = float(np.sum((y[:j] - y[:j].mean()) ** 2) + np.sum((y[j:] - y[j:].mean()) ** 2))
-    return rss_line <= rss_step
+    return float(np.sum((y[:j] - y[:j].mean()) ** 2) + np.sum((y[j:] - y[j:].mean()) ** 2))
+
+
+def _hinge_fit(x: FloatArray, y: FloatArray) -> tuple[float, float, float, float]:
+    """(knot, level, slope, rss) of ``y = level + slope * max(0, x - knot)``, least squares.
+
+    The knot is searched over the x values (a drift starts on some day): flat days before
+    a ramp then pull the start neither early, as a straight line through all days does,
+    nor late. Ties go to the earliest knot.
+    """
+    best = (math.inf, float(x[0]), float(np.mean(y)), 0.0)
+    for c in x[:-1]:
+        h = np.maximum(0.0, x - c)
+        A = np.column_stack([np.ones_like(h), h])
+        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+        rss = float(np.sum((y - A @ coef) ** 2))
+        if not math.isfinite(best[0]) or rss < best[0] * (1.0 - 1e-12):
+            best = (rss, float(c), float(coef[0]), float(coef[1]))
+    return best[1], best[2], best[3], best[0]
 
 
 def detect_drift(
@@ -719,10 +748,11 @@ def detect_drift(
     """Gradual drift: one event per alarm whose daily values rise like a ramp.
 
     Each day's relative deviation from the reference, from the reference period's end to
-    the alarm's end, is fitted with a line. An alarm whose days are better explained by a
-    single step is not a drift (a leak or an overspend: the other detectors own those) and
-    gives no event. Otherwise the drift starts where the line crosses zero, and the excess
-    is the share of consumption above the line's reference, summed over the event.
+    the alarm's end, is fitted with a hinge: flat, then a ramp (:func:`_hinge_fit`). An
+    alarm whose days are better explained by a single step is not a drift (a leak or an
+    overspend: the other detectors own those) and gives no event. Otherwise the drift
+    starts at the hinge's knot, and the excess is the share of consumption above the level
+    before the knot, following the ramp, summed over the event.
     """
     inp = _inputs(t_s, consumption, None, production, interval_s)
     det = detector or DriftDetector(
@@ -742,16 +772,18 @@ def detect_drift(
         d_t = day_start[sel]
         d_x = (d_t - d_t[0]) / k.DAY_S if d_t.size else d_t
         d_y = days[sel] / ref - 1.0
-        if d_t.size < 2 or not _ramp_fits_better(d_x, d_y):
+        if d_t.size < 2:
             continue
-        slope, icpt = np.polyfit(d_x, d_y, 1)
-        if slope <= 0:
-            continue
-        root = float(d_t[0] - icpt / slope * k.DAY_S)
-        start = max(float(inp.t[0]), root // inp.interval_s * inp.interval_s)
+        knot, level, slope, rss = _hinge_fit(d_x, d_y)
+        if slope <= 0 or (d_t.size >= 4 and _step_rss(d_y) < rss):
+            continue  # one step explains the days better: not a drift
+        # day values stand for the day they start: the ramp's onset lies within the
+        # knot's day, so the start is taken at its middle
+        start_day = float(d_t[0] + knot * k.DAY_S)
+        start = max(float(inp.t[0]), (start_day + k.DAY_S / 2) // inp.interval_s * inp.interval_s)
         span = (inp.t >= start) & (inp.t < upto) & np.isfinite(inp.x)
-        r = np.clip(icpt + slope * (inp.t[span] - d_t[0]) / k.DAY_S, 0.0, None)
-        excess = float(np.sum(inp.x[span] * r / (1.0 + r)))
+        ramp = slope * np.maximum(0.0, (inp.t[span] - start) / k.DAY_S)
+        excess = float(np.sum(inp.x[span] * ramp / np.maximum(1.0 + level + ramp, 1e-12)))
         now = float(dev[i1 - 1])
         basis = "per unit produced" if det.use_production else "per hour"
         since = (

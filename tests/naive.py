@@ -264,27 +264,52 @@ def spike(
     floor_rel: float,
     floor_abs: float,
     warmup_n: int,
-) -> tuple[list[float], list[tuple[float, float]]]:
-    """Robust z of each interval against the values seen before in its slot."""
-    profile = _Profile(slot_s, tow_depth, tod_depth, utc_offset_s)
+) -> tuple[list[float], list[tuple[float, float, float]]]:
+    """Robust z of each interval against the values seen before in its slot.
+
+    The slot is the time of week; else the time of day on the same kind of day (weekday,
+    weekend); else, after a day's worth of values, the most recent values.
+    """
+    per_day = DAY // slot_s
+    week: list[list[float]] = [[] for _ in range(WEEK // slot_s)]
+    day: dict[tuple[bool, int], list[float]] = {}
+    recent: list[float] = []
     learned: list[float] = []
     scores, outs = [], []
     for ti, xi in zip(t, x, strict=True):
         if not math.isfinite(xi):
             scores.append(0.0)
-            outs.append((NAN, NAN))
+            outs.append((NAN, NAN, NAN))
             continue
-        found = profile.lookup(ti, min_count)
-        score, out = 0.0, (NAN, NAN)
-        if found is not None and len(learned) >= warmup_n:
-            med, mad = found
+        week_slot = math.floor((ti + utc_offset_s + MONDAY) / slot_s) % len(week)
+        weekend = (math.floor((ti + utc_offset_s) / DAY) + 3) % 7 >= 5
+        key = (weekend, math.floor((ti + utc_offset_s) / slot_s) % per_day)
+        day_values = day.setdefault(key, [])
+        values, source = None, NAN
+        if len(learned) >= warmup_n:
+            if len(week[week_slot]) >= min_count:
+                values, source = week[week_slot], 0.0
+            elif day_values:
+                values, source = day_values, 1.0
+            elif len(learned) >= per_day and len(recent) >= min_count:
+                other = day.get((not weekend, key[1]), [])
+                like = bool(other) and abs(xi - statistics.median(other)) <= 0.25 * abs(xi)
+                values, source = (other if like else recent), 2.0
+        score, out = 0.0, (NAN, NAN, NAN)
+        if values is not None:
+            med, mad = _median_mad(values)
             level = _mean(learned) if learned else 0.0
             scale = max(
                 SIGMA_PER_MAD * mad, floor_rel * abs(med), floor_rel * level, floor_abs, 1e-12
             )
             # only a rise scores; the scale is reported only for one
-            score, out = (((xi - med) / scale, (med, scale)) if xi > med else (0.0, (med, NAN)))
-        profile.learn(ti, xi)
+            score, out = ((xi - med) / scale, (med, scale, source)) if xi > med else (
+                0.0, (med, NAN, source))
+        for ring, depth in ((week[week_slot], tow_depth), (day_values, tod_depth),
+                            (recent, tod_depth)):
+            ring.append(xi)
+            if len(ring) > depth:
+                ring.pop(0)
         learned.append(abs(xi))
         scores.append(score)
         outs.append(out)

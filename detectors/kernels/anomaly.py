@@ -93,21 +93,11 @@ def _median_of_sorted(buf: np.ndarray, n: int) -> float:
 
 
 @njit
-def _profile_sorted(
-    ra: np.ndarray, rb: np.ndarray, tow: int, tod: int, min_count: float, work: np.ndarray
-) -> int:
-    """Values of the time-of-week slot (else the time-of-day slot) sorted into ``work``;
-    how many (0: neither slot has ``min_count`` values yet)."""
-    if ra[tow, 0] >= min_count:
-        n = int(ra[tow, 0])
-        for i in range(n):
-            work[i] = ra[tow, 2 + i]
-    elif rb[tod, 0] >= min_count:
-        n = int(rb[tod, 0])
-        for i in range(n):
-            work[i] = rb[tod, 2 + i]
-    else:
-        return 0
+def _sorted_row(ring: np.ndarray, row: int, work: np.ndarray) -> int:
+    """The values of ring row ``row`` sorted into ``work``; how many."""
+    n = int(ring[row, 0])
+    for i in range(n):
+        work[i] = ring[row, 2 + i]
     _sorted_median(work, n)
     return n
 
@@ -120,7 +110,21 @@ SP_NPARAM = 6
 # scalar state: points learned, sum of |x| learned
 SP_N, SP_ABS_SUM = 0, 1
 SP_NSTATE = 2
-SP_NOUT = 2  # expected (slot median), scale
+SP_NOUT = 3  # expected, scale, source of the expectation (SOURCE_*)
+SOURCE_WEEK, SOURCE_DAYTYPE, SOURCE_RECENT = 0.0, 1.0, 2.0
+LIKE_OTHER = 0.25  # within 25 % of the other kind of day's median: that day's rhythm
+
+
+@njit
+def _spike_rows(t: float, p: np.ndarray, n_tow: int, n_tod: int) -> tuple[int, int]:
+    """(time-of-week row, row of the time of day on this kind of day) of ``t``.
+
+    Rows of ``rb``: weekdays' time-of-day slots, then weekend days' (local time), then one
+    row of the most recent values.
+    """
+    tow, tod = _slots(t, p[SP_SLOT], p[SP_OFFSET], n_tow, n_tod)
+    weekday = (math.floor((t + p[SP_OFFSET]) / DAY_S) + 3) % 7  # 1970-01-01: a Thursday
+    return tow, tod + (n_tod if weekday >= 5 else 0)
 
 
 @njit_step
@@ -139,19 +143,46 @@ def _spike_step(
 ) -> float:
     """Robust z-score of ``x`` against the median and MAD of its time-of-week slot.
 
-    The scale is floored at ``floor_rel`` times the slot median and times the mean level
-    learned so far (so a flat stretch with zero spread does not make every rise infinite).
-    Only rises score (spikes); falls and warm-up give 0, and for them the MAD (the scale)
-    is not computed.
+    Until that slot holds ``min_count`` values, the same time of day on earlier days of
+    the same kind (weekday or weekend) stands in, however few: a burst at the same time
+    yesterday is the plant's rhythm, not a spike. Where there is no such day yet, the most
+    recent values do, once a day of values has been learned (a plant's first weekend has
+    no weekend history, yet a spike on it is still a spike against the hours before it),
+    unless ``x`` is within ``LIKE_OTHER`` of the same time on the other kind of day (a
+    shift starting at this time on weekdays is no spike when it starts on the first
+    Saturday too), which then stands in. The scale
+    is floored at ``floor_rel`` times the median and times the mean level learned so far
+    (so a flat stretch with zero spread does not make every rise infinite). Only rises
+    score (spikes); falls and warm-up give 0, and for them the MAD (the scale) is not
+    computed.
     """
     out[0] = math.nan
     out[1] = math.nan
+    out[2] = math.nan
     score = 0.0
     if not math.isfinite(x):
         return score
-    tow, tod = _slots(t, p[SP_SLOT], p[SP_OFFSET], ra.shape[0], rb.shape[0])
-    n = _profile_sorted(ra, rb, tow, tod, p[SP_MIN_COUNT], work)
-    if n > 0 and fs[SP_N] >= p[SP_WARMUP]:
+    n_tod = (rb.shape[0] - 1) // 2
+    recent = rb.shape[0] - 1
+    tow, day = _spike_rows(t, p, ra.shape[0], n_tod)
+    n = 0
+    if fs[SP_N] >= p[SP_WARMUP]:
+        if ra[tow, 0] >= p[SP_MIN_COUNT]:
+            n = _sorted_row(ra, tow, work)
+            out[2] = SOURCE_WEEK
+        elif rb[day, 0] >= 1.0:
+            n = _sorted_row(rb, day, work)
+            out[2] = SOURCE_DAYTYPE
+        elif fs[SP_N] >= n_tod and rb[recent, 0] >= p[SP_MIN_COUNT]:
+            # the recent values, unless x looks like this time on the other kind of day: a
+            # shift that starts at this time on weekdays is no spike on a Saturday either
+            other = day + n_tod if day < n_tod else day - n_tod
+            like_other = rb[other, 0] >= 1.0 and (
+                abs(x - _ring_median(rb, other, work)) <= LIKE_OTHER * abs(x)
+            )
+            n = _sorted_row(rb, other if like_other else recent, work)
+            out[2] = SOURCE_RECENT
+    if n > 0:
         med = _median_of_sorted(work, n)
         out[0] = med
         if x > med:
@@ -169,7 +200,8 @@ def _spike_step(
             out[1] = scale
             score = (x - med) / scale
     _ring_push(ra, tow, x)
-    _ring_push(rb, tod, x)
+    _ring_push(rb, day, x)
+    _ring_push(rb, recent, x)
     fs[SP_N] += 1.0
     fs[SP_ABS_SUM] += abs(x)
     return score
@@ -187,7 +219,7 @@ def _spike_batch(
     prod: np.ndarray,
     temp: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and diagnostics (expected, scale) of every interval, learning as it goes."""
+    """Scores and diagnostics (expected, scale, source) of every interval, learning as it goes."""
     n = t.shape[0]
     scores = np.empty(n)
     outs = np.empty((n, SP_NOUT))

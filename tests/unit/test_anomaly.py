@@ -42,6 +42,7 @@ import plantdata
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DAY = 86400
 METER = MeterInfo("m", "kWh", resource="electricity", price_per_unit=0.2, co2_kg_per_unit=0.3)
+T0 = 1_767_571_200  # 2026-01-05T00:00:00Z, a Monday
 
 
 def same(a: Any, b: Any, rel: float = 1e-9) -> bool:
@@ -113,7 +114,7 @@ def test_spike_kernel_matches_naive(
     scores, diag = SpikeDetector(**cfg).process(s["t"], s["x"])
     want, want_diag = naive.spike(s["t"].tolist(), s["x"].tolist(), **cfg)
     assert same(scores, want)
-    assert same(diag, np.asarray(want_diag).reshape(-1, 2))
+    assert same(diag, np.asarray(want_diag).reshape(-1, 3))
 
 
 @SETTINGS
@@ -376,6 +377,56 @@ def test_kernels_run_as_plain_python() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def _week_of_load(saturday: str) -> tuple[np.ndarray, np.ndarray]:
+    """Eight days from a Monday, 15-min kWh: weekdays 40 from 06:00 to 22:00, else 10."""
+    t = T0 + 900 * np.arange(8 * 96, dtype=np.int64)
+    hour, day = (t - T0) % 86400 / 3600, (t - T0) // 86400
+    x = np.where((hour >= 6) & (hour < 22) & (day < 5), 40.0, 10.0)
+    sat = day == 5
+    if saturday == "like weekdays":
+        x[sat & (hour >= 6) & (hour < 22)] = 40.0
+    elif saturday == "short shift":
+        x[sat & (hour >= 6) & (hour < 12)] = 25.0
+    elif saturday == "spike":
+        x[sat & (hour >= 11) & (hour < 11.5)] = 25.0
+    rng = np.random.default_rng(3)
+    return t, x * (1 + 0.02 * rng.standard_normal(t.size))
+
+
+@pytest.mark.parametrize(
+    ("saturday", "spikes"), [("spike", 1), ("like weekdays", 0), ("short shift", 0)]
+)
+def test_spike_on_the_first_weekend_without_history(saturday: str, spikes: int) -> None:
+    """No weekend profile yet: the hours before stand in, unless the interval looks like
+    weekdays at that time; a rise that stays up (a shift) is no spike."""
+    t, x = _week_of_load(saturday)
+    events = detect_spikes(t, x, meter=METER, interval_s=900).events
+    assert len(events) == spikes, [e.explanation for e in events]
+    if spikes:
+        assert events[0].start.timestamp() == T0 + 5 * 86400 + 11 * 3600
+        assert events[0].excess == pytest.approx(2 * 15.0, rel=0.2)
+    # streaming scores (the service's alerts) cannot wait for a return: a Saturday like the
+    # weekdays stays quiet, a first short Saturday shift does score at its start
+    scores, _ = SpikeDetector().process(t, x)
+    saturday_scores = scores[(t - T0) // 86400 == 5]
+    assert (saturday_scores.max() >= 6.0) == (saturday == "spike" or saturday == "short shift")
+
+
+@pytest.mark.parametrize("onset_day", [12.0, 30.0, 41.5])
+def test_drift_start_is_where_the_ramp_begins(onset_day: float) -> None:
+    """Flat days between the reference and a ramp must not pull the start early."""
+    per_day, days = 96, 60
+    t = T0 + 900 * np.arange(days * per_day, dtype=np.int64)
+    rng = np.random.default_rng(int(onset_day))
+    base = 10.0 * (1 + 0.03 * rng.standard_normal(t.size))
+    ramp = 0.01 * np.maximum(0.0, np.arange(t.size) / per_day - onset_day)
+    events = detect_drift(t, base * (1 + ramp), meter=METER, interval_s=900).events
+    assert [e.type for e in events] == [EventType.DRIFT]
+    start_error_h = (events[0].start.timestamp() - (T0 + onset_day * 86400)) / 3600
+    assert abs(start_error_h) <= 24, events[0].explanation
+    assert events[0].excess == pytest.approx(float(np.sum(base * ramp)), rel=0.15)
 
 
 # ----------------------------------------------------------------------------- plant truth
