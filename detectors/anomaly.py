@@ -722,17 +722,21 @@ def _hinge_fit(x: FloatArray, y: FloatArray) -> tuple[float, float, float, float
 
     The knot is searched over the x values (a drift starts on some day): flat days before
     a ramp then pull the start neither early, as a straight line through all days does,
-    nor late. Ties go to the earliest knot.
+    nor late. All knots are fitted at once in closed form; ties go to the earliest.
     """
-    best = (math.inf, float(x[0]), float(np.mean(y)), 0.0)
-    for c in x[:-1]:
-        h = np.maximum(0.0, x - c)
-        A = np.column_stack([np.ones_like(h), h])
-        coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-        rss = float(np.sum((y - A @ coef) ** 2))
-        if not math.isfinite(best[0]) or rss < best[0] * (1.0 - 1e-12):
-            best = (rss, float(c), float(coef[0]), float(coef[1]))
-    return best[1], best[2], best[3], best[0]
+    knots = x[:-1]
+    if knots.size == 0:
+        return float(x[0]), float(np.mean(y)), 0.0, 0.0
+    h = np.maximum(0.0, x[None, :] - knots[:, None])  # one row per knot
+    hc = h - h.mean(axis=1, keepdims=True)
+    yc = y - y.mean()
+    shh = np.einsum("ij,ij->i", hc, hc)
+    shy = hc @ yc
+    slope = np.where(shh > 0, shy / np.where(shh > 0, shh, 1.0), 0.0)
+    rss = float(yc @ yc) - slope * shy
+    best = int(np.flatnonzero(rss <= rss.min() + 1e-12 * abs(rss.min()))[0])
+    level = float(y.mean() - slope[best] * h[best].mean())
+    return float(knots[best]), level, float(slope[best]), float(rss[best])
 
 
 def detect_drift(
@@ -777,13 +781,18 @@ def detect_drift(
         knot, level, slope, rss = _hinge_fit(d_x, d_y)
         if slope <= 0 or (d_t.size >= 4 and _step_rss(d_y) < rss):
             continue  # one step explains the days better: not a drift
+        if knot == d_x[0] and level > 0:
+            # already rising when the days after the reference begin: the ramp started
+            # where it leaves the reference level, before them
+            start_day, base = float(d_t[0] - level / slope * k.DAY_S), 0.0
+        else:
+            start_day, base = float(d_t[0] + knot * k.DAY_S), level
         # day values stand for the day they start: the ramp's onset lies within the
         # knot's day, so the start is taken at its middle
-        start_day = float(d_t[0] + knot * k.DAY_S)
         start = max(float(inp.t[0]), (start_day + k.DAY_S / 2) // inp.interval_s * inp.interval_s)
         span = (inp.t >= start) & (inp.t < upto) & np.isfinite(inp.x)
         ramp = slope * np.maximum(0.0, (inp.t[span] - start) / k.DAY_S)
-        excess = float(np.sum(inp.x[span] * ramp / np.maximum(1.0 + level + ramp, 1e-12)))
+        excess = float(np.sum(inp.x[span] * ramp / np.maximum(1.0 + base + ramp, 1e-12)))
         now = float(dev[i1 - 1])
         basis = "per unit produced" if det.use_production else "per hour"
         since = (
