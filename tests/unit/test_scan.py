@@ -97,3 +97,40 @@ def test_bad_input_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["scan", str(path), "--value", "power", "--out", str(tmp_path / "e")]) == 2
     assert "no column 'power'" in capsys.readouterr().err
     assert main(["scan", str(tmp_path / "none.csv")]) == 2
+
+
+def test_scores_rank_events_once_each_and_a_flat_stretch_not_at_all(tmp_path: Path) -> None:
+    """Scores are for ranking alarms: one score per event, at its start, larger for the
+    larger event; days of a meter reading the same value (zero spread) score nothing."""
+    rows = ["timestamp,consumption_kwh"]
+    t0 = np.datetime64("2026-03-02T00:00")
+    n = 24 * 96
+    day, slot = np.arange(n) // 96, np.arange(n) % 96
+    x = 5.0 + (slot > 28) * (slot < 88) * 20.0 + (np.arange(n) % 7) * 0.3
+    x[(day >= 8) & (day <= 10)] = 5.0  # a flat stretch: three days of one value
+    big, small = 3 * 96 + 40, 4 * 96 + 56  # 10:00 on day 3, 14:00 on day 4, half an hour
+    x[big : big + 2] += 60.0
+    x[small : small + 2] += 35.0
+    x[19 * 96 :] += 6.0  # base load up from day 19 on: one long excursion
+    for i in range(n):
+        rows.append(f"{t0 + np.timedelta64(15 * i, 'm')}Z,{x[i]:.2f}")
+    path = tmp_path / "meter.csv"
+    path.write_text("\n".join(rows) + "\n")
+    result = scan(path, ScanOptions(resource="electricity", kind="interval"))
+    kinds = sorted(e.type.value for e in result.events)
+    assert kinds == ["base_load_rise", "spike", "spike"], [e.explanation for e in result.events]
+    scores, starts = result.scores, result.consumption.start_s
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert np.count_nonzero(scores) == 3  # one per event, not one per interval
+
+    def near(i: int) -> float:  # the highest score within an hour of row i
+        stamp = (t0 + np.timedelta64(15 * i, "m")).astype("datetime64[s]").astype(np.int64)
+        return float(scores[np.abs(starts - stamp) <= 3600].max())
+
+    assert near(big) > near(small) > 0
+    flat = (starts >= starts[0] + 8 * 86400) & (starts < starts[0] + 11 * 86400)
+    assert not scores[flat].any()
+    rise = starts >= starts[0] + 19 * 86400 - 86400
+    assert np.count_nonzero(scores[rise]) == 1
+    top = np.sort(scores)[-2:]
+    assert top[1] > top[0]  # no tie at the top
