@@ -32,7 +32,7 @@ from typing import Any
 
 from collector import contract
 
-from . import checkpoint
+from . import checkpoint, mqttfast
 from .alerts import AlertSettings, Transition
 from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
@@ -186,7 +186,6 @@ class DetectService:
         self.outgoing: deque[Outgoing] = deque()
         self.outgoing_dropped = 0
         self.connected = False
-        self._received = 0  # messages taken from the broker (progress while subscribing)
         self._state_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
         self.inputs = _inputs(spec)
@@ -533,6 +532,8 @@ class DetectService:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
+        if not mqttfast.install():
+            log.info("paho-mqtt's Properties not as expected; decoding without the shortcut")
         m = self.cfg.mqtt
         url = urlsplit(self.spec.mqtt_url)
         tls = url.scheme == "mqtts" or m.tls is not None
@@ -577,6 +578,10 @@ class DetectService:
 
         m = self.cfg.mqtt
         client = self._client()
+        inbox = Inbox()
+        # paho hands each decoded message straight to the inbox (aiomqtt's per-message
+        # Message objects and queue are bypassed; see docs/detector-service.md)
+        client._client.on_message = inbox.on_message
         await asyncio.wait_for(client.__aenter__(), m.connect_timeout_s)
         try:
             _read_many(client)
@@ -586,21 +591,21 @@ class DetectService:
             async with asyncio.TaskGroup() as tg:
                 # the persistent session's queued messages arrive before the SUBACK: they
                 # are taken in meanwhile, and a slow SUBACK behind them is no dead broker
-                tg.create_task(self._consume(client, stop, done), name="consume")
+                tg.create_task(self._consume(client, inbox, stop, done), name="consume")
                 tg.create_task(self._publish(client, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
                 sub = asyncio.ensure_future(client.subscribe(
                     [(f, SubscribeOptions(qos=1)) for f in self.filters()]))
-                seen = self._received
+                seen = inbox.count
                 try:
                     while True:
                         finished, _ = await asyncio.wait([sub], timeout=m.connect_timeout_s)
                         if finished:
                             sub.result()
                             break
-                        if self._received == seen:  # nothing arrived meanwhile either
+                        if inbox.count == seen:  # nothing arrived meanwhile either
                             raise TimeoutError("no SUBACK from the broker")
-                        seen = self._received
+                        seen = inbox.count
                 finally:
                     sub.cancel()
                 self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
@@ -614,42 +619,39 @@ class DetectService:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.__aexit__(None, None, None), 5.0)
 
-    async def _consume(self, client: Any, stop: asyncio.Event, done: asyncio.Event) -> None:
+    async def _consume(self, client: Any, inbox: Inbox, stop: asyncio.Event,
+                       done: asyncio.Event) -> None:
+        """Take the inbox's messages in batches; PUBACK each batch once it is stored."""
         p = self.cfg.processing
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4 * p.batch)
-
-        async def read() -> None:
-            async for msg in client.messages:
-                self._received += 1
-                await queue.put(msg)
-
-        reader = asyncio.create_task(read(), name="mqtt-read")
+        disconnected = client._disconnected  # aiomqtt's: set when the connection drops
         try:
             while not stop.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait([getter, stopper, reader],
-                                   return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if reader.done():
-                    getter.cancel()
-                    reader.result()  # raises the connection error
-                    raise ConnectionError("message stream ended")
-                if not getter.done():
-                    getter.cancel()
-                    break
-                batch = [getter.result()]
-                if queue.qsize() < p.batch - 1 and p.batch_wait_s > 0:
-                    await asyncio.sleep(p.batch_wait_s)  # let a batch gather
-                while len(batch) < p.batch and not queue.empty():
-                    batch.append(queue.get_nowait())
+                if not inbox.items:
+                    inbox.arrived.clear()
+                    waits = [asyncio.ensure_future(inbox.arrived.wait()),
+                             asyncio.ensure_future(stop.wait())]
+                    try:
+                        await asyncio.wait([*waits, disconnected],
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for w in waits:
+                            w.cancel()
+                    if disconnected.done():
+                        raise ConnectionError(f"message stream ended: "
+                                              f"{disconnected.exception() or 'disconnected'}")
+                    if stop.is_set():
+                        break
+                    if len(inbox.items) < p.batch and p.batch_wait_s > 0:
+                        await asyncio.sleep(p.batch_wait_s)  # let a batch gather
+                items = inbox.items
+                batch = [items.popleft() for _ in range(min(len(items), p.batch))]
                 await self._backpressure(stop, len(batch))
-                await self.handle((m.topic.value, _payload(m.payload)) for m in batch)
-                for msg in batch:
-                    if msg.qos > 0:
-                        client._client.ack(msg.mid, msg.qos)
+                await self.handle([(topic, payload) for topic, payload, _, _ in batch])
+                ack = client._client.ack
+                for _, _, mid, qos in batch:
+                    if qos > 0:
+                        ack(mid, qos)
         finally:
-            reader.cancel()
             done.set()
 
     async def _backpressure(self, stop: asyncio.Event, n: int) -> None:
@@ -711,6 +713,24 @@ class DetectService:
                 self.writer.close()
             self.spool.close()
         log.info("stopped: %s", json.dumps(self.health(time.time(), {})))
+
+
+class Inbox:
+    """Messages as paho decodes them, ``(topic, payload, mid, qos)``, in arrival order.
+
+    The broker sends at most ``mqtt.receive_maximum`` unacknowledged messages, so this
+    holds no more than that.
+    """
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[str, bytes, int, int]] = deque()
+        self.arrived = asyncio.Event()
+        self.count = 0  # messages received (progress while waiting for a SUBACK)
+
+    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.items.append((msg.topic, _payload(msg.payload), msg.mid, msg.qos))
+        self.count += 1
+        self.arrived.set()
 
 
 def _inputs(spec: AnalyticsSpec) -> Inputs:

@@ -525,3 +525,23 @@ def test_concurrent_checkpoints_do_not_collide(tmp_path: Path) -> None:
     asyncio.run(go())
     assert svc.stats.checkpoints == 30 and svc.stats.checkpoint_errors == 0
     assert json.loads((tmp_path / "state.json").read_text())["meters"]
+
+
+def test_paho_properties_share_tables_and_still_round_trip() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from detectors.service import mqttfast
+
+    assert mqttfast.install() and mqttfast.install()  # idempotent
+    a, b = Properties(PacketTypes.PUBLISH), Properties(PacketTypes.PUBLISH)
+    assert a.names is b.names and a.properties is b.properties
+    a.MessageExpiryInterval = 60
+    a.UserProperty = ("site", "dairy")
+    assert not hasattr(b, "MessageExpiryInterval")  # values stay per instance
+    packed = a.pack()
+    c = Properties(PacketTypes.PUBLISH)
+    c.unpack(packed)
+    assert c.MessageExpiryInterval == 60 and c.UserProperty == [("site", "dairy")]
+    with pytest.raises(Exception, match="does not apply"):
+        Properties(PacketTypes.PUBACK).SessionExpiryInterval = 5  # checks still in place
