@@ -270,6 +270,10 @@ class Device:
     last_ok: float | None = None  # wall clock
     last_error: str = ""
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    points: int = 0  # values per poll (splitting a request keeps them)
+
+    def __post_init__(self) -> None:
+        self.points = sum(len(r.slots) for r in self.requests)
 
     @property
     def id(self) -> str:
@@ -416,8 +420,8 @@ class Bus:
                 if value is None:
                     errors[name] = "not a number"
         latency = time.perf_counter() - t0
-        good = sum(v is not None for v in values.values())
-        total = sum(len(r.names) for r in dev.requests)
+        good = len(values) - list(values.values()).count(None)
+        total = dev.points
         quality = Quality.OK if good == total else Quality.PARTIAL if good else Quality.ERROR
         dev.polls += 1
         if quality is Quality.ERROR:
