@@ -538,7 +538,13 @@ def test_agent_never_sends_a_write_function_code(mosquitto: MosquittoServer, tmp
         async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto)
-            await run_agent(site, 0.6)
+
+            def until_polled() -> None:  # not a fixed time: a loaded machine starts slowly
+                deadline = time.monotonic() + TIMEOUT
+                while len(seen) <= 50 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+            await run_agent(site, 0, during=until_polled)
 
     asyncio.run(main())
     assert len(seen) > 50
