@@ -44,7 +44,7 @@ QUEUE_SIZE = 10_000  # readings between pollers and the outbox writer
 WRITE_BATCH = 2_000  # readings per outbox transaction at most
 WRITE_LINGER_S = 0.05  # wait this long for more readings before a commit (one fsync each)
 TIME_ERROR = 5  # adjtimex(2): clock not synchronised
-KERNEL_CHECK_S = 0.2  # ask the kernel about its clock at most this often (not per reading)
+KERNEL_CHECK_S = 0.2  # a synchronised kernel clock is asked again at most this often
 _libc: Any = None
 
 
@@ -177,8 +177,10 @@ class ClockGuard:
         else:
             ok = now >= self.not_before
             if ok and self.settings.require == "ntp":
+                # once synchronised, a reading a millisecond later gets the same answer;
+                # until then ask every time, so held readings go out as soon as it is
                 mono = time.monotonic()
-                if mono >= self._kernel_next:  # a reading a millisecond later: same answer
+                if not self._kernel_ok or mono >= self._kernel_next:
                     self._kernel_ok = self.kernel() is True
                     self._kernel_next = mono + KERNEL_CHECK_S
                 ok = self._kernel_ok
