@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .configfile import ConfigError
 
 # subcommand modules, in the order `recp --help` lists them
 COMMANDS = (
@@ -90,12 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args._run(args)
         return code
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        n = len(exc.problems)
-        print(f"{n} problem{'s' if n != 1 else ''} found; nothing was started.", file=sys.stderr)
-        return 2
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
         extra = EXTRAS_HINT.get(top)
@@ -110,6 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # configfile (pydantic, yaml) is not imported up front: `recp agent --help` stays
+        # fast; a ConfigError can only come from a command that imported it
+        configfile = sys.modules.get("collector.configfile")
+        if configfile is None or not isinstance(exc, configfile.ConfigError):
+            raise
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        n = len(exc.problems)
+        print(f"{n} problem{'s' if n != 1 else ''} found; nothing was started.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

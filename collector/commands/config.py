@@ -6,9 +6,10 @@ import argparse
 import importlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..configfile import ConfigError, Problem, load_yaml
+if TYPE_CHECKING:
+    from ..configfile import Problem
 
 NAME = "config"
 HELP = "check configuration files (plants, profiles, sites, ...)"
@@ -44,6 +45,8 @@ def loader_for(kind: str) -> Callable[[Path], Any]:
 
 def check_file(path: Path) -> Any:
     """Load ``path`` with the loader its ``kind`` names; raise ConfigError otherwise."""
+    from ..configfile import ConfigError, Problem, load_yaml  # pydantic: not for --help
+
     data, index = load_yaml(path)
     kinds = ", ".join(sorted(LOADERS))
     if not isinstance(data, dict) or "kind" not in data:
@@ -69,6 +72,8 @@ def summary(obj: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..configfile import ConfigError
+
     problems: list[Problem] = []
     for path in args.files:
         try:

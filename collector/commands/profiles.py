@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..profiles import available_profiles, find_profile, load_profile
-
 NAME = "profiles"
 HELP = "list device profiles or show one's register map"
 
@@ -15,6 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..profiles import available_profiles, find_profile, load_profile  # pydantic: lazily
+
     if not args.name:
         for name, path in available_profiles().items():
             prof = load_profile(path)
