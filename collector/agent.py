@@ -153,6 +153,12 @@ class ClockGuard:
                 return when, mono, self.device.rate
         return time.time(), mono, 1.0
 
+    def retimed(self, result: PollResult) -> PollResult:
+        """A reading taken before the clock was trusted, re-timed from the monotonic clock
+        now that it is (as held readings are when released)."""
+        when, mono, rate = self.now()
+        return dataclasses.replace(result, ts=when - (mono - result.mono_ns) / 1e9 * rate)
+
     def _note(self, ok: bool) -> None:
         if ok != self._last:
             what = (f"source=device meter={self.device.meter}" if self.device
@@ -231,8 +237,9 @@ class Agent:
         self.polling = asyncio.Event()
 
     # -- messages -----------------------------------------------------------------------
-    def _render(self, result: PollResult, trusted: bool, stream: str
+    def _render(self, result: PollResult, trusted: bool | None, stream: str
                 ) -> Callable[[int], tuple[str, bytes]]:
+        """The reading's message once numbered; ``trusted`` None: re-timed (corrected)."""
         meter = self.meters[result.meter]
         topic = contract.reading_topic(self.site, meter.id)
         resource = meter.profile.resource.value
@@ -242,7 +249,8 @@ class Agent:
                 site=self.site, meter=meter.id, resource=resource, stream=stream, seq=seq,
                 ts=result.ts, quality=result.quality, values=result.values,
                 errors=result.errors,
-                clock=ClockState.SYNCED if trusted else ClockState.UNSYNCED,
+                clock=(ClockState.CORRECTED if trusted is None
+                       else ClockState.SYNCED if trusted else ClockState.UNSYNCED),
                 latency_ms=None if result.latency_s is None else result.latency_s * 1000,
             ))
 
@@ -322,9 +330,16 @@ class Agent:
             done = item is None
             if not batch:
                 continue
-            entries = [Entry(r.meter, self._render(r, ok, stream), held=not ok, mono_ns=r.mono_ns)
-                       for r, ok in batch]
-            release = all(ok for _, ok in batch) and box.held > 0
+            states: list[bool | None] = [ok for _, ok in batch]
+            if any(states) and not all(states):
+                # the clock became trusted within this batch: re-time the readings taken
+                # just before now, or they would be held behind newer ones the publisher
+                # has already passed
+                batch = [(r if ok else self.clock.retimed(r), ok) for r, ok in batch]
+                states = [True if ok else None for ok in states]
+            entries = [Entry(r.meter, self._render(r, ok, stream), held=ok is False,
+                             mono_ns=r.mono_ns) for (r, _), ok in zip(batch, states, strict=True)]
+            release = all(ok is not False for ok in states) and box.held > 0
 
             def commit(entries: list[Entry] = entries, release: bool = release) -> int:
                 if release:  # same thread call, so held readings go out before newer ones

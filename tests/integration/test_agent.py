@@ -596,7 +596,9 @@ def test_readings_held_until_the_clock_is_trusted_then_retimed(mosquitto: Mosqui
         time.sleep(1.0)
         seen_while_held.append(len(sub.readings()))
         synced[0] = True
-        time.sleep(0.8)
+        # the next poll releases them (a loaded machine may take a while to poll again)
+        sub.wait_for(lambda: len(sub.readings()) > 0, "the held readings, released")
+        time.sleep(0.3)
 
     async def main() -> Agent:
         async with PlantServer(engine(spec), spec,

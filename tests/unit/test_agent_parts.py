@@ -182,3 +182,39 @@ def test_event_loop_is_uvloop_when_installed_unless_turned_off(monkeypatch: pyte
     installed = importlib.util.find_spec("uvloop") is not None
     assert aio.event_loop_name() == ("uvloop" if installed else "asyncio")
     assert aio.run(loop_module()).startswith("uvloop" if installed else "asyncio")
+
+
+def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Path):
+    """Readings taken just before the clock became trusted, committed in one batch with
+    readings taken just after, are re-timed there and then (the publisher reads the outbox
+    in id order and would pass them by if they were held behind newer ones)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from collector.outbox import Outbox
+
+    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
+    agent = Agent(load_site(tmp_path / "site.yaml"))
+    assert agent.clock.device is not None
+    agent.clock.device.observe(clock_read(1767571200_000, 100.0, 1_500_000_000))
+
+    def poll(mono_ns: int) -> PollResult:
+        return PollResult("m1", 0.0, mono_ns, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+
+    async def main() -> list[dict]:
+        agent.outbox = Outbox(tmp_path / "o.db")
+        agent.publisher = SimpleNamespace(wake=asyncio.Event())  # type: ignore[assignment]
+        before, after = poll(1_000_000_000), poll(2_000_000_000)
+        for item in ((before, False), agent.clock.stamp(after), None):
+            agent.queue.put_nowait(item)
+        await agent._writer()
+        rows = [json.loads(r.payload) for r in agent.outbox.peek()]
+        agent.outbox.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert [r["seq"] for r in rows] == [1, 2]  # nothing held
+    assert rows[0]["clock"] == "corrected" and "clock" not in rows[1]
+    # the clock runs 100 s per second from 2026-01-05 00:00 at monotonic 1.5 s
+    assert rows[0]["ts"] == "2026-01-04T23:59:10.000Z"
+    assert rows[1]["ts"] == "2026-01-05T00:00:50.000Z"
