@@ -18,6 +18,7 @@ from . import __version__
 
 # subcommand modules, in the order `recp --help` lists them
 COMMANDS = (
+    "demo",
     "simulate",
     "agent",
     "detect",
@@ -39,6 +40,7 @@ EXTRAS_HINT = {
     "pymodbus": "edge",
     "aiomqtt": "edge",
     "paho": "edge",
+    "amqtt": "demo",
 }
 
 

@@ -70,6 +70,16 @@ def mqtt_url(url: str) -> str:
     return url
 
 
+def mqtt_protocol(value: Any) -> str:
+    """``5`` (MQTT 5, the default) or ``3.1.1`` (for brokers without MQTT 5, e.g. amqtt)."""
+    text = str(value).strip()
+    if text in ("5", "5.0"):
+        return "5"
+    if text in ("3.1.1", "311"):
+        return "3.1.1"
+    raise ValueError("expected 5 (MQTT 5, the default) or 3.1.1 (brokers without MQTT 5)")
+
+
 def format_path(loc: Sequence[int | str]) -> str:
     """``("meters", 2, "model", "base")`` -> ``meters[2].model.base``."""
     out = ""

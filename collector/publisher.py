@@ -209,8 +209,14 @@ class Publisher:
 
     def _make_client(self) -> _AckingClient:
         m = self.mqtt
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
+        session: dict[str, Any]
+        if m.protocol == "3.1.1":  # brokers without MQTT 5 (the demo's in-process broker)
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
+                       "properties": props}
         will = aiomqtt.Will(
             contract.status_topic(self.site),
             self._status(contract.AgentState.OFFLINE, "connection lost (last will)"),
@@ -219,8 +225,7 @@ class Publisher:
         return _AckingClient(
             m.host, m.port,
             username=self.credentials.username, password=self.credentials.password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-            will=will, clean_start=False, properties=props, keepalive=m.keepalive_s,
+            identifier=self.client_id, will=will, keepalive=m.keepalive_s, **session,
             timeout=m.connect_timeout_s, tls_context=self._tls,
             tls_insecure=bool(m.tls and m.tls.insecure_skip_verify) or None,
             max_inflight_messages=m.max_inflight,

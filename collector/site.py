@@ -24,6 +24,7 @@ from .configfile import (
     Problem,
     Strict,
     load_yaml,
+    mqtt_protocol,
     mqtt_url,
     no_inline_secret,
     validate,
@@ -197,6 +198,8 @@ class Mqtt(Strict):
     reconnect_delay_s: float = Field(0.5, gt=0)
     reconnect_delay_max_s: float = Field(30.0, gt=0)
     health_interval_s: float = Field(30.0, ge=1)
+    protocol: str = Field("5", description="MQTT protocol: 5, or 3.1.1 for brokers "
+                          "without MQTT 5 (no session expiry or receive maximum then)")
 
     @field_validator("password", mode="before")
     @classmethod
@@ -208,6 +211,11 @@ class Mqtt(Strict):
     @classmethod
     def _url(cls, url: str) -> str:
         return mqtt_url(url)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> str:
+        return mqtt_protocol(value)
 
     @property
     def host(self) -> str:

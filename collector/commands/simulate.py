@@ -58,6 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="append every read served to FILE, one JSON line each (meter, "
                        "simulated time, request, decoded values or why it was refused)")
+    serve.add_argument("--hold", type=Path, metavar="FILE",
+                       help="answer at once, but start the clock only when FILE exists")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -136,4 +138,5 @@ def run(args: argparse.Namespace) -> int:
     from ..plant.server import serve_plant
 
     return serve_plant(engine, spec, port_base=args.port_base, truth_path=args.truth,
-                       status_path=args.status, record_path=args.record)
+                       status_path=args.status, record_path=args.record,
+                       hold_path=args.hold)

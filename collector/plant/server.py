@@ -376,8 +376,13 @@ def serve_plant(
     truth_path: Path | None = None,
     status_path: Path | None = None,
     record_path: Path | None = None,
+    hold_path: Path | None = None,
 ) -> int:
-    """Serve until the scenario ends or SIGINT/SIGTERM; return an exit status."""
+    """Serve until the scenario ends or SIGINT/SIGTERM; return an exit status.
+
+    With ``hold_path`` the meters answer at once but the clock starts only when that file
+    exists (``recp demo`` starts it when the agent is up, so no simulated hour is missed).
+    """
 
     async def main() -> int:
         stop = asyncio.Event()
@@ -408,6 +413,9 @@ def serve_plant(
                     f"{clock}. Ctrl-C stops.",
                     flush=True,
                 )
+                while hold_path is not None and not hold_path.exists() and not stop.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.02)
                 finished = await server.run(stop)
             print("scenario complete" if finished else "stopped", flush=True)
             return 0

@@ -23,11 +23,14 @@ from collector.configfile import (
     Problem,
     Strict,
     load_indexed,
+    mqtt_protocol,
     mqtt_url,
     no_inline_secret,
 )
 from collector.contract import check_id
 from collector.quantities import QUANTITIES, Kind
+
+from ..store import store_path
 
 
 def _secret(env: str | None, file: Path | None, base: Path) -> str | None:
@@ -79,6 +82,8 @@ class Mqtt(Strict):
     publish_timeout_s: float = Field(10.0, gt=0)
     reconnect_delay_s: float = Field(0.5, gt=0)
     reconnect_delay_max_s: float = Field(30.0, gt=0)
+    protocol: str = Field("5", description="MQTT protocol: 5, or 3.1.1 for brokers "
+                          "without MQTT 5 (no session expiry or receive maximum then)")
 
     @field_validator("password", mode="before")
     @classmethod
@@ -90,6 +95,11 @@ class Mqtt(Strict):
     @classmethod
     def _url(cls, url: str) -> str:
         return mqtt_url(url)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> str:
+        return mqtt_protocol(value)
 
     @field_validator("sites")
     @classmethod
@@ -133,9 +143,14 @@ class Influx(Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
+        if url.startswith("sqlite:"):  # the embedded store (detectors.store)
+            if not url[len("sqlite:"):].strip("/"):
+                raise ValueError("sqlite: needs a file name, e.g. sqlite:recp-store.sqlite")
+            return url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected http://host:port or https://host:port")
+            raise ValueError("expected http://host:port, https://host:port or sqlite:FILE "
+                             "(the embedded store)")
         return url
 
 
@@ -416,6 +431,19 @@ def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
                                                                          count=count)})
         cfg = cfg.model_copy(update={"processing": proc})
     m, i = cfg.mqtt, cfg.influx
+    if influx_url or os.environ.get("RECP_INFLUX_URL"):
+        try:
+            Influx._url(influx_url or os.environ.get("RECP_INFLUX_URL", ""))
+        except ValueError as exc:
+            raise ConfigError([Problem("--influx" if influx_url else "RECP_INFLUX_URL", None,
+                                       "", str(exc))]) from None
+        given = influx_url or os.environ.get("RECP_INFLUX_URL", "")
+        store = store_path(given)
+        if store is not None and not store.is_absolute():
+            # a store named on the command line or in the environment is relative to the
+            # working directory (one in the file, to the file)
+            given = f"sqlite:{Path.cwd() / store}"
+        influx_url = given
     url = mqtt_url or os.environ.get("RECP_MQTT_URL") or m.url
     if mqtt_url or os.environ.get("RECP_MQTT_URL"):
         Mqtt._url(url)  # same check as the file's

@@ -133,6 +133,19 @@ def alert_payload(t: Transition, currency: str, now_s: float) -> bytes:
     })  # fmt: skip
 
 
+def make_writer(spec: AnalyticsSpec) -> Any:
+    """The database writer: InfluxDB (or anything speaking /api/v2/write), or the embedded
+    store for ``sqlite:FILE`` (relative to the analytics file)."""
+    from ..store import StoreWriter, store_path
+
+    cfg = spec.config.influx
+    path = store_path(spec.influx_url)
+    if path is not None:
+        return StoreWriter(spec.path(path))
+    return InfluxWriter(spec.influx_url, spec.influx_token, cfg.org, cfg.bucket,
+                        cfg.timeout_s, cfg.gzip)
+
+
 @dataclass
 class Stats:
     started_s: float = field(default_factory=time.time)
@@ -166,8 +179,7 @@ class DetectService:
         self.cfg = cfg
         self.spool = Spool(spec.spool_path, cfg.spool.cap, cfg.spool.synchronous)
         if writer is None:
-            writer = InfluxWriter(spec.influx_url, spec.influx_token, cfg.influx.org,
-                                  cfg.influx.bucket, cfg.influx.timeout_s, cfg.influx.gzip)
+            writer = make_writer(spec)
         self.writer = writer
         self.sink = SpoolSink(self.spool, writer, batch=cfg.influx.batch,
                               retry_delay_s=cfg.influx.retry_delay_s,
@@ -537,14 +549,19 @@ class DetectService:
         m = self.cfg.mqtt
         url = urlsplit(self.spec.mqtt_url)
         tls = url.scheme == "mqtts" or m.tls is not None
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
-        props.ReceiveMaximum = m.receive_maximum
+        session: dict[str, Any]
+        if m.protocol == "3.1.1":  # brokers without MQTT 5 (the demo's in-process broker)
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        else:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = m.session_expiry_s
+            props.ReceiveMaximum = m.receive_maximum
+            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
+                       "properties": props}
         status = f"{DETECT_ROOT}/{self.spec.instance}/status"
         client = aiomqtt.Client(
             url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
-            identifier=self.spec.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False, properties=props, keepalive=m.keepalive_s,
+            identifier=self.spec.client_id, keepalive=m.keepalive_s, **session,
             timeout=m.publish_timeout_s, username=self.spec.mqtt_username,
             password=self.spec.mqtt_password, tls_context=self._tls(),
             will=aiomqtt.Will(status, self._status("offline", "connection lost"), 1, True),
@@ -595,7 +612,8 @@ class DetectService:
                 tg.create_task(self._publish(client, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
                 sub = asyncio.ensure_future(client.subscribe(
-                    [(f, SubscribeOptions(qos=1)) for f in self.filters()]))
+                    [(f, SubscribeOptions(qos=1) if m.protocol == "5" else 1)
+                     for f in self.filters()]))
                 seen = inbox.count
                 try:
                     while True:
