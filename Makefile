@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test plant bench score fuzz clean
+.PHONY: venv test demo plant bench score fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# the whole chain on this machine, about two to four minutes; the report lands in recp-demo/
+demo: venv
+	$(BIN)/recp demo
 
 plant: venv
 	$(BIN)/recp simulate -c edge_config/plants/demo.yaml

@@ -60,8 +60,8 @@ def store_path(url: str, base: Path | None = None) -> Path | None:
 # --------------------------------------------------------------------------- line protocol
 
 
-def _split(text: str, sep: str) -> list[str]:
-    """Split at ``sep`` outside backslash escapes and double quotes."""
+def _split(text: str, sep: str, quotes: bool = True) -> list[str]:
+    """Split at ``sep`` outside backslash escapes (and, with ``quotes``, double quotes)."""
     out, cur, quoted, i = [], [], False, 0
     while i < len(text):
         c = text[i]
@@ -69,7 +69,7 @@ def _split(text: str, sep: str) -> list[str]:
             cur.append(text[i : i + 2])
             i += 2
             continue
-        if c == '"':
+        if c == '"' and quotes:
             quoted = not quoted
         elif c == sep and not quoted:
             out.append("".join(cur))
@@ -120,11 +120,13 @@ class Point:
 
 def parse_line(line: str) -> Point:
     """One point of line protocol (as :mod:`detectors.service.lines` writes it, time in ms)."""
-    parts = _split(line.strip(), " ")
-    if len(parts) != 3:
+    # the series part knows no quotes (a '"' in a tag is a character); fields do
+    head, *rest = _split(line.strip(), " ", quotes=False)
+    parts = _split(" ".join(rest), " ")
+    if len(parts) != 2 or not head:
         raise LineError(f"expected 'series fields time', got {line[:120]!r}")
-    head, body, stamp = parts
-    keys = _split(head, ",")
+    body, stamp = parts
+    keys = _split(head, ",", quotes=False)
     tags = {}
     for item in keys[1:]:
         k, _, v = item.partition("=")

@@ -18,7 +18,9 @@ drift) with its excess, cost and CO2 ranked by money, and the total savings pote
 
 --site-dir is a folder in the layout of recp simulate --csv: one <meter>.csv per meter and
 meters.json (resource, counter column, price, CO2 factor); production and outdoor
-temperature come from its production and weather meters.
+temperature come from its production and weather meters. --store reads the same from the
+embedded store file that recp detect writes with influx.url sqlite:FILE (recp demo's
+store.sqlite): the readings as stored, prices from the stored consumption.
 
 Writes OUT/report.html (self-contained, plots embedded) and OUT/assessment.json, and
 OUT/report.pdf when Chromium or wkhtmltopdf is installed (--no-pdf: not even then).
@@ -26,17 +28,26 @@ OUT/report.pdf when Chromium or wkhtmltopdf is installed (--no-pdf: not even the
 examples:
   recp simulate -c edge_config/plants/demo.yaml --csv out/demo
   recp report --site-dir out/demo --from 2026-01-05 --to 2026-02-03 --out report/
+  recp report --store recp-demo/store.sqlite --timezone Europe/Vienna --out report/
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
         "--site-dir",
         type=Path,
-        required=True,
         metavar="DIR",
         help="folder of meter CSV files with meters.json (recp simulate --csv)",
     )
+    src.add_argument(
+        "--store",
+        type=Path,
+        metavar="FILE",
+        help="the embedded store recp detect wrote (influx.url sqlite:FILE; recp demo's "
+        "store.sqlite): its stored readings",
+    )
+    p.add_argument("--site", help="with --store: the site (default: the only one stored)")
     p.add_argument(
         "--from",
         dest="start",
@@ -99,7 +110,38 @@ def _pdf(html: Path, pdf: Path) -> tuple[str | None, str]:
     return None, "no PDF: " + "; ".join(tried)
 
 
+def _from_store(args: argparse.Namespace, folder: Path) -> tuple[int | None, int | None]:
+    """Export the store's readings of one site into ``folder`` (the CSV layout)."""
+    from detectors.store import Store, export_site_dir
+
+    from ..configfile import ConfigError, Problem
+
+    try:
+        store = Store(args.store)
+    except FileNotFoundError as exc:
+        raise ConfigError([Problem(str(args.store), None, "", str(exc))]) from None
+    with store:
+        sites = store.sites()
+        site = args.site or (sites[0] if len(sites) == 1 else None)
+        if site is None or site not in sites:
+            have = ", ".join(sites) or "no readings at all"
+            raise ConfigError([Problem(str(args.store), None, "", "name the site with --site "
+                                       f"(it holds: {have})")])
+        span = export_site_dir(store, site, folder, timezone=args.timezone)
+    args.site_dir = folder
+    return span.start_s, span.end_s
+
+
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    if args.store is None:
+        return _run_checked(args, None)
+    with tempfile.TemporaryDirectory(prefix="recp-report-") as tmp:
+        return _run_checked(args, _from_store(args, Path(tmp)))
+
+
+def _run_checked(args: argparse.Namespace, span: tuple[int | None, int | None] | None) -> int:
     from detectors.csvinput import CsvInputError, load_manifest
     from detectors.savings import SavingsError, parse_local
 
@@ -118,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         what = "--from/--to" if "zone" not in str(exc) else "--timezone"
         raise ConfigError([Problem(what, None, "", f"{exc}; use 2026-01-05 or "
                                    "2026-01-05T06:00:00Z")]) from None  # fmt: skip
+    if span is not None:
+        start = span[0] if start is None else start
+        end = span[1] if end is None else end
     try:
         return _run(args, start, end)
     except CsvInputError as exc:

@@ -17,7 +17,8 @@ adjusted baseline minus actual, with its ASHRAE Guideline 14-2014 uncertainty at
 and a pass/fail verdict (CV(RMSE), NMBE, savings uncertainty, data sufficiency).
 
 INPUT is a CSV file: timestamp_utc, then value columns (the layout recp simulate --csv
-writes), or influx:SITE/METER: the interval consumption recp detect stored in the InfluxDB
+writes), or SITE/METER with --store FILE (the embedded store of recp detect or recp demo),
+or influx:SITE/METER: the interval consumption recp detect stored in the InfluxDB
 of --analytics FILE (then --production names a production meter and --temperature a
 reading field such as outdoor_temperature_c; prices from the site's settings or --price).
 For a CSV, the consumption column is a counter by default (--values interval: quantity per
@@ -90,6 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--currency", default="EUR", help="currency of the price (default EUR)")
     p.add_argument(
+        "--store",
+        type=Path,
+        metavar="FILE",
+        help="read INPUT SITE/METER from this embedded store (recp detect with influx.url "
+        "sqlite:FILE; recp demo's store.sqlite)",
+    )
+    p.add_argument(
         "--analytics",
         type=Path,
         metavar="FILE",
@@ -159,6 +167,43 @@ def _influx_error(exc: Exception) -> str:
     return f"could not query InfluxDB: {type(reason).__name__}: {str(reason)[:200]}"
 
 
+def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(series, baseline, reporting) from the embedded store (``--store FILE``)."""
+    import numpy as np
+
+    from detectors.influxinput import parse_target, series_from_rows
+    from detectors.meter import MeterInfo
+    from detectors.savings import Period
+    from detectors.store import Store, _price, consumption_rows, reading_series
+
+    site, meter_id = parse_target(str(args.input))
+    tz = args.timezone or "UTC"
+    baseline = Period.parse(args.baseline, "baseline", tz)
+    reporting = Period.parse(args.reporting, "reporting", tz)
+    try:
+        store = Store(args.store)
+    except FileNotFoundError as exc:
+        raise _problem(str(args.store), None, str(exc)) from None
+    with store:
+        wanted = [meter_id] + ([args.production] if args.production else [])
+        rows = consumption_rows(store, site, baseline.start_s, reporting.end_s, wanted)
+        temperature = None
+        if args.temperature:
+            ts, vs = reading_series(store, site, args.temperature, baseline.start_s,
+                                    reporting.end_s)
+            temperature = (np.asarray(ts, dtype=np.int64), np.asarray(vs, dtype=np.float64))
+        price, co2, unit = _price(store, site, meter_id)
+    info = MeterInfo(meter_id, unit or next((r.unit for r in rows if r.meter == meter_id), ""),
+                     price_per_unit=args.price if args.price is not None else price,
+                     co2_kg_per_unit=args.co2_factor if args.co2_factor is not None else co2)
+    series = series_from_rows(
+        rows, meter_id, start_s=baseline.start_s, end_s=reporting.end_s,
+        interval_s=86400 if args.interval == "daily" else 3600, timezone=tz,
+        production=args.production, temperature=temperature, info=info,
+    )  # fmt: skip
+    return series, baseline, reporting
+
+
 def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
     """(series, baseline, reporting) from CSV files."""
     from dataclasses import replace
@@ -226,7 +271,11 @@ def _run(args: argparse.Namespace) -> int:
     from detectors.savings import compute_savings
 
     with Progress(5, "savings") as bar:
-        if str(args.input).startswith("influx:"):
+        if args.store is not None:
+            bar.note("reading the store")
+            series, baseline, reporting = _store_series(args)
+            bar.step("cleaning")
+        elif str(args.input).startswith("influx:"):
             bar.note("querying InfluxDB")
             series, baseline, reporting = _influx_series(args)
             bar.step("cleaning")

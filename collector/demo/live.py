@@ -164,19 +164,32 @@ async def watch(c: Any, site: str, state: LiveState, recorder: Recorder | None,
             continue  # not ours to judge: the service dead-letters malformed readings
 
 
-def history_messages(history_dir: Path, site: str, meta: list[tuple[str, bytes]]
+def history_messages(history_dir: Path, site: str, meta: list[tuple[str, bytes]], *,
+                     spacing_s: tuple[float, float] = (300.0, 600.0)
                      ) -> list[tuple[str, bytes]]:
-    """The history as the agent would have published it: every row a reading, in time order."""
+    """The history as the agent would have published it, in time order.
+
+    Rows are kept at random spacings in ``spacing_s`` (seeded per meter), as an agent
+    polling the accelerated plant reads them: the detectors learn from data as irregular
+    as the live part's, not from readings exactly on the interval boundaries.
+    """
+    import random
+
     from ..quantities import QUANTITIES
 
     manifest = json.loads((history_dir / "meters.json").read_text(encoding="utf-8"))["meters"]
     rows: list[tuple[str, str, list[str], list[str]]] = []
     for mid in manifest:
+        rng = random.Random(f"demo-history/{mid}")
+        next_t = -1.0
         with (history_dir / f"{mid}.csv").open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             head = next(reader)
             for row in reader:
-                rows.append((row[0], mid, head, row))
+                t = _epoch(row[0])
+                if t >= next_t:
+                    rows.append((row[0], mid, head, row))
+                    next_t = t + rng.uniform(*spacing_s)
     rows.sort(key=lambda r: r[0])
     seqs: dict[str, int] = {}
     out = list(meta)

@@ -84,13 +84,6 @@ class Screen:
         self._status = ""
 
 
-def _clock_device_supported() -> bool:
-    """Whether the agent can stamp readings with the plant's simulated clock."""
-    from ..site import ClockSettings
-
-    return "source" in ClockSettings.model_fields
-
-
 def _utc(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -111,6 +104,7 @@ class Demo:
     phase: str = "starting"
     started: float = field(default_factory=time.monotonic)
     live_started: float | None = None
+    history_published: int = 0
 
     @property
     def out(self) -> Path:
@@ -205,6 +199,7 @@ class Demo:
         meta = Agent(load_site(sf)).meta_messages()
         messages = await asyncio.to_thread(history_messages, split.history_dir, split.site, meta)
         n = sum(1 for t, _ in messages if t.endswith("/reading"))
+        self.history_published = n
         self.say(f"replaying the history to the detector service: {n:,} readings ...")
         task = asyncio.create_task(publish_all(c, messages, self.state))
         svc = self.children["detect"]
@@ -243,7 +238,10 @@ class Demo:
         await self.until(status.exists, 60, "waiting for the virtual plant to listen", plant)
         ports = {int(k): int(v) for k, v in
                  json.loads(status.read_text(encoding="utf-8"))["ports"].items()}
-        device_clock = _clock_device_supported()
+        device_clock = split.spec.plant.clock is not None
+        if not device_clock:
+            raise DemoError(f"{o.plant}: the plant serves no clock (clock: {{port, unit_id}}); "
+                            "the agent needs it to stamp readings in simulated time")
         sf = site_file(split, self.work / "site.yaml", mqtt_url=url, protocol=protocol,
                        ports=ports, poll_s=o.poll_s, outbox=self.work / "outbox.sqlite",
                        clock_device=device_clock)
@@ -311,7 +309,7 @@ class Demo:
             await plant.stop(5.0)
         svc = self.children.get("detect")
         if svc is not None and svc.running() and not self.hard_stop:
-            expected = self.state.readings + (self.split.history_rows if self.split else 0)
+            expected = self.state.readings + self.history_published
             deadline = time.monotonic() + 60
             while svc.running() and time.monotonic() < deadline and not self.hard_stop:
                 h = self.state.detect_health
@@ -348,7 +346,9 @@ class Demo:
         days = max(0.0, (now_s - split.live_start.timestamp()) / 86400.0)
         consumption = [m for m in split.spec.plant.meters
                        if m.profile and m.price_per_unit is not None]
-        verdict = judge(truth, found, now_s=now_s, meters=len(consumption), days=days)
+        verdict = judge(truth, found, now_s=now_s, meters=len(consumption), days=days,
+                        since_s=split.live_start.timestamp(),
+                        consumption={m.id for m in consumption})
         (self.out / "summary.json").write_text(json.dumps(verdict.as_dict(), indent=2,
                                                           default=str) + "\n", encoding="utf-8")
         self.say("")
@@ -402,6 +402,7 @@ class Demo:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
+        o.out = o.out.resolve()  # the children's files name their paths absolutely
         o.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         for stale in ("report.html", "assessment.json", "summary.json", "events.json",

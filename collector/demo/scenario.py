@@ -23,8 +23,9 @@ from ..plant import Engine, load_plant
 from ..plant.load import PlantSpec
 
 DAY_S = 86400.0
-INTERVAL_S = 900  # the service's consumption interval
-HISTORY_SAMPLE_S = 900  # one history reading per meter and interval
+# the service's consumption interval: an hour, so that an agent polling a plant running a
+# day per 10 s on a busy machine still reads each meter a few times per interval
+INTERVAL_S = 3600
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def split_plant(plant_file: Path, workdir: Path, *, history_days: float,
     history = type(plant).model_validate(plant.model_dump() | {"days": history_days})
     engine = Engine(history, spec.profiles, file=spec.file)
     history_dir = workdir / "history"
-    summary = write_csv(engine, history_dir, max(HISTORY_SAMPLE_S, plant.step_s))
+    summary = write_csv(engine, history_dir, plant.step_s)
     # the live part continues every counter from where the history left it
     initial = {}
     for mid, meter in engine.meters.items():
@@ -112,6 +113,12 @@ def site_file(split: Split, path: Path, *, mqtt_url: str, protocol: str, ports: 
         if m.co2_kg_per_unit is not None:
             entry["co2_kg_per_unit"] = m.co2_kg_per_unit
         meters.append(entry)
+    if clock_device and plant.clock is not None:
+        c = plant.clock
+        meters.append({"id": "plc_clock", "name": "Line PLC clock", "profile": c.profile,
+                       "unit_id": c.unit_id, "interval_s": poll_s,
+                       "connection": {"type": "tcp", "host": plant.host,
+                                      "port": ports.get(c.port, c.port)}})
     data: dict[str, Any] = {
         "kind": "site", "site": plant.name, "name": f"{plant.name} (recp demo)",
         "mqtt": {"url": mqtt_url, "protocol": protocol, "health_interval_s": 5,
@@ -124,8 +131,8 @@ def site_file(split: Split, path: Path, *, mqtt_url: str, protocol: str, ports: 
         "clock": {"require": "none"},
         "meters": meters,
     }
-    if clock_device:
-        data["clock"]["source"] = "device"
+    if clock_device and plant.clock is not None:
+        data["clock"] = {"source": "device", "device": "plc_clock"}
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 

@@ -1,10 +1,10 @@
 """The demo's verdict: the losses the service found against the losses the plant injected.
 
 An event found matches an injected loss when it is on the same meter, of a type that
-loss shows as (a leak, a failed steam trap or a base-load rise is a level shift of the
-night-time base, a base-load rise, or overspend against the baseline), and overlaps the
-injected window with a day of slack at either end. Loss events that match nothing are
-false alarms; stuck meters, gaps and resets are data-quality events, not alarms.
+loss shows as (a leak, a failed steam trap or a base-load rise: any loss type; see
+``SHOWN_AS``), and starts at most a day before the loss began and before it ended. Loss
+events that match nothing are false alarms; stuck meters, gaps and resets are
+data-quality events, not alarms.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SLACK_S = 86400.0
+LOSS_EVENT_TYPES = {"spike", "base_load_rise", "level_shift", "drift", "overspend"}
+# a lasting extra flow is a loss event of any type (the service names it by the detector
+# that saw it first: a step is a level shift, a base-load rise, overspend, or while it is
+# new a long "spike"); short bursts and fouling have their own
 SHOWN_AS: dict[str, set[str]] = {
-    "leak": {"base_load_rise", "level_shift", "overspend"},
-    "base_load_rise": {"base_load_rise", "level_shift", "overspend"},
-    "steam_trap": {"level_shift", "base_load_rise", "overspend"},
+    "leak": LOSS_EVENT_TYPES,
+    "base_load_rise": LOSS_EVENT_TYPES,
+    "steam_trap": LOSS_EVENT_TYPES,
     "drift": {"drift", "overspend"},
     "overspend": {"overspend", "drift"},
     "spikes": {"spike", "overspend"},
 }
-LOSS_EVENT_TYPES = {"spike", "base_load_rise", "level_shift", "drift", "overspend"}
 # the demo's agreed false-alarm rate: at most one false loss event per meter and month
 FALSE_PER_METER_MONTH = 1.0
 
@@ -81,21 +84,27 @@ class Verdict:
 
 
 def judge(truth: list[dict[str, Any]], events: list[dict[str, Any]], *, now_s: float,
-          meters: int, days: float) -> Verdict:
-    """Match found events (``recp.demo`` event dicts, times in epoch s) with the truth."""
+          meters: int, days: float, since_s: float | None = None,
+          consumption: set[str] | None = None) -> Verdict:
+    """Match found events (``recp.demo`` event dicts, times in epoch s) with the truth.
+
+    Only events from ``since_s`` on (the live part; before it the detectors learn from
+    the history) and on ``consumption`` meters (not the production counter) are judged.
+    """
+    events = [e for e in events if (since_s is None or e["start_s"] >= since_s)
+              and (consumption is None or e["meter"] in consumption)]
     used: set[int] = set()
     matches = []
     for t in truth:
         kinds = SHOWN_AS.get(t.get("type", ""))
         if not kinds:
             continue
+        # found: it starts within a day of the loss's start, and before the loss ends
         lo = (_t(t.get("start")) or now_s) - SLACK_S
-        hi = (_t(t.get("end")) or now_s) + SLACK_S
+        hi = _t(t.get("end")) or now_s
         m = Match(t)
         for i, e in enumerate(events):
-            end = e.get("end_s") or now_s
-            if e["meter"] == t["meter"] and e["type"] in kinds and e["start_s"] <= hi \
-                    and end >= lo:
+            if e["meter"] == t["meter"] and e["type"] in kinds and lo <= e["start_s"] <= hi:
                 m.found.append(e)
                 used.add(i)
         matches.append(m)
