@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEME = "sqlite:"
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -152,6 +154,7 @@ class StoreWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rejected = 0
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False,
                                    isolation_level=None, timeout=30)
@@ -160,9 +163,16 @@ class StoreWriter:
         self._db.executescript(_SCHEMA)
 
     def write(self, lines: list[str]) -> None:
+        """Store the points; a line that is not line protocol is logged and skipped (as a
+        database refuses it), so it cannot block the spool behind it."""
         rows = []
         for text in lines:
-            p = parse_line(text)
+            try:
+                p = parse_line(text)
+            except ValueError as exc:
+                self.rejected += 1
+                log.error("store: refused a point (%s): %s", exc, text[:200])
+                continue
             rows.append((p.measurement, p.series, p.time_ms, p.tags.get("site"),
                          p.tags.get("meter"), json.dumps(p.tags), json.dumps(p.fields)))
         with self._lock:

@@ -165,20 +165,22 @@ async def watch(c: Any, site: str, state: LiveState, recorder: Recorder | None,
 
 
 def history_messages(history_dir: Path, site: str, meta: list[tuple[str, bytes]], *,
-                     spacing_s: tuple[float, float] = (300.0, 600.0)
-                     ) -> list[tuple[str, bytes]]:
+                     spacing_s: tuple[float, float] = (300.0, 600.0),
+                     jitter_s: float = 120.0) -> list[tuple[str, bytes]]:
     """The history as the agent would have published it, in time order.
 
-    Rows are kept at random spacings in ``spacing_s`` (seeded per meter), as an agent
-    polling the accelerated plant reads them: the detectors learn from data as irregular
-    as the live part's, not from readings exactly on the interval boundaries.
+    Rows are kept at random spacings in ``spacing_s`` and stamped up to ``jitter_s`` off
+    (seeded per meter), as an agent polling the accelerated plant reads them: at 4320x
+    the 10 to 30 ms between the clock's read and a meter's answer on a busy machine are
+    one or two simulated minutes. The detectors so learn from data as irregular as the
+    live part's, not from readings exact to the second.
     """
     import random
 
     from ..quantities import QUANTITIES
 
     manifest = json.loads((history_dir / "meters.json").read_text(encoding="utf-8"))["meters"]
-    rows: list[tuple[str, str, list[str], list[str]]] = []
+    rows: list[tuple[float, str, list[str], list[str]]] = []
     for mid in manifest:
         rng = random.Random(f"demo-history/{mid}")
         next_t = -1.0
@@ -188,7 +190,8 @@ def history_messages(history_dir: Path, site: str, meta: list[tuple[str, bytes]]
             for row in reader:
                 t = _epoch(row[0])
                 if t >= next_t:
-                    rows.append((row[0], mid, head, row))
+                    stamp = t + rng.uniform(-jitter_s, jitter_s)
+                    rows.append((stamp, mid, head, row))
                     next_t = t + rng.uniform(*spacing_s)
     rows.sort(key=lambda r: r[0])
     seqs: dict[str, int] = {}
@@ -199,7 +202,7 @@ def history_messages(history_dir: Path, site: str, meta: list[tuple[str, bytes]]
                                                                       strict=True)
                   if h in QUANTITIES}
         resource = manifest[mid]["resource"]
-        ts = _epoch(stamp)
+        ts = stamp
         payload = contract.reading_payload(
             site=site, meter=mid, resource=resource, stream=REPLAY_STREAM, seq=seqs[mid],
             ts=ts, quality=contract.Quality.OK, values=values)

@@ -320,12 +320,19 @@ class Demo:
             await svc.stop(40.0 if not self.hard_stop else 5.0)
 
     def events(self) -> list[dict[str, Any]]:
+        """The service's events: from the store (their final excess and cost), and from
+        the alerts seen for any the store does not have (an external database, or a
+        spool not yet written when the demo was stopped)."""
+        found: dict[str, dict[str, Any]] = {}
+        for e in events_from_alerts([a.payload for a in self.state.alerts.values()]):
+            found[e["id"]] = e
         if self.store is not None and self.store.exists():
             from detectors.store import Store, events
 
             with Store(self.store) as s:
-                return events(s)
-        return events_from_alerts([a.payload for a in self.state.alerts.values()])
+                for e in events(s):
+                    found[e["id"]] = e
+        return sorted(found.values(), key=lambda e: (e["start_s"], e["id"]))
 
     def results(self) -> int:
         """Summary, events and report in the output folder; exit status 0 when all found."""

@@ -2,7 +2,7 @@
 
 An event found matches an injected loss when it is on the same meter, of a type that
 loss shows as (a leak, a failed steam trap or a base-load rise: any loss type; see
-``SHOWN_AS``), and starts at most a day before the loss began and before it ended. Loss
+``SHOWN_AS``), overlaps the loss, and starts at most two days before it began. Loss
 events that match nothing are false alarms; stuck meters, gaps and resets are
 data-quality events, not alarms.
 """
@@ -99,12 +99,15 @@ def judge(truth: list[dict[str, Any]], events: list[dict[str, Any]], *, now_s: f
         kinds = SHOWN_AS.get(t.get("type", ""))
         if not kinds:
             continue
-        # found: it starts within a day of the loss's start, and before the loss ends
-        lo = (_t(t.get("start")) or now_s) - SLACK_S
+        # found: it overlaps the loss and starts at most two nights before it (a base-load
+        # detector dates a step from the nights it compares)
+        start = _t(t.get("start")) or now_s
         hi = _t(t.get("end")) or now_s
         m = Match(t)
         for i, e in enumerate(events):
-            if e["meter"] == t["meter"] and e["type"] in kinds and lo <= e["start_s"] <= hi:
+            end = e.get("end_s") or now_s
+            if e["meter"] == t["meter"] and e["type"] in kinds \
+                    and start - 2 * SLACK_S <= e["start_s"] <= hi and end >= start:
                 m.found.append(e)
                 used.add(i)
         matches.append(m)

@@ -33,8 +33,8 @@ def _field(value: float | int | bool | str) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int):
         return f"{value}i"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
+    if isinstance(value, float):  # float(): numpy 2 reprs np.float64(x) as "np.float64(x)"
+        return repr(float(value)) if math.isfinite(value) else None
     text = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
     return f'"{text}"'
 

@@ -130,3 +130,19 @@ def test_consumption_rows_and_site_export_feed_report_and_savings(tmp_path: Path
     [m] = a.meters
     assert m.meter.price_per_unit == pytest.approx(0.2)
     assert m.total == pytest.approx(12.5 * (24 * 21 - 1), rel=1e-6)
+
+
+def test_numpy_floats_are_written_as_plain_numbers():
+    import numpy as np
+
+    assert line("m", {"a": "b"}, {"x": np.float64(1.5), "n": 2}, 7) == "m,a=b x=1.5,n=2i 7"
+
+
+def test_a_malformed_line_is_skipped_not_blocking_the_rest(tmp_path: Path):
+    db = tmp_path / "s.sqlite"
+    w = StoreWriter(db)
+    w.write(["m,site=d x=np.float64(1.0) 1", "m,site=d x=2.0 2"])
+    w.close()
+    assert w.rejected == 1
+    with Store(db) as s:
+        assert [p.fields for p in s.points("m")] == [{"x": 2.0}]

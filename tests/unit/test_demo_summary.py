@@ -1,0 +1,56 @@
+"""recp demo's verdict: which events found which injected losses, and what is a false alarm."""
+
+from __future__ import annotations
+
+from collector.demo.summary import format_verdict, judge
+
+DAY = 86400.0
+T0 = 1_788_739_200.0  # 2026-09-07T00:00Z
+
+
+def ev(meter: str, kind: str, start: float, end: float | None = None, cost: float = 10.0):
+    return {"id": f"{meter}/{kind}/{start}", "meter": meter, "type": kind, "start_s": start,
+            "end_s": end, "excess": 1.0, "cost": cost, "unit": "m3"}
+
+
+def truth(meter: str, kind: str, start: float, end: float | None = None):
+    iso = __import__("collector.contract", fromlist=["format_ts"]).format_ts
+    return {"id": f"{meter}/{kind}/0", "meter": meter, "type": kind, "start": iso(start),
+            "end": iso(end) if end else None, "excess": 5.0, "cost": 20.0, "unit": "m3"}
+
+
+def test_a_loss_is_found_by_any_loss_event_on_its_meter_in_its_window():
+    t = [truth("water", "leak", T0 + 2 * DAY)]
+    v = judge(t, [ev("water", "overspend", T0 + 2 * DAY + 3600)], now_s=T0 + 7 * DAY,
+              meters=4, days=7)
+    assert v.found_all and not v.false_alarms and v.ok
+    assert "found  water" in "\n".join(format_verdict(v))
+
+
+def test_wrong_meter_or_long_before_or_after_the_loss_is_not_a_find():
+    t = [truth("water", "leak", T0 + 3 * DAY, T0 + 4 * DAY)]
+    events = [ev("steam", "overspend", T0 + 3 * DAY),          # another meter
+              ev("water", "overspend", T0, T0 + DAY),          # over before the loss
+              ev("water", "spike", T0 + 5 * DAY)]              # after it ended
+    v = judge(t, events, now_s=T0 + 7 * DAY, meters=4, days=7)
+    assert not v.found_all and not v.ok
+    assert len(v.false_alarms) == 3
+    assert "MISSED" in "\n".join(format_verdict(v))
+
+
+def test_data_quality_events_history_and_production_are_not_judged():
+    t = [truth("water", "leak", T0 + 2 * DAY)]
+    events = [ev("water", "overspend", T0 + 2 * DAY),
+              ev("water", "stuck", T0 + DAY),                  # data quality, not a loss
+              ev("water", "spike", T0 - 3 * DAY),              # during the history
+              ev("prod", "base_load_rise", T0 + DAY)]          # the production counter
+    v = judge(t, events, now_s=T0 + 7 * DAY, meters=4, days=7, since_s=T0,
+              consumption={"water", "steam"})
+    assert v.found_all and v.false_alarms == []
+
+
+def test_the_agreed_rate_is_one_false_alarm_per_meter_and_month():
+    t: list[dict] = []
+    one = [ev("water", "spike", T0 + DAY)]
+    assert judge(t, one, now_s=T0 + 30 * DAY, meters=4, days=30).ok  # limit 4
+    assert not judge(t, one, now_s=T0 + 7 * DAY, meters=4, days=7).ok  # limit 0
