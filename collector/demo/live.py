@@ -46,6 +46,7 @@ class LiveState:
     meters_seen: set[str] = field(default_factory=set)
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)
     alerts: dict[str, Alert] = field(default_factory=dict)
+    raised: dict[str, float | None] = field(default_factory=dict)  # event id -> sim time
     detect_status: str = ""
     detect_health: dict[str, Any] = field(default_factory=dict)
     agent_status: str = ""
@@ -152,6 +153,8 @@ async def watch(c: Any, site: str, state: LiveState, recorder: Recorder | None,
             elif topic.startswith("recp/v1/_alerts/"):
                 data = json.loads(payload)
                 state.alerts[data["id"]] = Alert(data["id"], data)
+                if data.get("event") == "open":  # when it was raised, in simulated time
+                    state.raised.setdefault(data["id"], state.last_ts)
                 on_alert(data)
             elif topic.startswith("recp/v1/_detect/"):
                 if topic.endswith("/status"):

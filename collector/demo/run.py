@@ -289,6 +289,10 @@ class Demo:
             if a.get("event") == "open":
                 self.say(f"  note   {a.get('meter')}: {a.get('type')} since {when} "
                          "(data quality, not a loss)")
+        elif a.get("resource") in ("production", "weather"):
+            if a.get("event") == "open":
+                self.say(f"  note   {a.get('meter')}: {a.get('type')} since {when} "
+                         f"(a {a.get('resource')} meter: not a loss)")
         elif a.get("event") == "open":
             self.say(f"  ALERT  {a.get('meter')}: {a.get('type')} since {when} "
                      f"({a.get('excess', 0):,.4g} {a.get('unit', '')}{money} so far)")
@@ -332,6 +336,8 @@ class Demo:
             with Store(self.store) as s:
                 for e in events(s):
                     found[e["id"]] = e
+        for e in found.values():
+            e["raised_s"] = self.state.raised.get(e["id"])
         return sorted(found.values(), key=lambda e: (e["start_s"], e["id"]))
 
     def results(self) -> int:

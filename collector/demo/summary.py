@@ -2,7 +2,7 @@
 
 An event found matches an injected loss when it is on the same meter, of a type that
 loss shows as (a leak, a failed steam trap or a base-load rise: any loss type; see
-``SHOWN_AS``), overlaps the loss, and starts at most two days before it began. Loss
+``SHOWN_AS``), and was raised while the loss ran (up to a day after it ended). Loss
 events that match nothing are false alarms; stuck meters, gaps and resets are
 data-quality events, not alarms.
 """
@@ -34,6 +34,13 @@ def _t(text: str | None) -> float | None:
     if not text:
         return None
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _raised(e: dict[str, Any]) -> float:
+    """When the event was raised (simulated time of the newest reading when its alert
+    came), or else its start."""
+    raised = e.get("raised_s")
+    return float(raised) if raised is not None else float(e["start_s"])
 
 
 def _day(ts: float | None) -> str:
@@ -91,7 +98,7 @@ def judge(truth: list[dict[str, Any]], events: list[dict[str, Any]], *, now_s: f
     Only events from ``since_s`` on (the live part; before it the detectors learn from
     the history) and on ``consumption`` meters (not the production counter) are judged.
     """
-    events = [e for e in events if (since_s is None or e["start_s"] >= since_s)
+    events = [e for e in events if (since_s is None or _raised(e) >= since_s)
               and (consumption is None or e["meter"] in consumption)]
     used: set[int] = set()
     matches = []
@@ -99,15 +106,16 @@ def judge(truth: list[dict[str, Any]], events: list[dict[str, Any]], *, now_s: f
         kinds = SHOWN_AS.get(t.get("type", ""))
         if not kinds:
             continue
-        # found: it overlaps the loss and starts at most two nights before it (a base-load
-        # detector dates a step from the nights it compares)
+        # found: raised while the loss ran (or a day after it ended), and still open
+        # when it began; the event's own start may lie earlier (a CUSUM dates a step
+        # from where it began to climb)
         start = _t(t.get("start")) or now_s
-        hi = _t(t.get("end")) or now_s
+        hi = (_t(t.get("end")) or now_s) + SLACK_S
         m = Match(t)
         for i, e in enumerate(events):
             end = e.get("end_s") or now_s
             if e["meter"] == t["meter"] and e["type"] in kinds \
-                    and start - 2 * SLACK_S <= e["start_s"] <= hi and end >= start:
+                    and start <= _raised(e) <= hi and end >= start:
                 m.found.append(e)
                 used.add(i)
         matches.append(m)
@@ -133,6 +141,7 @@ def format_verdict(v: Verdict, currency: str = "EUR") -> list[str]:
         lines.append(f"  found  {truth_text}")
         lines.append(f"         as {b['type']} from {_day(b['start_s'])}"
                      + ("" if b.get("end_s") is None else f" to {_day(b['end_s'])}")
+                     + ("" if b.get("raised_s") is None else f", raised {_day(b['raised_s'])}")
                      + f": {b.get('excess') or 0:,.4g} {b.get('unit', '')}"
                      + ("" if found_cost is None else f", {found_cost:,.0f} {currency}")
                      + (f"  (+{len(m.found) - 1} more event(s))" if len(m.found) > 1 else ""))
@@ -141,7 +150,8 @@ def format_verdict(v: Verdict, currency: str = "EUR") -> list[str]:
                  f"{len(v.false_alarms)} (agreed limit {v.false_limit}: "
                  f"{FALSE_PER_METER_MONTH:g} per meter and month).")
     for e in v.false_alarms:
-        lines.append(f"  false alarm: {e['meter']} {e['type']} from {_day(e['start_s'])}")
+        lines.append(f"  false alarm: {e['meter']} {e['type']} from {_day(e['start_s'])}, "
+                     f"raised {_day(_raised(e))}")
     return lines
 
 

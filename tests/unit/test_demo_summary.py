@@ -8,9 +8,10 @@ DAY = 86400.0
 T0 = 1_788_739_200.0  # 2026-09-07T00:00Z
 
 
-def ev(meter: str, kind: str, start: float, end: float | None = None, cost: float = 10.0):
+def ev(meter: str, kind: str, start: float, end: float | None = None, cost: float = 10.0,
+       raised: float | None = None):
     return {"id": f"{meter}/{kind}/{start}", "meter": meter, "type": kind, "start_s": start,
-            "end_s": end, "excess": 1.0, "cost": cost, "unit": "m3"}
+            "end_s": end, "excess": 1.0, "cost": cost, "unit": "m3", "raised_s": raised}
 
 
 def truth(meter: str, kind: str, start: float, end: float | None = None):
@@ -31,11 +32,20 @@ def test_wrong_meter_or_long_before_or_after_the_loss_is_not_a_find():
     t = [truth("water", "leak", T0 + 3 * DAY, T0 + 4 * DAY)]
     events = [ev("steam", "overspend", T0 + 3 * DAY),          # another meter
               ev("water", "overspend", T0, T0 + DAY),          # over before the loss
-              ev("water", "spike", T0 + 5 * DAY)]              # after it ended
+              ev("water", "spike", T0 + 5.5 * DAY)]            # a day after it ended
     v = judge(t, events, now_s=T0 + 7 * DAY, meters=4, days=7)
     assert not v.found_all and not v.ok
     assert len(v.false_alarms) == 3
     assert "MISSED" in "\n".join(format_verdict(v))
+
+
+def test_an_alarm_raised_during_the_loss_counts_though_dated_earlier():
+    t = [truth("steam", "steam_trap", T0 + 3 * DAY, T0 + 5 * DAY)]
+    early = ev("steam", "level_shift", T0, T0 + 6 * DAY, raised=T0 + 3 * DAY + 7200)
+    before = ev("steam", "overspend", T0, T0 + DAY / 2, raised=T0 + 3600)
+    v = judge(t, [early, before], now_s=T0 + 7 * DAY, meters=4, days=7)
+    assert v.matches[0].found == [early]
+    assert v.false_alarms == [before]
 
 
 def test_data_quality_events_history_and_production_are_not_judged():
