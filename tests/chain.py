@@ -16,8 +16,9 @@ with the plant file as a dict; the broker and the database are the conftest serv
 A lead-in (``lead_in_days``) is the first days of the scenario written as CSV and used
 offline to fit each meter's baseline, which the detector service loads; the plant then
 serves from the end of the lead-in on (``recp simulate --from``), continuing its counters.
-Restarting the plant starts its scenario over from the lead-in's end; the other parts keep
-their state on disk (outbox, session, spool, checkpoint, data) across restarts.
+A restarted plant resumes at the simulated time it had reached (``--from``; its clock
+does not run while it is down); the other parts keep their state on disk (outbox,
+session, spool, checkpoint, data) across restarts.
 """
 
 from __future__ import annotations
@@ -382,6 +383,16 @@ class Chain:
         if name in ("broker", "vm"):
             part.start()
             return
+        if name == "plant" and self.status():
+            # a restarted plant resumes where it stopped (its scenario is deterministic, so
+            # the counters continue), instead of starting its scenario over
+            argv = self.plant.argv
+            resume = ["--from", iso(self.sim_time())]
+            if "--from" in argv:
+                i = argv.index("--from")
+                argv[i : i + 2] = resume
+            else:
+                argv += resume
         self._marks[name] = self._log(name).count(self._markers[name])
         try:
             part.start()
