@@ -96,7 +96,7 @@ def test_demo_writes_to_the_given_broker_and_database(
     mosquitto = mosquitto_factory(extra_conf="autosave_on_changes false\n"
                                   "autosave_interval 5\nmax_queued_messages 0")
     out = tmp_path / "demo"
-    done = demo(out, "--history-days", "7", "--live-days", "1", "--no-report",
+    done = demo(out, "--history-days", "3", "--live-days", "1", "--no-report",
                 "--mqtt-url", mosquitto.url, "--influx-url", victoria_metrics.url)
     text = done.stdout + done.stderr
     assert done.returncode in (0, 1), text[-4000:]  # 1: a loss not reached in one day
@@ -108,7 +108,7 @@ def test_demo_writes_to_the_given_broker_and_database(
     # history and live readings, stamped in the plant's simulated time (August 2026)
     stamps = [t for s in series for t in s["timestamps"]]
     assert len(stamps) > 500
-    assert max(stamps) / 1000 > 1786924800  # 2026-08-17: the live part after 7 days
+    assert max(stamps) / 1000 > 1786579200  # 2026-08-13: the live part after 3 days
     assert max(stamps) / 1000 < time.time() - 30 * 86400
     cons = victoria_metrics.query_export('{__name__="consumption_actual",site="small_dairy"}')
     assert {s["metric"]["meter"] for s in cons} >= {"water_main", "steam_main"}
@@ -118,14 +118,14 @@ def test_demo_writes_to_the_given_broker_and_database(
 @pytest.mark.timeout(600)
 def test_in_process_broker_runs_the_chain(tmp_path: Path):
     out = tmp_path / "demo"
-    done = demo(out, "--broker", "amqtt", "--history-days", "7", "--live-days", "1",
+    done = demo(out, "--broker", "amqtt", "--history-days", "3", "--live-days", "1",
                 "--no-report")
     text = done.stdout + done.stderr
     assert done.returncode in (0, 1), text[-4000:]
     assert "broker: amqtt" in text and "MQTT 3.1.1" in text
     assert "live readings" in text
     rows = sum(1 for _ in (out / "data" / "water_main.csv").open()) - 1
-    assert rows > 7 * 288 * 0.9  # the history (5-minute rows) and live readings after it
+    assert rows > 3 * 288 * 0.9  # the history (5-minute rows) and live readings after it
     from detectors.store import Store
 
     with Store(out / "store.sqlite") as s:
@@ -139,7 +139,7 @@ def test_ctrl_c_stops_everything_and_leaves_a_readable_output(tmp_path: Path):
     out = tmp_path / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "demo", "--out", str(out), "--plain",
-         "--history-days", "7"],
+         "--history-days", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     lines = []
     assert proc.stdout is not None
