@@ -9,6 +9,7 @@ also the consumer's high-water mark published on the ack topic.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 Key = tuple[str, str, str]  # site, meter, stream
@@ -72,18 +73,25 @@ class SeqTracker:
         else:
             self._above.pop(key, None)
 
+    def marks(self, keys: Iterable[Key]) -> list[tuple[str, str, str, int, list[int]]]:
+        """The marks of those of ``keys`` seen so far, to store with their points."""
+        return [(*k, d, sorted(self._above.get(k, ()))) for k in keys
+                if (d := self._done.get(k)) is not None]
+
     def done(self, key: Key) -> int:
         return self._done.get(key, 0)
 
     def snapshot(self) -> list[list[Any]]:
         return [[*k, d, sorted(self._above.get(k, ()))] for k, d in self._done.items()]
 
+    def update(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Take these streams' marks (snapshot rows) over the ones held."""
+        for site, meter, stream, done, above in rows:
+            key = (str(site), str(meter), str(stream))
+            self.put_back(key, (int(done), {int(s) for s in above}))
+
     @classmethod
     def restore(cls, rows: list[list[Any]], window: int = 4096) -> SeqTracker:
         obj = cls(window)
-        for site, meter, stream, done, above in rows:
-            key = (str(site), str(meter), str(stream))
-            obj._done[key] = int(done)
-            if above:
-                obj._above[key] = {int(s) for s in above}
+        obj.update(rows)
         return obj

@@ -220,9 +220,12 @@ class DetectService:
 
     def _restore(self) -> None:
         state = checkpoint.load(self.spec.checkpoint_path)
+        # the spool's dedup marks are committed with every batch, never older than the
+        # checkpoint's: after SIGKILL they hold what was stored (and PUBACKed) since
+        self.dedup = SeqTracker.restore((state or {}).get("dedup", []))
+        self.dedup.update(self.spool.marks())
         if state is None:
             return
-        self.dedup = SeqTracker.restore(state.get("dedup", []))
         if self.annotator is not None:
             self.annotator.restore(state.get("grafana") or {})
         self.inputs.restore(state.get("inputs") or [])
@@ -396,8 +399,8 @@ class DetectService:
                 lines.append(text)
             by_meter.setdefault(key, []).append((ts, res))
         # the readings are safe on disk before anything derived from them is computed
-        try:
-            self.spool.append(lines)
+        try:  # with the touched streams' dedup marks: a PUBACKed reading stays seen
+            self.spool.append(lines, self.dedup.marks(touched))
         except BaseException:
             # not stored, so not acknowledged: the broker delivers them again, and they
             # must not be taken for duplicates then

@@ -63,7 +63,8 @@ class Bus:
         self.c.max_inflight_messages_set(1000)
         self.c.connect(broker.host, broker.port)
         self.c.loop_start()
-        for f in ("recp/v1/_alerts/#", "recp/v1/_deadletter/#", "recp/v1/_detect/#"):
+        for f in ("recp/v1/_alerts/#", "recp/v1/_deadletter/#", "recp/v1/_detect/#",
+                  "recp/v1/+/+/ack"):
             self.c.subscribe(f, qos=1)
         time.sleep(0.2)
 
@@ -109,7 +110,8 @@ class Detect:
     """``recp detect`` as a subprocess."""
 
     def __init__(self, tmp: Path, broker: MosquittoServer, vm: VictoriaMetricsServer,
-                 instance: str = "detect", partition: str = "{index: 0, count: 1}"):
+                 instance: str = "detect", partition: str = "{index: 0, count: 1}",
+                 checkpoint_s: float = 1):
         tmp = tmp / instance
         tmp.mkdir(exist_ok=True)
         self.cfg = tmp / "analytics.yaml"
@@ -118,7 +120,7 @@ instance: {instance}
 mqtt: {{url: "{broker.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 1}}
 influx: {{url: "{vm.url}", retry_delay_s: 0.1, retry_delay_max_s: 0.5, timeout_s: 2}}
 spool: {{path: spool.sqlite}}
-checkpoint: {{path: state.json, interval_s: 1}}
+checkpoint: {{path: state.json, interval_s: {checkpoint_s}}}
 processing: {{batch: 2000, batch_wait_s: 0.02, partition: {partition}}}
 metrics_interval_s: 0.5
 ack_interval_s: 0.2
@@ -290,6 +292,66 @@ def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
     assert len({i for _, i in spikes}) == 1
     cons = samples(vm, "consumption_actual")
     assert len(cons["m1"]) == len(set(cons["m1"])) >= 5 * 96 - 1 - 2
+
+
+def test_sigkill_after_checkpoint_consumer_ack_reaches_newest(
+    tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any
+) -> None:
+    """Issue 5: readings stored and PUBACKed after the last checkpoint are never delivered
+    again; the restarted service must still know them (the spool's dedup marks), or its
+    consumer ack stops below them for good."""
+    broker = mosquitto_factory(BROKER_CONF)
+    vm = victoria_metrics
+    detect = Detect(tmp_path, broker, vm, checkpoint_s=3600)  # no periodic checkpoint
+    state = detect.cfg.parent / "state.json"
+    bus = Bus(broker)
+    m1, m2 = readings("m1", 1), readings("m2", 1)
+    n = len(m1)
+    both = interleave(m1, m2)
+
+    def acked() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t, p in bus.messages("recp/v1/dairy/"):
+            if t.endswith("/ack"):
+                out[t.split("/")[3]] = json.loads(p)["seq"]
+        return out
+
+    def online() -> int:  # sent once the subscriptions are acknowledged
+        return sum(json.loads(p)["state"] == "online"
+                   for _, p in bus.messages("recp/v1/_detect/detect/status"))
+
+    def started() -> None:
+        k = online()
+        detect.start()
+        wait_until(lambda: online() > k, 30, "the service to subscribe")
+
+    try:
+        bus.publish([meta("m1"), meta("m2")], retain=True)
+        started()
+        bus.publish(both[:200])  # seqs 1-100 of each meter, then a clean stop: checkpoint
+        wait_until(lambda: acked() == {"m1": 100, "m2": 100}, 20, "acks of the first 100")
+        assert detect.stop() == 0
+        saved = json.loads(state.read_text())["saved_at"]
+        started()
+        bus.publish(both[200:400])  # seqs 101-200: stored and PUBACKed, not checkpointed
+        wait_until(lambda: acked() == {"m1": 200, "m2": 200}, 20, "acks of 101-200")
+        wait_until(lambda: all_stored(vm, 200), 20, "seqs 101-200 in the database")
+        detect.stop(signal.SIGKILL)
+        assert json.loads(state.read_text())["saved_at"] == saved  # the old checkpoint
+        started()
+        bus.publish(both[400:])  # seqs 201-n
+        wait_until(lambda: all_stored(vm, n), 30, "every reading stored")
+        end = time.monotonic() + 10
+        while acked() != {"m1": n, "m2": n} and time.monotonic() < end:
+            time.sleep(0.1)
+        assert acked() == {"m1": n, "m2": n}  # the consumer ack reached the newest seq
+        check_exactly_once(vm, n)
+        assert bus.health().get("duplicates") == 0
+        assert detect.stop() == 0
+    finally:
+        bus.close()
+        if detect.alive():
+            detect.stop(signal.SIGKILL)
 
 
 def test_two_partitions_share_the_meters_exactly_once(

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +147,29 @@ def test_spool_is_bounded_dropping_oldest_counted(tmp_path: Path) -> None:
     sp.append([f"b{i}" for i in range(3)])
     assert sp.depth == 5 and sp.dropped == 2
     assert [x for _, x in sp.peek(10)] == ["a2", "a3", "b0", "b1", "b2"]
+
+
+def test_spool_commits_dedup_marks_with_the_points_or_not_at_all(tmp_path: Path) -> None:
+    d = SeqTracker(window=8)
+    key = ("dairy", "m1", "s1")
+    for s in (1, 2, 3, 5, 7):
+        d.accept(key, s)
+    sp = Spool(tmp_path / "s.sqlite", cap=1000)
+    sp.append(["p1", "p2"], d.marks([key, ("dairy", "m9", "never-seen")]))
+    assert sp.marks() == [["dairy", "m1", "s1", 3, [5, 7]]]
+    # a failing transaction (here a NULL line) commits neither its points nor its marks
+    d.accept(key, 4)
+    with pytest.raises(sqlite3.IntegrityError):
+        sp.append(["p3", None], d.marks([key]))  # type: ignore[list-item]
+    assert sp.depth == 2 and sp.marks() == [["dairy", "m1", "s1", 3, [5, 7]]]
+    sp.append(["p3"], d.marks([key]))
+    sp.close()
+    # reopened (as after SIGKILL), the marks take over from an older checkpoint's
+    sp = Spool(tmp_path / "s.sqlite", cap=1000)
+    e = SeqTracker.restore([["dairy", "m1", "s1", 1, []]], window=8)
+    e.update(sp.marks())
+    assert e.done(key) == 5 and e.seen(key, 7) and not e.seen(key, 6)
+    assert [x for _, x in sp.peek(10)] == ["p1", "p2", "p3"]
 
 
 class FlakyWriter:
@@ -354,7 +378,7 @@ def test_batch_not_stored_is_not_taken_for_duplicates_later(tmp_path: Path) -> N
     asyncio.run(svc.handle(msgs[:10]))
     real_append = svc.spool.append
 
-    def disk_full(lines: Sequence[str]) -> None:
+    def disk_full(lines: Sequence[str], marks: Any = ()) -> None:
         raise OSError("disk full")
 
     svc.spool.append = disk_full  # type: ignore[method-assign]
