@@ -145,7 +145,16 @@ def compare(path: Path, result: dict) -> dict:
         n_params=model.stats.n_params, rho=model.stats.residual_lag1,
         m=int(common.sum()), adjusted_total=adjusted, confidence=0.90,
     )  # fmt: skip
+    seg: dict[str, float] = {}
+    if interval == 3600:
+        mw = month_weighted(t, y, temp, b, model)
+        ok = fitted & np.isfinite(mw)
+        seg_cv, seg_nmbe = _cv_nmbe(y[ok], mw[ok])
+        if np.isfinite(mw[common]).all():
+            seg = {"savings_pct": savings_pct(mw), "cv": seg_cv, "nmbe": seg_nmbe,
+                   "shape_cv": shape_cv(mw)}  # fmt: skip
     return {
+        "segmented": seg,
         "ee_savings_pct": savings_pct(ee),
         "ee_unbiased_pct": savings_pct(ee * bias),
         "savings_pct": savings_pct(ours),
@@ -157,6 +166,41 @@ def compare(path: Path, result: dict) -> dict:
         "rows": int(common.sum()), "left_out": left_out,
         "model": model.describe().split(": ", 1)[1].split("; R2")[0],
     }  # fmt: skip
+
+
+def month_weighted(t: np.ndarray, y: np.ndarray, temp: np.ndarray, fit: np.ndarray,
+                   model: object) -> np.ndarray:
+    """Our hourly terms refitted CalTRACK's way, a diagnostic (not what recp fits).
+
+    CalTRACK hourly fits one model per calendar month on that month (weight 1) and its two
+    neighbours (weight 0.5) and predicts each month with its own. Here: hour-of-week levels
+    plus our model's degree terms (its balance points), by weighted least squares per month.
+    """
+    import datetime as dt
+
+    from detectors.baseline import BaselineModel
+
+    assert isinstance(model, BaselineModel)
+    tow = ((t // 86400 + 3) % 7) * 24 + (t % 86400) // 3600
+    cols = [(tow[:, None] == np.arange(168)).astype(float)]
+    if model.heating_balance_c is not None:
+        cols.append(np.maximum(0.0, model.heating_balance_c - temp)[:, None])
+    if model.cooling_balance_c is not None:
+        cols.append(np.maximum(0.0, temp - model.cooling_balance_c)[:, None])
+    X = np.nan_to_num(np.hstack(cols))
+    month = np.array([dt.datetime.fromtimestamp(int(x), dt.timezone.utc).month for x in t])
+    out = np.full(t.size, np.nan)
+    for m in range(1, 13):
+        near = (month == (m - 2) % 12 + 1) | (month == m % 12 + 1)
+        w = np.where(month == m, 1.0, np.where(near, 0.5, 0.0))
+        use = fit & (w > 0)
+        if not use.any():
+            continue
+        sw = np.sqrt(w[use])
+        beta = np.linalg.lstsq(X[use] * sw[:, None], y[use] * sw, rcond=None)[0]
+        out[month == m] = X[month == m] @ beta
+    out[~np.isfinite(temp)] = np.nan
+    return out
 
 
 def eemeter_results() -> Path | None:
@@ -200,6 +244,13 @@ def main() -> None:
         )  # fmt: skip
     for res, c in rows:
         print(f"  {res['sample']}: ours {c['model']}; re-fit identical: {c['identical']}")
+    print("our hourly terms refitted per month, CalTRACK's way (diagnostic): savings, CV(RMSE), "
+          "NMBE, out-of-sample CV(RMSE)")  # fmt: skip
+    for res, c in rows:
+        g = c["segmented"]
+        if g:
+            print(f"  {res['sample']:40} {g['savings_pct']:5.2f}% {g['cv']:6.1f} "
+                  f"{g['nmbe']:+5.2f} {g['shape_cv']:6.1f}")  # fmt: skip
     diffs = [abs(c["savings_pct"] - c["ee_savings_pct"]) for _, c in rows]
     unb = [abs(c["savings_pct"] - c["ee_unbiased_pct"]) for _, c in rows]
     ratios = [res["fit_s"] / c["fit_s"] for res, c in rows]
