@@ -10,7 +10,7 @@ eemeter's daily model (daily samples) and its CalTRACK hourly model (hourly samp
 writes OUTDIR/<sample>.csv (the exact series it fitted: UTC epoch, observed, temperature in
 degF, and eemeter's prediction for every row: the baseline rows as fitted, the reporting rows
 as projected) and OUTDIR/results.json (savings, CV(RMSE), NMBE, fit times). The first meter
-of each kind is fitted twice (the first fit compiles); later meters once, already warm. Not
+of each kind in a run is fitted twice (the first fit compiles); later ones once, warm. Not
 imported by ``python -m benchmarks`` (its name does not start with ``bench_``).
 """
 
@@ -43,16 +43,14 @@ SAMPLES = [
 ]
 
 
-FIRST = {SAMPLES[0], SAMPLES[4], SAMPLES[8]}  # fitted twice: a first fit compiles
-
-
 def periods(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp, pd.Timestamp]:
     b_end = pd.Timestamp(meta["blackout_start_date"]).tz_convert("UTC")
     r_start = pd.Timestamp(meta["blackout_end_date"]).tz_convert("UTC")
     return b_end - pd.Timedelta(days=365), b_end, r_start, r_start + pd.Timedelta(days=365)
 
 
-def run(sample: str, out: Path) -> dict:
+def run(sample: str, out: Path, first: bool) -> dict:
+    """Fit one sample (twice when ``first``: the first fit of a model in a process compiles)."""
     import eemeter.eemeter as em
 
     uk = sample.startswith("uk")
@@ -76,7 +74,7 @@ def run(sample: str, out: Path) -> dict:
         rd = em.HourlyCaltrackReportingData.from_series(rep, temp, is_electricity_data=elec)
         model_cls = em.HourlyCaltrackModel
     times = []
-    for _ in range(2 if sample in FIRST else 1):
+    for _ in range(2 if first else 1):
         started = time.perf_counter()
         model = model_cls()
         if daily:
@@ -140,9 +138,13 @@ def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     results = []
+    seen: set[bool] = set()
     for sample in sys.argv[2:] or SAMPLES:  # optionally some samples only
+        daily = sample.endswith("-daily")
+        first = daily not in seen
+        seen.add(daily)
         started = time.perf_counter()
-        results.append(run(sample, out))
+        results.append(run(sample, out, first))
         (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
         took = time.perf_counter() - started
         print(f"{sample}: {results[-1]['savings_pct']:.2f} % in {took:.1f} s", flush=True)
