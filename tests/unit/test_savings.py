@@ -368,6 +368,11 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
     tags = {"site": "dairy", "meter": "outdoor", "resource": "weather"}
     replay.points += [Point("reading", tags, "outdoor_temperature_c", int(t), float(v))
                       for t, v in zip(ts, cols["outdoor_temperature_c"], strict=True)]  # fmt: skip
+    import yaml
+
+    analytics = yaml.safe_load((REPO / "edge_config" / "analytics.yaml").read_text("utf-8"))
+    analytics["influx"]["timeout_s"] = 120  # generous: a loaded test machine, not the network
+    (tmp_path / "analytics.yaml").write_text(yaml.safe_dump(analytics), encoding="utf-8")
     replay.start()
     try:
         monkeypatch.setenv("RECP_INFLUX_URL", replay.url)
@@ -375,7 +380,7 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
         periods = ["--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
                    "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z"]  # fmt: skip
         command = ["savings", "influx:dairy/steam_main", "--analytics",
-                   str(REPO / "edge_config" / "analytics.yaml"), *periods,
+                   str(tmp_path / "analytics.yaml"), *periods,
                    "--production", "prod_line", "--temperature", "outdoor_temperature_c",
                    "--price", "55", "--out", str(tmp_path / "influx")]  # fmt: skip
         code = main(command)
