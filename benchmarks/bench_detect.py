@@ -181,15 +181,19 @@ def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1
         n = len(msgs)
         _wait(lambda: total("readings_in") > 0, 60)
         began = time.perf_counter() - 0.25  # health comes every 0.5 s: half a period
+        cpu0 = _cpu_s(detect.pid)  # one process with --workers 1
         taken = total("readings_in")
         _wait(lambda: len(latest) == workers and total("readings_in") >= n
               and total("spool_depth") == 0, 600)
         elapsed = time.perf_counter() - began
+        cpu = _cpu_s(detect.pid) - cpu0
         n -= taken
         sub.loop_stop()
+        per_cpu = f"; {n / cpu:,.0f} readings per CPU-second of recp detect" \
+            if workers == 1 and cpu > 0 else ""
         print(f"end to end, {workers} worker(s): {n} readings in {elapsed:.1f} s "
               f"({total('batches')} batches); written {total('points_written')} points; "
-              f"dead letters {total('dead_letters')}")
+              f"dead letters {total('dead_letters')}{per_cpu}")
         return n / elapsed
     finally:
         for p in reversed(procs):
@@ -279,6 +283,16 @@ def alert_latency(workdir: Path, meters: int = 50) -> list[float] | None:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), NaN elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ok(url: str) -> bool:
