@@ -135,11 +135,15 @@ ack_interval_s: 0.2
                 [sys.executable, "-m", "collector", "detect", "-c", str(self.cfg), "-v",
                  *extra],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                start_new_session=True,  # its own process group: --workers children too
             )
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if sig == signal.SIGKILL:  # the whole group: a killed --workers parent forwards nothing
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         code = self.proc.wait(30)
         self.proc = None
         return code
