@@ -53,7 +53,8 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
     "service": {
         "tags": ("instance",),
         "fields": ("readings_in_per_s", "points_out_per_s", "lag_s", "spool_depth",
-                   "dead_letters", "open_events"),
+                   "dead_letters", "open_events", "annotations_queued",
+                   "annotation_failures"),
     },
     "meter_seen": {
         "tags": ("site", "meter"),
@@ -610,6 +611,12 @@ def health() -> Json:
                    unit="none", w=12,
                    description="Malformed messages (a counter; a rise means an agent or "
                    "another publisher sends payloads that fail validation)."),
+        timeseries("Grafana annotations waiting and failed attempts",
+                   [service(["annotations_queued", "annotation_failures"], "max")],
+                   unit="none", w=12,
+                   description="Only with grafana: in the analytics file. Failed attempts "
+                   "rising: Grafana is down or refuses the token; events wait (bounded) and "
+                   "are posted when it answers."),
         table(f"Meters of ${{site}}: last reading (red after {STALE_AFTER_S} s)", seen,
               sort_by="age", w=12, h=10, thresholds=age_steps,
               overrides=[override("age", unit="s", decimals=0,

@@ -473,8 +473,8 @@ class DetectService:
             "points_out_per_s": health["points_out_per_s"],
             "lag_s": health["lag_s"], "spool_depth": health["spool_depth"],
             "dead_letters": health["dead_letters"], "open_events": health["open_events"],
-            "annotations_queued": health.get("annotations_queued"),
-            "annotation_failures": health.get("annotation_failures"),
+            "annotations_queued": health.get("annotations_queued", 0),
+            "annotation_failures": health.get("annotation_failures", 0),
         }, _ms(now))  # fmt: skip
         if svc:
             out.append(svc)
