@@ -2,8 +2,9 @@
 
 Mosquitto runs as a child process with a temporary configuration on a free loopback port
 (no persistence: the demo's broker lives as long as the demo). Without Mosquitto the demo
-starts amqtt (MIT, pure Python) inside its own event loop; amqtt speaks MQTT 3.1.1 only,
-so the agent and the service are then configured with ``mqtt.protocol: 3.1.1``
+starts amqtt (MIT, pure Python) as a child process too (:mod:`.amqttd`), so nothing the
+broker does can stall the demo's own event loop or its Ctrl-C; amqtt speaks MQTT 3.1.1
+only, so the agent and the service are then configured with ``mqtt.protocol: 3.1.1``
 (docs/decisions.md).
 """
 
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .procs import child_preexec
 
@@ -66,13 +66,8 @@ class Broker:
     protocol: str = "5"
     describe: str = ""
     process: subprocess.Popen[bytes] | None = None
-    _amqtt: Any = field(default=None, repr=False)
 
     async def stop(self) -> None:
-        if self._amqtt is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._amqtt.shutdown(), 5.0)
-            self._amqtt = None
         p = self.process
         if p is not None and p.poll() is None:
             p.terminate()
@@ -107,28 +102,30 @@ async def start_mosquitto(binary: str, workdir: Path) -> Broker:
     return broker
 
 
-async def start_amqtt() -> Broker:
-    from amqtt.broker import Broker as AmqttBroker
+async def start_amqtt(workdir: Path) -> Broker:
+    """amqtt in a child process (``python -m collector.demo.amqttd``) on a free port."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    for name in ("amqtt", "transitions"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    port = free_port()
-    config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"{LOOPBACK}:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                    {"allow_anonymous": True}},
-    }
-    inner = AmqttBroker(config)
-    await inner.start()
     try:
-        from importlib.metadata import version
-
         v = version("amqtt")
-    except Exception:
-        v = "?"
-    return Broker(f"mqtt://{LOOPBACK}:{port}", "amqtt", "3.1.1",
-                  f"amqtt {v} in this process on {LOOPBACK}:{port} (MQTT 3.1.1)",
-                  _amqtt=inner)
+    except PackageNotFoundError:
+        raise ModuleNotFoundError("amqtt") from None
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = (workdir / "amqtt.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.demo.amqttd", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=child_preexec, start_new_session=True)
+    log.close()
+    broker = Broker(f"mqtt://{LOOPBACK}:{port}", "amqtt", "3.1.1",
+                    f"amqtt {v} in a child process on {LOOPBACK}:{port} (MQTT 3.1.1)",
+                    process=proc)
+    if not await wait_port(LOOPBACK, port, 20.0) or proc.poll() is not None:
+        await broker.stop()
+        text = (workdir / "amqtt.log").read_text(errors="replace")[-800:]
+        raise RuntimeError(f"amqtt did not start on port {port}: {text.strip()}")
+    return broker
 
 
 async def start_broker(url: str | None, workdir: Path, *, force: str | None = None,
@@ -145,7 +142,7 @@ async def start_broker(url: str | None, workdir: Path, *, force: str | None = No
     if binary:
         return await start_mosquitto(binary, workdir)
     try:
-        return await start_amqtt()
+        return await start_amqtt(workdir)
     except ModuleNotFoundError:
         raise RuntimeError(
             "no MQTT broker: install Mosquitto (sudo apt-get install mosquitto), or amqtt "

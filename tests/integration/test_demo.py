@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_demo_writes_to_the_given_broker_and_database(
 
 
 @pytest.mark.timeout(600)
-def test_in_process_broker_runs_the_chain(tmp_path: Path):
+def test_amqtt_broker_runs_the_chain(tmp_path: Path):
     out = tmp_path / "demo"
     done = demo(out, "--broker", "amqtt", "--history-days", "3", "--live-days", "1",
                 "--no-report")
@@ -132,6 +133,10 @@ def test_in_process_broker_runs_the_chain(tmp_path: Path):
         assert s.count("reading") > 1000
         assert s.count("consumption") > 100
     assert not children_of(out)
+    # amqtt ran as a child process of its own, and is gone
+    port = re.search(r"amqtt \S+ in a child process on 127\.0\.0\.1:(\d+)", text)
+    assert port, text[-2000:]
+    assert not children_of(Path(f"collector.demo.amqttd --port {port.group(1)}"))
 
 
 @pytest.mark.timeout(600)
