@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from . import contract
 from .aio import TaskGroup, wait_event
 from .outbox import Outbox, Row
-from .site import Credentials, Mqtt
+from .site import Broker, Credentials, Mqtt
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10
     from exceptiongroup import BaseExceptionGroup
@@ -135,7 +135,7 @@ def check_puback(topic: str, code: Any) -> None:
         raise Rejected(f"{topic}: {code}")
 
 
-def tls_context(mqtt: Mqtt) -> ssl.SSLContext | None:
+def tls_context(mqtt: Broker) -> ssl.SSLContext | None:
     """An SSL context that verifies the broker's certificate (unless told not to)."""
     if not mqtt.use_tls:
         return None

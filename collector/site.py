@@ -175,29 +175,21 @@ class Tls(Strict):
         return self
 
 
-class Mqtt(Strict):
-    """The broker and how readings are delivered to it."""
+class Broker(Strict):
+    """An MQTT broker and how to connect to it: what the agent and the service share."""
 
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:1883] or mqtts://host[:8883]")
-    client_id: str | None = Field(None, description="default: recp-agent-<site>")
+    client_id: str | None = None
     username: str | None = None
     password: str | None = Field(None, description="not accepted: use password_env or _file")
     password_env: str | None = Field(None, description="environment variable with the password")
     password_file: Path | None = Field(None, description="file whose first line is the password")
     tls: Tls | None = Field(None, description="TLS settings (mqtts:// turns TLS on)")
     keepalive_s: int = Field(30, ge=5, le=3600)
-    session_expiry_s: int = Field(86400, ge=0, description="broker keeps our session this long")
-    confirm: Literal["puback", "consumer"] = Field(
-        "puback", description="delete a reading on PUBACK, or on the consumer's ack topic"
-    )
-    max_inflight: int = Field(100, ge=1, le=65535, description="unacknowledged publishes")
-    batch: int = Field(200, ge=1, le=10000, description="readings taken from the outbox at once")
-    max_rate_per_s: float = Field(2000.0, gt=0, description="drain rate limit after an outage")
-    publish_timeout_s: float = Field(10.0, gt=0, description="wait for a PUBACK")
+    publish_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     reconnect_delay_s: float = Field(0.5, gt=0)
     reconnect_delay_max_s: float = Field(30.0, gt=0)
-    health_interval_s: float = Field(30.0, ge=1)
     protocol: str = Field("5", description="MQTT protocol: 5, or 3.1.1 for brokers "
                           "without MQTT 5 (no session expiry or receive maximum then)")
 
@@ -228,6 +220,21 @@ class Mqtt(Strict):
     @property
     def port(self) -> int:
         return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
+
+
+class Mqtt(Broker):
+    """The broker and how readings are delivered to it."""
+
+    client_id: str | None = Field(None, description="default: recp-agent-<site>")
+    session_expiry_s: int = Field(86400, ge=0, description="broker keeps our session this long")
+    confirm: Literal["puback", "consumer"] = Field(
+        "puback", description="delete a reading on PUBACK, or on the consumer's ack topic"
+    )
+    max_inflight: int = Field(100, ge=1, le=65535, description="unacknowledged publishes")
+    batch: int = Field(200, ge=1, le=10000, description="readings taken from the outbox at once")
+    max_rate_per_s: float = Field(2000.0, gt=0, description="drain rate limit after an outage")
+    publish_timeout_s: float = Field(10.0, gt=0, description="wait for a PUBACK")
+    health_interval_s: float = Field(30.0, ge=1)
 
 
 class OutboxSettings(Strict):

@@ -23,12 +23,11 @@ from collector.configfile import (
     Problem,
     Strict,
     load_indexed,
-    mqtt_protocol,
-    mqtt_url,
     no_inline_secret,
 )
 from collector.contract import check_id
 from collector.quantities import QUANTITIES, Kind
+from collector.site import Broker
 
 from ..store import store_path
 
@@ -50,25 +49,12 @@ def _secret(env: str | None, file: Path | None, base: Path) -> str | None:
     return None
 
 
-class Tls(Strict):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_verify: bool = False
-
-
-class Mqtt(Strict):
+class Mqtt(Broker):
     """The broker the agents publish to."""
 
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://")
     client_id: str | None = Field(None, description="fixed id (persistent session); default "
                                   "recp-detect-<instance>-p<partition>")
-    username: str | None = None
-    password: str | None = Field(None, description="not accepted: use password_env or _file")
-    password_env: str | None = None
-    password_file: Path | None = None
-    tls: Tls | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 86400, ge=60, description="broker keeps our session "
                                   "(and queues readings for us) this long while we are away")
     receive_maximum: int = Field(4000, ge=1, le=65535, description="unacknowledged messages "
@@ -78,45 +64,11 @@ class Mqtt(Strict):
                              "only (default: every site)")
     shared_group: str | None = Field(None, description="subscribe as $share/<group>/... "
                                      "(only for stateless fan-out; see docs)")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    publish_timeout_s: float = Field(10.0, gt=0)
-    reconnect_delay_s: float = Field(0.5, gt=0)
-    reconnect_delay_max_s: float = Field(30.0, gt=0)
-    protocol: str = Field("5", description="MQTT protocol: 5, or 3.1.1 for brokers "
-                          "without MQTT 5 (no session expiry or receive maximum then)")
-
-    @field_validator("password", mode="before")
-    @classmethod
-    def _no_password(cls, value: Any) -> None:
-        no_inline_secret(value, "password")
-        return None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, url: str) -> str:
-        return mqtt_url(url)
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol(cls, value: Any) -> str:
-        return mqtt_protocol(value)
 
     @field_validator("sites")
     @classmethod
     def _sites(cls, sites: list[str]) -> list[str]:
         return [check_id(s, "site id") for s in sites]
-
-    @property
-    def use_tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts" or self.tls is not None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
 
 
 class Influx(Strict):
@@ -447,6 +399,8 @@ def load_analytics(path: str | Path, *, mqtt_url: str | None = None,
     url = mqtt_url or os.environ.get("RECP_MQTT_URL") or m.url
     if mqtt_url or os.environ.get("RECP_MQTT_URL"):
         Mqtt._url(url)  # same check as the file's
+        # the model then names the broker actually used (host, port, TLS)
+        cfg = cfg.model_copy(update={"mqtt": m.model_copy(update={"url": url})})
     password = os.environ.get("RECP_MQTT_PASSWORD") or _secret(m.password_env,
                                                                m.password_file, file)
     token = os.environ.get("RECP_INFLUX_TOKEN") or _secret(i.token_env, i.token_file, file)

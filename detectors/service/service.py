@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import time
 import zlib
 from collections import deque
@@ -516,22 +515,6 @@ class DetectService:
         return contract.dumps({"v": 1, "instance": self.spec.instance, "state": state,
                                "ts": contract.format_ts(time.time()), "reason": reason})
 
-    def _tls(self) -> ssl.SSLContext | None:
-        m = self.cfg.mqtt
-        if not (m.use_tls or self.spec.mqtt_url.startswith("mqtts://")):
-            return None
-        tls = m.tls
-        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file
-                                         else None)
-        if tls and tls.cert_file:
-            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file
-                                else None)
-        if tls and tls.insecure_skip_verify:
-            log.warning("TLS certificate verification is OFF (insecure_skip_verify)")
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-
     def filters(self) -> list[str]:
         m = self.cfg.mqtt
         prefix = f"$share/{m.shared_group}/" if m.shared_group else ""
@@ -541,17 +524,15 @@ class DetectService:
             f"{prefix}{contract.health_topic(s)}" for s in sites]
 
     def _client(self) -> Any:
-        from urllib.parse import urlsplit
-
         import aiomqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
+        from collector.publisher import tls_context
+
         if not mqttfast.install():
             log.info("paho-mqtt's Properties not as expected; decoding without the shortcut")
         m = self.cfg.mqtt
-        url = urlsplit(self.spec.mqtt_url)
-        tls = url.scheme == "mqtts" or m.tls is not None
         session: dict[str, Any]
         if m.protocol == "3.1.1":  # brokers without MQTT 5 (the demo's in-process broker)
             session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
@@ -563,10 +544,10 @@ class DetectService:
                        "properties": props}
         status = f"{DETECT_ROOT}/{self.spec.instance}/status"
         client = aiomqtt.Client(
-            url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883),
+            m.host or "127.0.0.1", m.port,
             identifier=self.spec.client_id, keepalive=m.keepalive_s, **session,
             timeout=m.publish_timeout_s, username=self.spec.mqtt_username,
-            password=self.spec.mqtt_password, tls_context=self._tls(),
+            password=self.spec.mqtt_password, tls_context=tls_context(m),
             will=aiomqtt.Will(status, self._status("offline", "connection lost"), 1, True),
             max_queued_incoming_messages=0,
         )  # fmt: skip
