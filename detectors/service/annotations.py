@@ -25,6 +25,8 @@ from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from collector.aio import wait_event
+
 from .alerts import Transition
 
 log = logging.getLogger(__name__)
@@ -161,7 +163,7 @@ class Annotator:
         while not stop.is_set():
             if not self._queue:
                 self.wake.clear()
-                await _wait_any(self.wake, stop, 1.0)
+                await wait_event(self.wake, 1.0, also=stop)
                 continue
             job = self._queue[0]
             try:
@@ -179,7 +181,7 @@ class Annotator:
                 if self.stats.failures == 1 or self.stats.failures % 20 == 0:
                     log.warning("Grafana annotation failed (%s); %d waiting, retrying in "
                                 "%.1f s", self.stats.last_error, len(self._queue), delay)
-                await _wait_any(stop, None, delay * random.uniform(0.8, 1.2))
+                await wait_event(stop, delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.retry_delay_max_s)
                 continue
             if not self.healthy:
@@ -240,14 +242,3 @@ def _describe(exc: BaseException) -> str:
         return "403 Forbidden: the token lacks the Editor role"
     text = str(getattr(exc, "message", "") or exc)
     return f"{type(exc).__name__}: {text[:200]}"
-
-
-async def _wait_any(event: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
-    waits = [asyncio.ensure_future(event.wait())]
-    if other is not None:
-        waits.append(asyncio.ensure_future(other.wait()))
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

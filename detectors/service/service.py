@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector import contract
+from collector.aio import wait_event
 
 from . import checkpoint, mqttfast
 from .alerts import AlertSettings, Transition
@@ -39,7 +40,7 @@ from .dedup import SeqTracker
 from .inputs import Inputs, Links, Source
 from .lines import QUALITY_CODES, line
 from .pipeline import Interval, MeterPipeline, Settings
-from .sink import InfluxWriter, SpoolSink, _sleep_or
+from .sink import InfluxWriter, SpoolSink
 from .spool import Spool
 from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse, parse_oldest
 
@@ -489,7 +490,7 @@ class DetectService:
         last_t, last_in, last_out = time.time(), self.stats.readings_in, self.sink.stats.written
         topic = f"{DETECT_ROOT}/{self.spec.instance}/health"
         while not stop.is_set():
-            await _sleep_or(stop, interval)
+            await wait_event(stop, interval)
             now = time.time()
             dt_s = max(now - last_t, 1e-6)
             rates = {"readings_in_per_s": (self.stats.readings_in - last_in) / dt_s,
@@ -501,7 +502,7 @@ class DetectService:
 
     async def _checkpoints(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _sleep_or(stop, self.cfg.checkpoint.interval_s)
+            await wait_event(stop, self.cfg.checkpoint.interval_s)
             if not stop.is_set():
                 try:
                     await self.save_checkpoint()
@@ -571,7 +572,7 @@ class DetectService:
                 return
             if time.monotonic() - began > 30:
                 delay = m.reconnect_delay_s
-            await _sleep_or(stop, delay * random.uniform(0.5, 1.0))
+            await wait_event(stop, delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, m.reconnect_delay_max_s)
 
     async def _session(self, stop: asyncio.Event) -> None:
@@ -676,11 +677,11 @@ class DetectService:
                 self.outgoing.popleft()
             if done.is_set():
                 return
-            await _sleep_or(done, 0.05)
+            await wait_event(done, 0.05)
 
     async def _acks(self, done: asyncio.Event) -> None:
         while not done.is_set():
-            await _sleep_or(done, self.cfg.ack_interval_s)
+            await wait_event(done, self.cfg.ack_interval_s)
             self.flush_acks()
 
     def flush_acks(self) -> None:

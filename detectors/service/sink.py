@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from collector.aio import wait_event
+
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -116,7 +118,7 @@ class SpoolSink:
                                 self.spool.depth, delay)
                 if stop.is_set():
                     return
-                await _sleep_or(stop, delay * random.uniform(0.8, 1.2))
+                await wait_event(stop, delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.retry_delay_max_s)
                 continue
             if not self.healthy:
@@ -128,16 +130,4 @@ class SpoolSink:
             if stop.is_set():
                 return
             self.wake.clear()
-            await _sleep_or(self.wake, 0.2, stop)
-
-
-async def _sleep_or(event: asyncio.Event, timeout: float,
-                    also: asyncio.Event | None = None) -> None:
-    waits = [asyncio.ensure_future(event.wait())]
-    if also is not None:
-        waits.append(asyncio.ensure_future(also.wait()))
-    try:
-        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
+            await wait_event(self.wake, 0.2, also=stop)
