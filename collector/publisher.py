@@ -151,6 +151,22 @@ def tls_context(mqtt: Broker) -> ssl.SSLContext | None:
     return ctx
 
 
+def persistent_session(protocol: str, expiry_s: int, receive_maximum: int | None = None
+                       ) -> dict[str, Any]:
+    """aiomqtt.Client arguments for a session the broker keeps while we are away.
+
+    MQTT 5: clean_start False and a session expiry; 3.1.1 (brokers without MQTT 5, such as
+    the demo's amqtt): clean_session False, which the broker keeps until it restarts.
+    """
+    if protocol == "3.1.1":
+        return {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
+    return {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False, "properties": props}
+
+
 @dataclass
 class PublisherStats:
     connected: bool = False
@@ -209,14 +225,7 @@ class Publisher:
 
     def _make_client(self) -> _AckingClient:
         m = self.mqtt
-        session: dict[str, Any]
-        if m.protocol == "3.1.1":  # brokers without MQTT 5 (the demo's in-process broker)
-            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        else:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = m.session_expiry_s
-            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
-                       "properties": props}
+        session = persistent_session(m.protocol, m.session_expiry_s)
         will = aiomqtt.Will(
             contract.status_topic(self.site),
             self._status(contract.AgentState.OFFLINE, "connection lost (last will)"),

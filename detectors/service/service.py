@@ -526,23 +526,13 @@ class DetectService:
 
     def _client(self) -> Any:
         import aiomqtt
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
-        from collector.publisher import tls_context
+        from collector.publisher import persistent_session, tls_context
 
         if not mqttfast.install():
             log.info("paho-mqtt's Properties not as expected; decoding without the shortcut")
         m = self.cfg.mqtt
-        session: dict[str, Any]
-        if m.protocol == "3.1.1":  # brokers without MQTT 5 (the demo's in-process broker)
-            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        else:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = m.session_expiry_s
-            props.ReceiveMaximum = m.receive_maximum
-            session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": False,
-                       "properties": props}
+        session = persistent_session(m.protocol, m.session_expiry_s, m.receive_maximum)
         status = f"{DETECT_ROOT}/{self.spec.instance}/status"
         client = aiomqtt.Client(
             m.host or "127.0.0.1", m.port,
