@@ -7,6 +7,7 @@ tests check that every payload the agent sends validates against these models.
 Topics (``{site}`` and ``{meter}`` match :data:`ID_PATTERN`)::
 
     recp/v1/{site}/{meter}/reading   QoS 1          one poll of one meter
+    recp/v1/{site}/{meter}/readings  QoS 1          several polls of one meter (batch)
     recp/v1/{site}/{meter}/meta      QoS 1 retained what the meter is: profile, units, tags
     recp/v1/{site}/{meter}/ack       QoS 1 retained consumer's high-water mark (optional)
     recp/v1/{site}/_agent/status     QoS 1 retained online / offline (birth and last will)
@@ -22,10 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .quantities import QUANTITIES, Kind, Resource
 
@@ -51,6 +54,11 @@ def reading_topic(site: str, meter: str) -> str:
     return f"{ROOT}/{site}/{meter}/reading"
 
 
+def readings_topic(site: str, meter: str) -> str:
+    """Topic of the batch message (:class:`Readings`): several readings of one meter."""
+    return f"{ROOT}/{site}/{meter}/readings"
+
+
 def meta_topic(site: str, meter: str) -> str:
     return f"{ROOT}/{site}/{meter}/meta"
 
@@ -68,7 +76,8 @@ def health_topic(site: str) -> str:
 
 
 def subscription(site: str = "+", kind: str = "reading") -> str:
-    """Wildcard filter for one kind of per-meter message, e.g. ``recp/v1/+/+/reading``."""
+    """Wildcard filter for one kind of per-meter message, e.g. ``recp/v1/+/+/reading``
+    (``kind="readings"`` for the batch message)."""
     return f"{ROOT}/{site}/+/{kind}"
 
 
@@ -107,6 +116,13 @@ def _utc(value: dt.datetime) -> dt.datetime:
     return value
 
 
+def _known_names(values: dict[str, float | None]) -> dict[str, float | None]:
+    unknown = sorted(set(values) - set(QUANTITIES))
+    if unknown:
+        raise ValueError(f"unknown quantity names: {', '.join(unknown)}")
+    return values
+
+
 class Reading(_Payload):
     """``recp/v1/{site}/{meter}/reading``: the values of one poll of one meter."""
 
@@ -140,10 +156,132 @@ class Reading(_Payload):
     @field_validator("values")
     @classmethod
     def _known_names(cls, values: dict[str, float | None]) -> dict[str, float | None]:
-        unknown = sorted(set(values) - set(QUANTITIES))
-        if unknown:
-            raise ValueError(f"unknown quantity names: {', '.join(unknown)}")
-        return values
+        return _known_names(values)
+
+
+MAX_BATCH = 500  # readings in one ``readings`` message
+SHARED_FIELDS = ("site", "meter", "resource", "stream")  # of a Reading, once per batch
+ITEM_FIELDS = ("seq", "ts", "quality", "values", "errors", "clock", "latency_ms")
+
+
+class ReadingItem(BaseModel):
+    """One reading inside a :class:`Readings` batch: exactly a Reading's per-reading fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    seq: int = Field(ge=1, le=MAX_SEQ)
+    ts: dt.datetime
+    quality: Quality
+    values: dict[str, float | None]
+    errors: dict[str, str] = Field(default_factory=dict)
+    clock: ClockState = ClockState.SYNCED
+    latency_ms: float | None = Field(None, ge=0)
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_utc(cls, value: dt.datetime) -> dt.datetime:
+        return _utc(value)
+
+    @field_validator("values")
+    @classmethod
+    def _known_names(cls, values: dict[str, float | None]) -> dict[str, float | None]:
+        return _known_names(values)
+
+
+class _ReadingsShared(_Payload):
+    site: str
+    meter: str
+    resource: Resource
+    stream: str = Field(min_length=1)
+
+    @field_validator("site", "meter")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)
+
+
+class Readings(_ReadingsShared):
+    """``recp/v1/{site}/{meter}/readings``: several readings of one meter in one message.
+
+    The shared fields plus one item are exactly the :class:`Reading` the ``reading`` topic
+    would have carried; a consumer treats the batch as those readings arriving in order.
+    """
+
+    readings: list[ReadingItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+    @field_validator("readings")
+    @classmethod
+    def _increasing(cls, items: list[ReadingItem]) -> list[ReadingItem]:
+        for i in range(1, len(items)):
+            if items[i].seq <= items[i - 1].seq:
+                raise ValueError(
+                    f"item {i}: seq {items[i].seq} after {items[i - 1].seq} "
+                    "(seqs must be strictly increasing)"
+                )
+        return items
+
+    def expand(self) -> list[Reading]:
+        """The readings one by one, in order, as the ``reading`` topic would carry them."""
+        return [_reading(self, item) for item in self.readings]
+
+
+def _reading(shared: _ReadingsShared, item: ReadingItem) -> Reading:
+    """Shared fields + one item (both validated already) -> the Reading they describe."""
+    return Reading.model_construct(
+        v=shared.v, site=shared.site, meter=shared.meter, resource=shared.resource,
+        stream=shared.stream, seq=item.seq, ts=item.ts, quality=item.quality,
+        values=item.values, errors=item.errors, clock=item.clock, latency_ms=item.latency_ms)
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """An item of a batch that is not a valid reading: dead-lettered alone."""
+
+    index: int
+    seq: object  # as sent (may be missing or not a number)
+    reason: str
+
+    def __str__(self) -> str:
+        return f"readings[{self.index}] (seq {self.seq}): {self.reason}"
+
+
+def split_readings(payload: bytes | str) -> tuple[list[Reading], list[BadItem]]:
+    """A ``readings`` message item by item, for consumers that keep the good neighbours
+    of a bad item: ``(valid readings in order, bad items)``.
+
+    Raises ``ValueError`` (a ``pydantic.ValidationError`` for a bad field) when the message
+    as a whole is unusable: not a JSON object, bad shared fields, no item, more than
+    :data:`MAX_BATCH`. An item is bad when it does not validate or its seq is not above
+    the previous good item's.
+    """
+    data = json.loads(payload)
+    if not isinstance(data, dict):
+        raise ValueError("a readings message must be a JSON object")
+    shared = _ReadingsShared.model_validate(data)
+    items = data.get("readings")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ValueError(f"'readings' must be a list of 1 to {MAX_BATCH} items")
+    good: list[Reading] = []
+    bad: list[BadItem] = []
+    for i, raw in enumerate(items):
+        seq = raw.get("seq") if isinstance(raw, dict) else None
+        try:
+            item = ReadingItem.model_validate(raw)
+        except ValidationError as exc:
+            bad.append(BadItem(i, seq, _first_error(exc)))
+            continue
+        if good and item.seq <= good[-1].seq:
+            bad.append(BadItem(i, seq, f"seq {item.seq} not above {good[-1].seq}"))
+            continue
+        good.append(_reading(shared, item))
+    return good, bad
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}" if where else f"{err['msg']}{more}"
 
 
 class PointMeta(BaseModel):
@@ -265,3 +403,29 @@ def reading_payload(
     if latency_ms is not None:
         out["latency_ms"] = round(latency_ms, 3)
     return out
+
+
+_SEQ_KEY = b',"seq":'
+
+
+def pack_readings(payloads: Sequence[bytes]) -> bytes:
+    """Rendered ``reading`` payloads of one meter and stream (seqs increasing) -> one
+    ``readings`` payload, byte for byte the same items.
+
+    The agent's hot path: payloads from :func:`reading_payload` share their first bytes up
+    to ``,"seq":``, so the items are spliced out without parsing; any other payload is
+    parsed and re-rendered.
+    """
+    if not 1 <= len(payloads) <= MAX_BATCH:
+        raise ValueError(f"a readings message carries 1 to {MAX_BATCH} readings")
+    first = payloads[0]
+    cut = first.find(_SEQ_KEY)
+    head = first[:cut] if cut > 0 else b""
+    if head and all(p.startswith(head) and p[cut:cut + len(_SEQ_KEY)] == _SEQ_KEY
+                    for p in payloads):
+        items = b",".join(b"{" + p[cut + 1:] for p in payloads)
+        return head + b',"readings":[' + items + b"]}"
+    parsed = [json.loads(p) for p in payloads]
+    out = {k: parsed[0][k] for k in ("v", *SHARED_FIELDS)}
+    out["readings"] = [{k: r[k] for k in ITEM_FIELDS if k in r} for r in parsed]
+    return dumps(out)

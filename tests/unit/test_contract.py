@@ -6,6 +6,8 @@ import datetime as dt
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from collector import contract as c
@@ -98,3 +100,102 @@ def test_status_health_meta_and_ack_models():
         "clock": "synced", "outbox": {"depth": 0, "cap": 10},
         "devices": {"m": {"state": "up"}},
     })
+
+
+# -- the batch message (recp/v1/{site}/{meter}/readings) -------------------------------------
+def rendered(seq: int, **changes: object) -> bytes:
+    return c.dumps(payload(seq=seq, ts=c.format_ts(1767607200.25 + seq), **changes))
+
+
+def test_readings_topic_and_subscription():
+    assert c.readings_topic("dairy", "el_main") == "recp/v1/dairy/el_main/readings"
+    assert c.subscription("dairy", "readings") == "recp/v1/dairy/+/readings"
+
+
+def test_packed_readings_expand_to_the_readings_sent_one_by_one():
+    singles = [rendered(s) for s in (3, 4, 9)]
+    singles[1] = c.dumps(payload(seq=4, quality="partial", values={"power_kw": None},
+                                 errors={"power_kw": "not a number"}, clock="corrected"))
+    packed = c.pack_readings(singles)
+    batch = c.Readings.model_validate_json(packed)
+    assert [r.seq for r in batch.readings] == [3, 4, 9]
+    expected = [c.Reading.model_validate_json(p) for p in singles]
+    assert batch.expand() == expected
+    assert [r.model_dump() for r in batch.expand()] == [r.model_dump() for r in expected]
+    good, bad = c.split_readings(packed)
+    assert good == expected and bad == []
+    # the shared fields once, every item exactly a Reading's per-reading fields
+    data = json.loads(packed)
+    assert set(data) == {"v", "site", "meter", "resource", "stream", "readings"}
+    assert data["readings"][1] == {
+        "seq": 4, "ts": "2026-01-05T10:00:00.250Z", "quality": "partial",
+        "values": {"power_kw": None}, "errors": {"power_kw": "not a number"},
+        "clock": "corrected", "latency_ms": 3.212}
+
+
+def test_pack_readings_falls_back_to_parsing_for_other_key_orders():
+    a = json.dumps({"seq": 1, **{k: v for k, v in payload().items() if k != "seq"}}).encode()
+    b = rendered(2)
+    packed = c.pack_readings([a, b])
+    assert [r.seq for r in c.Readings.model_validate_json(packed).expand()] == [1, 2]
+    with pytest.raises(ValueError, match="1 to 500"):
+        c.pack_readings([])
+    with pytest.raises(ValueError, match="1 to 500"):
+        c.pack_readings([rendered(s) for s in range(1, 502)])
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "at least 1"),
+        ([{"seq": 2}, {"seq": 2}], "strictly increasing"),
+        ([{"seq": 3}, {"seq": 2}], "item 1: seq 2 after 3"),
+        ([{"seq": s} for s in range(1, 502)], "at most 500"),
+    ],
+)
+def test_readings_batch_refused(items: list[dict], message: str):
+    base = {k: v for k, v in payload().items() if k in ("v", *c.SHARED_FIELDS)}
+    item = {k: v for k, v in payload().items() if k in c.ITEM_FIELDS}
+    with pytest.raises(ValidationError, match=message):
+        c.Readings.model_validate({**base, "readings": [{**item, **i} for i in items]})
+
+
+def test_split_readings_keeps_the_neighbours_of_a_bad_item():
+    data = json.loads(c.pack_readings([rendered(s) for s in (1, 2, 3, 4, 5)]))
+    data["readings"][1]["ts"] = "2026-01-05T11:00:00+01:00"   # not UTC
+    data["readings"][3]["seq"] = 2                              # goes back
+    data["readings"].append("junk")
+    good, bad = c.split_readings(json.dumps(data))
+    assert [r.seq for r in good] == [1, 3, 5]
+    assert all(isinstance(r, c.Reading) and r.meter == "el_main" for r in good)
+    assert [(b.index, b.seq) for b in bad] == [(1, 2), (3, 2), (5, None)]
+    assert "UTC" in bad[0].reason and "not above 3" in bad[1].reason
+    assert str(bad[0]).startswith("readings[1] (seq 2): ts:")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"meter": "El Main"}, "lower-case"), ({"readings": []}, "1 to 500"),
+     ({"readings": {"seq": 1}}, "1 to 500"), ({"v": 2}, "1"), ({"stream": ""}, "at least 1")],
+)
+def test_split_readings_refuses_a_bad_shared_part_whole(change: dict, message: str):
+    data = {**json.loads(c.pack_readings([rendered(1)])), **change}
+    with pytest.raises(ValueError, match=message):
+        c.split_readings(json.dumps(data))
+    with pytest.raises(ValueError, match="JSON object"):
+        c.split_readings(b"[1]")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seqs=st.lists(st.integers(1, 10**6), min_size=1, max_size=20, unique=True),
+    power=st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+    late=st.booleans(),
+)
+def test_pack_then_expand_is_the_identity_on_readings(seqs: list[int], power: float | None,
+                                                      late: bool):
+    singles = [c.dumps(payload(seq=s, values={"power_kw": power},
+                               **({"clock": "corrected"} if late and s % 2 else {})))
+               for s in sorted(seqs)]
+    expected = [c.Reading.model_validate_json(p) for p in singles]
+    assert c.Readings.model_validate_json(c.pack_readings(singles)).expand() == expected
