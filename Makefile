@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv test demo plant bench score fuzz clean
+.PHONY: venv test reliability demo plant bench score fuzz clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,11 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# the fault matrix: every row over the whole chain (tests/reliability/), printed as a table
+# and written to build/reliability-matrix.md; -m "" lifts the default run's "not matrix"
+reliability: venv
+	$(BIN)/pytest -q -m "" tests/reliability
 
 # the whole chain on this machine, about two to four minutes; the report lands in recp-demo/
 demo: venv
