@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from . import contract
 from .aio import TaskGroup, wait_event
 from .outbox import Outbox, Row
+from .packer import Message, Packer
 from .site import Broker, Credentials, Mqtt
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10
@@ -40,6 +41,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - exercised on Python 3.10
 log = logging.getLogger("recp.publisher")
 
 FLUSH_S = 0.5  # acknowledged readings are deleted from the outbox at least this often
+PACK_ROWS_MAX = 20_000  # rows read ahead at most when packing (a few MB)
 
 
 class Rejected(Exception):
@@ -171,7 +173,8 @@ def persistent_session(protocol: str, expiry_s: int, receive_maximum: int | None
 class PublisherStats:
     connected: bool = False
     sessions: int = 0
-    published: int = 0
+    published: int = 0  # readings the broker acknowledged
+    messages: int = 0  # their messages (fewer with mqtt.batch)
     rejected: int = 0
     failures: int = 0
     last_error: str = ""
@@ -183,7 +186,8 @@ class PublisherStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "connected": self.connected, "sessions": self.sessions,
-            "published": self.published, "rejected": self.rejected,
+            "published": self.published, "messages": self.messages,
+            "rejected": self.rejected,
             "failures": self.failures, "last_error": self.last_error,
         }
 
@@ -329,18 +333,29 @@ class Publisher:
     async def _send(self, client: _AckingClient, stop: asyncio.Event, inflight: int) -> None:
         """Drain the outbox in commit order until stopping with nothing left to send.
 
-        A sliding window of at most ``inflight`` unacknowledged publishes; acknowledged
-        readings are deleted a batch at a time (and on the way out, whatever happens).
+        A sliding window of at most ``inflight`` unacknowledged messages, each carrying one
+        reading or (``mqtt.batch``) several of one meter; acknowledged readings are deleted
+        a batch at a time (and on the way out, whatever happens). The outbox is read again
+        only when the writer has committed something new (``wake``) or the last read was a
+        full page, not on every PUBACK.
         """
         cursor = 0  # id of the last row taken from the outbox in this session
-        queued: deque[Row] = deque()
-        outstanding: dict[asyncio.Future[Any], Row] = {}
+        batch = self.mqtt.batch
+        packer = Packer(self.site, batch.max_readings, batch.max_wait_ms / 1000)
+        page = max(self.mqtt.read_ahead, batch.max_readings)
+        # rows read ahead at most; packing needs room for a full pack of every meter
+        limit = page if not batch.enabled else max(page, min(100 * batch.max_readings,
+                                                                 PACK_ROWS_MAX))
+        more = True  # the outbox may hold more than was read (at start: unknown)
+        ready: deque[Message] = deque()
+        outstanding: dict[asyncio.Future[Any], Message] = {}
         acked: list[int] = []
         timeout = self.mqtt.publish_timeout_s
         delete = self.mqtt.confirm == "puback"
         rate = self.mqtt.max_rate_per_s
         burst_start, burst_sent = time.monotonic(), 0
         last_flush = time.monotonic()
+        stats = self.stats
         # the outbox is read ahead and cleaned up in worker threads while publishing goes on
         peeking: asyncio.Task[list[Row]] | None = None
         deleting: asyncio.Task[int] | None = None
@@ -363,42 +378,53 @@ class Publisher:
 
         try:
             while True:
-                if peeking is None and len(queued) < self.mqtt.batch:
+                if (peeking is None and len(packer) + len(ready) < limit
+                        and (more or self.wake.is_set())):
                     self.wake.clear()
                     peeking = asyncio.ensure_future(
-                        asyncio.to_thread(self.outbox.peek, cursor, self.mqtt.batch))
-                if peeking is not None and (peeking.done() or not queued):
+                        asyncio.to_thread(self.outbox.peek, cursor, page))
+                if peeking is not None and (peeking.done() or not ready):
                     rows = await peeking
                     peeking = None
+                    more = len(rows) == page
                     if rows:
-                        queued.extend(rows)
+                        packer.add(rows)
                         cursor = rows[-1].id
-                while queued and len(outstanding) < inflight:
+                if len(packer):
+                    ready.extend(packer.take(more_waiting=more and not stop.is_set(),
+                                             limit=limit, force=stop.is_set()))
+                while ready and len(outstanding) < inflight:
                     wait = burst_sent / rate - (time.monotonic() - burst_start)
                     if wait > 0:  # bounded drain rate after an outage
                         break
-                    row = queued.popleft()
-                    outstanding[client.publish_future(row.topic, row.payload)] = row
+                    msg = ready.popleft()
+                    outstanding[client.publish_future(msg.topic, msg.payload)] = msg
                     burst_sent += 1
                 if not outstanding:
                     # deletions are batched too: at most every FLUSH_S while trickling
                     if stop.is_set() or time.monotonic() - last_flush >= FLUSH_S:
                         await flush(wait=stop.is_set())
-                    if queued:  # rate-limited
+                    if ready:  # rate-limited
                         await asyncio.sleep(max(burst_sent / rate
                                                 - (time.monotonic() - burst_start), 0.001))
                         continue
-                    if peeking is not None:
+                    if peeking is not None or (more and len(packer) < limit):
                         continue
                     if stop.is_set():
-                        if acked or deleting is not None:
+                        if acked or deleting is not None or len(packer):
+                            continue
+                        if self.wake.is_set():  # the writer's last commit: read it first
                             continue
                         if not delete:  # confirm: consumer -- give the acks a moment
                             deadline = time.monotonic() + self.confirm_wait_s
                             while self.outbox.depth and time.monotonic() < deadline:
                                 await asyncio.sleep(0.05)
                         return
-                    await wait_event(self.wake, FLUSH_S if acked else 1.0, also=stop)
+                    idle = FLUSH_S if acked else 1.0
+                    due = packer.next_due()
+                    if due is not None:  # a partial pack waits for more readings
+                        idle = min(idle, max(due - time.monotonic(), 0.001))
+                    await wait_event(self.wake, idle, also=stop)
                     burst_start, burst_sent = time.monotonic(), 0
                     continue
                 done = [f for f in outstanding if f.done()]
@@ -408,16 +434,18 @@ class Publisher:
                                                 f"({len(outstanding)} outstanding)")
                     continue
                 for fut in done:
-                    row = outstanding.pop(fut)
+                    msg = outstanding.pop(fut)
                     try:
-                        check_puback(row.topic, fut.result())
+                        check_puback(msg.topic, fut.result())
                     except Rejected as exc:
-                        self.stats.rejected += 1
-                        log.error("broker rejected a reading (kept in outbox) error=%s", exc)
+                        stats.rejected += 1
+                        log.error("broker rejected a message (its readings kept in the "
+                                  "outbox) error=%s", exc)
                         raise
-                    acked.append(row.id)
-                    self.stats.published += 1
-                if len(acked) >= self.mqtt.batch:
+                    acked.extend(r.id for r in msg.rows)
+                    stats.published += len(msg.rows)
+                    stats.messages += 1
+                if len(acked) >= self.mqtt.read_ahead:
                     await flush()
         finally:
             for fut in outstanding:

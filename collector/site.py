@@ -222,6 +222,21 @@ class Broker(Strict):
         return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
 
 
+class Batch(Strict):
+    """Several readings of one meter per MQTT message (the ``readings`` topic)."""
+
+    max_readings: int = Field(1, ge=1, le=500, description=(
+        "readings of one meter packed into one message at most; 1: off, one reading per "
+        "message on the reading topic"))
+    max_wait_ms: float = Field(0, ge=0, le=60_000, description=(
+        "how long a live reading may wait to be packed with the next ones; 0: only a "
+        "backlog is packed"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_readings > 1
+
+
 class Mqtt(Broker):
     """The broker and how readings are delivered to it."""
 
@@ -231,10 +246,23 @@ class Mqtt(Broker):
         "puback", description="delete a reading on PUBACK, or on the consumer's ack topic"
     )
     max_inflight: int = Field(100, ge=1, le=65535, description="unacknowledged publishes")
-    batch: int = Field(200, ge=1, le=10000, description="readings taken from the outbox at once")
+    read_ahead: int = Field(200, ge=1, le=10000,
+                            description="readings taken from the outbox at once")
+    batch: Batch = Field(default_factory=Batch, description=(
+        "several readings per message: {max_readings: 50, max_wait_ms: 1000}; off by default"))
     max_rate_per_s: float = Field(2000.0, gt=0, description="drain rate limit after an outage")
     publish_timeout_s: float = Field(10.0, gt=0, description="wait for a PUBACK")
     health_interval_s: float = Field(30.0, ge=1)
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_was_a_number(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                "is now {max_readings: N, max_wait_ms: MS} (several readings per "
+                f"message); the readings taken from the outbox at once ({value}) are "
+                "mqtt.read_ahead")
+        return value
 
 
 class OutboxSettings(Strict):

@@ -90,8 +90,25 @@ class Subscriber:
             self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def readings(self) -> list[dict]:
+        """Every reading received, in arrival order; a batch counts as its readings."""
+        out = []
         with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t.endswith("/reading")]
+            messages = list(self.messages)
+        for t, p, _ in messages:
+            if t.endswith("/reading"):
+                out.append(json.loads(p))
+            elif t.endswith("/readings"):
+                contract.Readings.model_validate_json(p)
+                data = json.loads(p)
+                items = data.pop("readings")
+                out.extend(data | item for item in items)
+        return out
+
+    def batches(self) -> list[int]:
+        """The number of readings in each batch message received."""
+        with self._lock:
+            return [len(json.loads(p)["readings"]) for t, p, _ in self.messages
+                    if t.endswith("/readings")]
 
     def last(self, topic: str) -> Any:
         with self._lock:
@@ -208,6 +225,24 @@ def check_complete(readings: list[dict], last: dict[str, int]) -> dict[str, int]
     return dict(repeats)
 
 
+# mqtt.batch for the loss tests: off (one reading per message), and packing a backlog and
+# live readings (up to 0.3 s) into readings messages
+BATCHES = [pytest.param(None, id="single"),
+           pytest.param({"max_readings": 50, "max_wait_ms": 300}, id="batch")]
+
+
+def check_batches(sub: Subscriber, batch: dict | None) -> None:
+    """With batching on every reading came in a readings message, some of them packed."""
+    with sub._lock:
+        singles = sum(t.endswith("/reading") for t, _, _ in sub.messages)
+    sizes = sub.batches()
+    if batch is None:
+        assert not sizes and singles
+    else:
+        assert not singles and sizes and max(sizes) > 1 and max(sizes) <= batch["max_readings"]
+        print(f"batches={len(sizes)} largest={max(sizes)}")
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -257,7 +292,9 @@ def test_values_arrive_decoded_with_units_and_metadata(mosquitto: MosquittoServe
     assert health.outbox.cap == 500000 and health.clock is contract.ClockState.SYNCED
 
 
-def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path):
+@pytest.mark.parametrize("batch", BATCHES)
+def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path,
+                                                   batch: dict | None):
     """SIGKILL the broker mid-run; afterwards every reading is there, in order, once each
     after de-duplication by (meter, seq), and repeats are byte-identical."""
     sub = Subscriber(mosquitto)
@@ -276,7 +313,8 @@ def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, t
     async def main() -> Agent:
         async with PlantServer(engine(spec), spec,
                                port_base=0) as plant:
-            site = write_site(tmp_path, plant.ports, mosquitto, polling={"interval_s": 0.1})
+            site = write_site(tmp_path, plant.ports, mosquitto, polling={"interval_s": 0.1},
+                              mqtt_extra={"batch": batch} if batch else None)
             return await run_agent(site, 0, during=outage)
 
     agent = asyncio.run(main())
@@ -286,6 +324,7 @@ def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, t
     sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
                  f"all {total} readings at the subscriber")
     repeats = check_complete(sub.readings(), last)
+    check_batches(sub, batch)
     sub.close()
     assert agent.publisher is not None
     assert agent.publisher.stats.sessions >= 2
@@ -295,7 +334,9 @@ def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, t
           f"sessions={agent.publisher.stats.sessions}")
 
 
-def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path):
+@pytest.mark.parametrize("batch", BATCHES)
+def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tmp_path: Path,
+                                                  batch: dict | None):
     """SIGKILL the agent process twice; the restarted agent sends what the dead one stored."""
     status = tmp_path / "status.json"
     plant = subprocess.Popen(
@@ -308,7 +349,8 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         ports = {int(k): v for k, v in json.loads(status.read_text())["ports"].items()}
-        site = write_site(tmp_path, ports, mosquitto, polling={"interval_s": 0.1})
+        site = write_site(tmp_path, ports, mosquitto, polling={"interval_s": 0.1},
+                          mqtt_extra={"batch": batch} if batch else None)
         argv = [sys.executable, "-m", "collector", "agent", "-v", "-c", str(site)]
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         def some_more_readings() -> None:  # the agent is up and publishing (slow machines)
@@ -347,6 +389,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
     sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
                  f"all {total} readings at the subscriber")
     check_complete(sub.readings(), last)
+    check_batches(sub, batch)
     sub.close()
     assert min(last.values()) >= 5
 
