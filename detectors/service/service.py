@@ -41,7 +41,7 @@ from .inputs import Inputs, Links, Source
 from .lines import QUALITY_CODES, line
 from .pipeline import Interval, MeterPipeline, Settings
 from .sink import InfluxWriter, SpoolSink
-from .spool import Spool
+from .spool import INPUT, PIPELINE, Replay, Spool
 from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse, parse_oldest
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class DetectService:
         self._state_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
         self.inputs = _inputs(spec)
+        self.replay: list[list[Replay]] = []  # batches to feed again on start (SIGKILL)
         self.annotator: Annotator | None = None
         g = cfg.grafana
         if g is not None and spec.grafana_token:
@@ -224,11 +225,17 @@ class DetectService:
         # checkpoint's: after SIGKILL they hold what was stored (and PUBACKed) since
         self.dedup = SeqTracker.restore((state or {}).get("dedup", []))
         self.dedup.update(self.spool.marks())
+        # readings fed to the detectors after the checkpoint (none after a clean stop)
+        self.replay = self.spool.replay_rows(int((state or {}).get("replay_through", 0)))
         if state is None:
             return
         if self.annotator is not None:
             self.annotator.restore(state.get("grafana") or {})
         self.inputs.restore(state.get("inputs") or [])
+        for m in state.get("metas") or []:  # a meter first seen in the replay knows its meta
+            with contextlib.suppress(ValueError):
+                meta = contract.MeterMeta.model_validate(m)
+                self.metas[(meta.site, meta.meter)] = meta
         for snap in state.get("meters", []):
             try:
                 pipe = MeterPipeline.restore(snap, self.settings_for(snap["site"]))
@@ -244,7 +251,10 @@ class DetectService:
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"dedup": self.dedup.snapshot(),
-                                 "meters": [p.snapshot() for p in self.meters.values()]}
+                                 "meters": [p.snapshot() for p in self.meters.values()],
+                                 "replay_through": self.spool.replay_last,
+                                 "metas": [m.model_dump(mode="json")
+                                           for m in self.metas.values()]}
         if self.annotator is not None:
             state["grafana"] = self.annotator.snapshot()
         if self.inputs:
@@ -257,6 +267,7 @@ class DetectService:
             async with self._state_lock:
                 state = await asyncio.to_thread(self.snapshot)
             await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
+            await asyncio.to_thread(self.spool.forget_replay, state["replay_through"])
         self.stats.checkpoints += 1
 
     def pipeline(self, site: str, meter: str, resource: str) -> MeterPipeline:
@@ -316,15 +327,15 @@ class DetectService:
         self.outgoing.append(msg)
 
     def _run_pipelines(
-        self, batch: dict[MeterKey, list[tuple[float, contract.Reading]]]
+        self, batch: dict[MeterKey, list[tuple[float, dict[str, Any], str]]]
     ) -> tuple[list[str], list[Transition]]:
         lines: list[str] = []
         transitions: list[Transition] = []
         for (site, meter), readings in batch.items():
-            pipe = self.pipeline(site, meter, readings[0][1].resource.value)
+            pipe = self.pipeline(site, meter, readings[0][2])
             try:
-                for ts, r in readings:
-                    pipe.add(ts, r.values)
+                for ts, values, _ in readings:
+                    pipe.add(ts, values)
                 intervals, trans = pipe.complete()
             except Exception:
                 # the readings are stored; one meter's analysis failing stops nothing else
@@ -347,9 +358,10 @@ class DetectService:
         part = self.cfg.processing.partition
         inputs = self.inputs
         lines: list[str] = []
-        by_meter: dict[MeterKey, list[tuple[float, contract.Reading]]] = {}
+        by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]] = {}
         touched: set[tuple[str, str, str]] = set()
         before: dict[tuple[str, str, str], tuple[int | None, set[int]]] = {}
+        replay: list[Replay] = []  # what the detectors are fed, kept until a checkpoint
         for topic, payload in messages:
             res = parse(topic, payload, now, self.limits)
             if res is None:
@@ -367,6 +379,8 @@ class DetectService:
             if inputs and isinstance(res, contract.Reading) and inputs.is_input(*key):
                 # every partition keeps the inputs its meters' baselines need
                 inputs.feed(res.site, res.meter, res.ts.timestamp(), res.values)
+                replay.append((res.site, res.meter, res.resource.value, res.ts.timestamp(),
+                               json.dumps(res.values), INPUT))
             if not owns(res.site, res.meter, part.index, part.count):
                 self.stats.not_ours += 1
                 continue
@@ -397,10 +411,12 @@ class DetectService:
             text = reading_line(res, ts)
             if text:
                 lines.append(text)
-            by_meter.setdefault(key, []).append((ts, res))
+            by_meter.setdefault(key, []).append((ts, res.values, res.resource.value))
+            replay.append((res.site, res.meter, res.resource.value, ts,
+                           json.dumps(res.values), PIPELINE))
         # the readings are safe on disk before anything derived from them is computed
         try:  # with the touched streams' dedup marks: a PUBACKed reading stays seen
-            self.spool.append(lines, self.dedup.marks(touched))
+            self.spool.append(lines, self.dedup.marks(touched), replay)
         except BaseException:
             # not stored, so not acknowledged: the broker delivers them again, and they
             # must not be taken for duplicates then
@@ -427,6 +443,45 @@ class DetectService:
         for dkey in touched:
             self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))
         self.sink.wake.set()
+        await self._send_alerts(transitions, now)
+
+    def _replay_sync(self) -> list[Transition]:
+        """Feed the detectors, batch by batch, what they had after the last checkpoint."""
+        transitions: list[Transition] = []
+        n = 0
+        for rows in self.replay:
+            by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]] = {}
+            for site, meter, resource, ts, vals, feed in rows:
+                values = json.loads(vals)
+                if feed & INPUT:
+                    self.inputs.feed(site, meter, ts, values)
+                if feed & PIPELINE:
+                    by_meter.setdefault((site, meter), []).append((ts, values, resource))
+                    n += 1
+            # derived points are stamped with their interval: rewritten, not doubled
+            derived, trans = self._run_pipelines(by_meter)
+            self.spool.append(derived)
+            self.stats.points_spooled += len(derived)
+            transitions += trans
+        if self.replay:
+            log.info("fed the detectors again %d readings (%d batches) stored after the "
+                     "last checkpoint", n, len(self.replay))
+        self.replay = []
+        return transitions
+
+    async def replay_after_checkpoint(self) -> None:
+        """After SIGKILL: the readings stored since the last checkpoint, to the detectors
+        (before any new message). Their alerts were never sent: an event transition saves
+        a checkpoint before its alert goes out, and the replay starts after it."""
+        if not self.replay:
+            return
+        async with self._state_lock:
+            transitions = await asyncio.to_thread(self._replay_sync)
+        self.sink.wake.set()
+        await self._send_alerts(transitions, time.time())
+
+    async def _send_alerts(self, transitions: list[Transition], now: float) -> None:
+        """Queue the alerts of events that opened or closed, after saving a checkpoint."""
         alerts = [t for t in transitions if t.kind in ("open", "close")]
         if alerts:
             if self.annotator is not None:  # queued first, so the checkpoint holds them
@@ -692,6 +747,7 @@ class DetectService:
                 tg.create_task(self._checkpoints(stop), name="checkpoints")
                 if self.annotator is not None:
                     tg.create_task(self.annotator.run(stop), name="grafana-annotations")
+                await self.replay_after_checkpoint()
                 await self._mqtt_loop(stop)
                 await self.save_checkpoint()
                 log.info("stopped taking messages; writing the spool (%d points) for up to "

@@ -10,6 +10,12 @@ dropping the oldest points, counted in ``dropped``.
 The spool also keeps the dedup marks (:class:`~.dedup.SeqTracker`) of the streams a batch
 touched, committed in the same transaction as its points: what the broker was told is
 stored (PUBACK) is then also known as seen after a crash, however old the checkpoint.
+
+And it keeps, in table ``replay`` and the same transaction, the readings fed to the
+detectors since the last checkpoint (:class:`Replay` rows, numbered by batch): after
+SIGKILL the restarted service feeds them again, batch by batch, before taking new
+messages, so the detectors' state is what an uninterrupted run would have. A checkpoint
+records the last row it covers; rows up to it are then forgotten.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 Mark = tuple[str, str, str, int, Sequence[int]]  # site, meter, stream, done, seqs above
+# site, meter, resource, ts_s, values as JSON, feed (PIPELINE | INPUT)
+Replay = tuple[str, str, str, float, str, int]
+PIPELINE, INPUT = 1, 2
 
 
 class Spool:
@@ -45,18 +54,27 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS seen (site TEXT, meter TEXT, stream TEXT, "
             "done INTEGER NOT NULL, above TEXT NOT NULL, PRIMARY KEY (site, meter, stream))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS replay (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "batch INTEGER NOT NULL, site TEXT, meter TEXT, resource TEXT, ts REAL, "
+            "vals TEXT, feed INTEGER)"
+        )
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM points").fetchone()[0])
+        row = self._db.execute("SELECT MAX(id), MAX(batch) FROM replay").fetchone()
+        self.replay_last = int(row[0] or 0)  # the newest replay row committed
+        self._batch = int(row[1] or 0)
 
     @property
     def depth(self) -> int:
         return self._depth
 
-    def append(self, lines: Sequence[str], marks: Iterable[Mark] = ()) -> None:
-        """Commit ``lines`` and the streams' dedup ``marks`` durably (one transaction);
-        drop the oldest points beyond ``cap``."""
+    def append(self, lines: Sequence[str], marks: Iterable[Mark] = (),
+               replay: Sequence[Replay] = ()) -> None:
+        """Commit ``lines``, the streams' dedup ``marks`` and the batch's ``replay`` rows
+        durably (one transaction); drop the oldest points beyond ``cap``."""
         rows = [(site, meter, stream, done, json.dumps(sorted(above)))
                 for site, meter, stream, done, above in marks]
-        if not lines and not rows:
+        if not lines and not rows and not replay:
             return
         with self._lock:
             db = self._db
@@ -64,6 +82,12 @@ class Spool:
             try:
                 db.executemany("INSERT INTO points(line) VALUES (?)", ((x,) for x in lines))
                 db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?, ?)", rows)
+                if replay:
+                    batch = self._batch + 1
+                    db.executemany(
+                        "INSERT INTO replay(batch, site, meter, resource, ts, vals, feed) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", ((batch, *r) for r in replay))
+                    last = int(db.execute("SELECT MAX(id) FROM replay").fetchone()[0])
                 over = self._depth + len(lines) - self.cap
                 if over > 0:
                     db.execute(
@@ -77,6 +101,29 @@ class Spool:
             if over > 0:
                 self.dropped += over
             self._depth += len(lines) - max(over, 0)
+            if replay:
+                self._batch, self.replay_last = batch, last
+
+    def replay_rows(self, after_id: int) -> list[list[Replay]]:
+        """The replay rows newer than ``after_id``, in order, one list per batch."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT batch, site, meter, resource, ts, vals, feed FROM replay "
+                "WHERE id > ? ORDER BY id", (after_id,)).fetchall()
+        out: list[list[Replay]] = []
+        last = None
+        for batch, site, meter, resource, ts, vals, feed in rows:
+            if batch != last:
+                out.append([])
+                last = batch
+            out[-1].append((str(site), str(meter), str(resource), float(ts), str(vals),
+                            int(feed)))
+        return out
+
+    def forget_replay(self, through_id: int) -> None:
+        """Drop the replay rows a saved checkpoint covers (id <= ``through_id``)."""
+        with self._lock:
+            self._db.execute("DELETE FROM replay WHERE id <= ?", (through_id,))
 
     def marks(self) -> list[list[Any]]:
         """Every stream's dedup marks as last committed, in :meth:`SeqTracker.snapshot` form."""

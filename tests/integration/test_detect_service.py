@@ -358,6 +358,80 @@ def test_sigkill_after_checkpoint_consumer_ack_reaches_newest(
             detect.stop(signal.SIGKILL)
 
 
+def test_sigkill_between_checkpoints_detectors_end_as_an_uninterrupted_run(
+    tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any
+) -> None:
+    """Issue 5: readings stored after the last checkpoint are fed to the restarted
+    detectors (the spool's replay table) before new messages. One instance runs straight
+    through, the other (its own broker) is SIGKILLed hours of readings after the last
+    checkpoint; afterwards both hold the same detector state and sent the same alerts."""
+    vm = victoria_metrics
+    runs = []
+    for name in ("straight", "killed"):
+        broker = mosquitto_factory(BROKER_CONF)
+        detect = Detect(tmp_path, broker, vm, instance=name, checkpoint_s=3600)
+        runs.append((detect, Bus(broker), name))
+    m1, m2 = readings("m1", 5), readings("m2", 5)
+    both = interleave(m1, m2)
+    n = len(m1)
+    # day 4 20:00: the spike (10:00-10:30) opened and closed, each saving a checkpoint;
+    # the hours after the last one hold the evening's load step (a straight line over
+    # them, as the counter would be bridged without the replay, is not what happened)
+    kill = 2 * ((3 * DAY + 20 * 3600) // STEP)
+
+    def online(bus: Bus, name: str) -> int:
+        return sum(json.loads(p)["state"] == "online"
+                   for _, p in bus.messages(f"recp/v1/_detect/{name}/status"))
+
+    def started(detect: Detect, bus: Bus, name: str) -> None:
+        k = online(bus, name)
+        detect.start()
+        wait_until(lambda: online(bus, name) > k, 30, f"{name} to subscribe")
+
+    def acked(bus: Bus) -> dict[str, int]:
+        return {t.split("/")[3]: json.loads(p)["seq"]
+                for t, p in bus.messages("recp/v1/dairy/") if t.endswith("/ack")}
+
+    try:
+        for detect, bus, name in runs:
+            bus.publish([meta("m1"), meta("m2")], retain=True)
+            started(detect, bus, name)
+            bus.publish(both[:kill])
+        half = kill // 2
+        for _, bus, name in runs:
+            wait_until(lambda b=bus: acked(b) == {"m1": half, "m2": half}, 60,
+                       f"{name}: every reading up to the kill stored")
+        detect, bus, name = runs[1]
+        state = detect.cfg.parent / "state.json"
+        saved = json.loads(state.read_text())
+        assert max(m["next_start"] for m in saved["meters"]) <= T0 + 3 * DAY + 17 * 3600
+        detect.stop(signal.SIGKILL)
+        assert json.loads(state.read_text())["saved_at"] == saved["saved_at"]
+        started(detect, bus, name)
+        for _, bus, _ in runs:
+            bus.publish(both[kill:])
+        for detect, bus, name in runs:
+            wait_until(lambda b=bus: acked(b) == {"m1": n, "m2": n}, 60,
+                       f"{name}: every reading stored")
+            assert detect.stop() == 0
+        ends = []
+        for detect, _, _ in runs:
+            meters = json.loads((detect.cfg.parent / "state.json").read_text())["meters"]
+            ends.append({f"{m['site']}/{m['meter']}": m for m in meters})
+        assert ends[0] == ends[1]  # buffered readings, detector arrays, open events
+        alerts = [[(a["event"], a["id"], a["excess"]) for a in bus.alerts()]
+                  for _, bus, _ in runs]
+        assert alerts[0] == alerts[1]
+        assert ("open", f"dairy/m1/spike/{T0 + 3 * DAY + 36000}") in [a[:2] for a in alerts[0]]
+        assert len(set(alerts[1])) == len(alerts[1])  # nothing raised twice
+        assert "fed the detectors again" in runs[1][0].log.read_text()
+    finally:
+        for detect, bus, _ in runs:
+            bus.close()
+            if detect.alive():
+                detect.stop(signal.SIGKILL)
+
+
 def test_two_partitions_share_the_meters_exactly_once(
     tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any
 ) -> None:

@@ -378,7 +378,7 @@ def test_batch_not_stored_is_not_taken_for_duplicates_later(tmp_path: Path) -> N
     asyncio.run(svc.handle(msgs[:10]))
     real_append = svc.spool.append
 
-    def disk_full(lines: Sequence[str], marks: Any = ()) -> None:
+    def disk_full(lines: Sequence[str], marks: Any = (), replay: Any = ()) -> None:
         raise OSError("disk full")
 
     svc.spool.append = disk_full  # type: ignore[method-assign]
@@ -569,3 +569,71 @@ def test_paho_properties_share_tables_and_still_round_trip() -> None:
     assert c.MessageExpiryInterval == 60 and c.UserProperty == [("site", "dairy")]
     with pytest.raises(Exception, match="does not apply"):
         Properties(PacketTypes.PUBACK).SessionExpiryInterval = 5  # checks still in place
+
+
+def _state(svc: DetectService) -> dict[str, Any]:
+    return {f"{p.site}/{p.meter}": {k: v for k, v in p.snapshot().items()}
+            for p in svc.meters.values()}
+
+
+def _alerts(svc: DetectService) -> list[tuple[str, str]]:
+    out = []
+    for o in svc.outgoing:
+        if o.topic.startswith("recp/v1/_alerts/"):
+            a = json.loads(o.payload)
+            out.append((a["event"], a["id"]))
+    return out
+
+
+@pytest.mark.parametrize("died", ["between checkpoints", "before an event's checkpoint"])
+def test_readings_after_the_checkpoint_reach_the_detectors_after_sigkill(
+    tmp_path: Path, died: str
+) -> None:
+    """Issue 5: what was stored (and PUBACKed) after the last checkpoint is fed to the
+    restarted detectors before new messages; their state then equals an uninterrupted
+    run's, and no alert is sent twice (or lost)."""
+    m2 = "recp/v1/dairy/m2/reading"
+    msgs = []
+    for i, (t, v) in enumerate(counter(5)):
+        msgs.append((TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v)))
+        msgs.append((m2, reading(seq=i + 1, ts=t, meter="m2", energy_kwh=v / 2)))
+    batches = [msgs[i : i + 150] for i in range(0, len(msgs), 150)]
+    spike = next(i for i, b in enumerate(batches)  # the batch whose readings open it
+                 if any(json.loads(p)["ts"] >= "2026-01-04T10:3" for _, p in b))
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = DetectService(_spec(tmp_path / "a"), writer=FlakyWriter(0))
+    for b in batches:
+        asyncio.run(straight.handle(b))
+
+    first = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
+    if died == "between checkpoints":
+        kill = spike + 6  # the spike has opened and closed (each saved a checkpoint)
+        asyncio.run(first.handle([m for b in batches[:kill - 4] for m in b]))
+        asyncio.run(first.save_checkpoint())  # then 4 batches stored, not checkpointed
+        for b in batches[kill - 4 : kill]:
+            asyncio.run(first.handle(b))
+    else:  # the opening batch is stored, the process dies before its checkpoint/alert
+        kill = spike + 1
+        for b in batches[:spike]:
+            asyncio.run(first.handle(b))
+        first._handle_sync(batches[spike], time.time())
+    sent = _alerts(first)
+    first.spool.close()  # SIGKILL: no shutdown checkpoint
+
+    second = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
+    assert sum(len(r) for r in second.replay) > 0
+    asyncio.run(second.replay_after_checkpoint())
+    assert second.replay == []
+    for b in batches[kill:]:
+        asyncio.run(second.handle(b))
+    assert _state(second) == _state(straight)
+    assert sent + _alerts(second) == _alerts(straight)
+    assert ("open", f"dairy/m1/spike/{T0 + 3 * 86400 + 36000}") in _alerts(straight)
+    # nothing left to replay after a checkpoint; a clean restart replays nothing
+    asyncio.run(second.save_checkpoint())
+    second.spool.close()
+    third = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
+    assert third.replay == []
+    third.spool.close()
