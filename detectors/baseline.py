@@ -9,12 +9,14 @@ The model, fitted by least squares on a baseline period (compiled with numba, no
 
 Time of week is the local weekday x slot of the day (hour of week for hourly data, day of
 week for daily data) or, with ``time_of_week="daytype"``, workday/weekend x slot, as
-CalTRACK's time-of-week terms. Temperature enters as heating and cooling degree terms whose
-balance points are searched on a grid, as CalTRACK's and ASHRAE's change-point models do;
-production enters as specific consumption (ISO 50006 energy performance indicator: counter
-units per unit produced) plus a fixed load while producing. Every combination of terms and
-balance points is a candidate; the best by adjusted R2 (default) or by blocked
-cross-validation wins, with degree slopes required positive and significant (t >= min_t).
+CalTRACK's time-of-week terms, or with ``"none"`` the slot of the day alone (one intercept
+for daily data, as CalTRACK's daily method: :meth:`BaselineConfig.caltrack_daily`).
+Temperature enters as heating and cooling degree terms whose balance points are searched
+on a grid, as CalTRACK's and ASHRAE's change-point models do; production enters as
+specific consumption (ISO 50006 energy performance indicator: counter units per unit
+produced) plus a fixed load while producing. Every combination of terms and balance points
+is a candidate; the best by adjusted R2 (default) or by blocked cross-validation wins, with
+degree slopes required positive and significant (t >= min_t).
 
 The fitted :class:`BaselineModel` is frozen, predicts with :meth:`BaselineModel.predict`,
 carries ASHRAE Guideline 14 fit statistics and serialises to a small versioned JSON.
@@ -45,7 +47,12 @@ HOURLY_S = 3600
 DAILY_S = 86400
 DAY_S = 86400
 
-TimeOfWeek = Literal["week", "daytype"]
+# CalTRACK 2.0 daily: balance points 30..90 degF by 1 degF; p < 0.1 for a slope, as a t
+# threshold (the normal quantile 0.95; with a year of days t(0.95, ~360) is 1.649)
+CALTRACK_BALANCE_POINTS_C = tuple((f - 32.0) * 5.0 / 9.0 for f in range(30, 91))
+CALTRACK_MIN_T = 1.645
+
+TimeOfWeek = Literal["week", "daytype", "none"]
 Selection = Literal["adj_r2", "cv"]
 
 
@@ -64,6 +71,9 @@ class BaselineConfig:
     slope is positive with a t statistic of at least ``min_t``. ``tol``: a term whose
     information left after the others is below this share of its own is dropped as
     dependent; ``ridge`` (relative, default none) shrinks the dense terms.
+    ``min_degree_nonzero`` and ``min_degree_total_c`` are CalTRACK's degree-day sufficiency
+    per candidate balance point: at least that many intervals with a non-zero degree value
+    and at least that sum of degree values (degC x intervals); 0 turns them off.
     """
 
     interval_s: int = HOURLY_S
@@ -76,6 +86,29 @@ class BaselineConfig:
     min_t: float = 3.0
     ridge: float = 0.0
     tol: float = 1e-9
+    min_degree_nonzero: int = 0
+    min_degree_total_c: float = 0.0
+
+    @classmethod
+    def caltrack_daily(cls, timezone: str = "UTC") -> BaselineConfig:
+        """CalTRACK 2.0's daily method: one intercept, HDD/CDD of the daily mean temperature.
+
+        Balance points searched over 30..90 degF in 1 degF steps (here in degC), the heating
+        one not above the cooling one; a candidate needs at least 10 days with non-zero
+        degree days and 20 degF-days in all (11.1 degC-days); slopes must be positive and
+        significant at p < 0.1 (two-sided t test); intercept-only, HDD, CDD and HDD+CDD
+        (with production terms when given) compete on adjusted R2.
+        """
+        return cls(
+            interval_s=DAY_S,
+            time_of_week="none",
+            timezone=timezone,
+            balance_points_c=CALTRACK_BALANCE_POINTS_C,
+            min_degree_share=1e-9,
+            min_t=CALTRACK_MIN_T,
+            min_degree_nonzero=10,
+            min_degree_total_c=20.0 * 5.0 / 9.0,
+        )
 
     def __post_init__(self) -> None:
         if not (60 <= self.interval_s <= DAY_S and DAY_S % self.interval_s == 0):
@@ -83,8 +116,10 @@ class BaselineConfig:
                 f"interval_s must divide a day (86400 s) and be at least 60 s, got "
                 f"{self.interval_s}; use 3600 (hourly) or 86400 (daily)"
             )
-        if self.time_of_week not in ("week", "daytype"):
-            raise ValueError(f"time_of_week must be 'week' or 'daytype', not {self.time_of_week!r}")
+        if self.time_of_week not in ("week", "daytype", "none"):
+            raise ValueError(
+                f"time_of_week must be 'week', 'daytype' or 'none', not {self.time_of_week!r}"
+            )
         if self.selection not in ("adj_r2", "cv"):
             raise ValueError(f"selection must be 'adj_r2' or 'cv', not {self.selection!r}")
         if self.selection == "cv" and self.cv_folds < 2:
@@ -98,7 +133,8 @@ class BaselineConfig:
 
     @property
     def n_groups(self) -> int:
-        return (7 if self.time_of_week == "week" else 2) * (DAY_S // self.interval_s)
+        days = {"week": 7, "daytype": 2, "none": 1}[self.time_of_week]
+        return days * (DAY_S // self.interval_s)
 
 
 # --------------------------------------------------------------------------- the model
@@ -240,9 +276,7 @@ class BaselineModel:
             )
         T = as_values("temperature", temperature, n) if temperature is not None else _nan(n)
         P = as_values("production", production, n) if production is not None else _nan(n)
-        groups = _time_groups(
-            ts, tz_offsets(ts, self.timezone), self.interval_s, self.time_of_week == "daytype"
-        )
+        groups = time_groups(ts, self.timezone, self.interval_s, self.time_of_week)
         beta = np.array([_nan_if_none(self.production_coef), _nan_if_none(self.running_coef)])
         return _predict(
             groups,
@@ -371,9 +405,7 @@ def fit_baseline(
     use_t = temperature is not None and bool(np.isfinite(T).any())
     Z = _production_columns(P) if P is not None else np.zeros((n, 0))
 
-    groups = _time_groups(
-        ts, tz_offsets(ts, cfg.timezone), cfg.interval_s, cfg.time_of_week == "daytype"
-    )
+    groups = time_groups(ts, cfg.timezone, cfg.interval_s, cfg.time_of_week)
     usable = np.isfinite(y) & np.isfinite(Z).all(axis=1)
     if use_t:
         usable &= np.isfinite(T)
@@ -391,7 +423,10 @@ def fit_baseline(
     grid = np.unique(np.asarray(cfg.balance_points_c, dtype=np.float64)) if use_t else _nan(0)
     weights = np.ones(n)
     stats = _accumulate(groups, y, weights, Z, T, grid, cfg.n_groups, fold, folds)
-    cands = _candidates(P is not None, T[usable], grid, cfg.min_degree_share)
+    cands = _candidates(
+        P is not None, T[usable], grid, cfg.min_degree_share,
+        cfg.min_degree_nonzero, cfg.min_degree_total_c,
+    )  # fmt: skip
     rss, cv_sse, n_par, coef_h, t_h, coef_c, t_c = _evaluate(
         stats, folds, cands.zmask, cands.heat, cands.cool, grid, cfg.ridge, cfg.tol
     )
@@ -461,18 +496,37 @@ def fit_baseline(
 
 
 def _candidates(
-    with_production: bool, t_used: FloatArray, grid: FloatArray, min_share: float
+    with_production: bool,
+    t_used: FloatArray,
+    grid: FloatArray,
+    min_share: float,
+    min_nonzero: int = 0,
+    min_total: float = 0.0,
 ) -> _Candidates:
-    """Every term combination: production terms x (none, heating, cooling, both b <= c)."""
+    """Every term combination: production terms x (none, heating, cooling, both b <= c).
+
+    A balance point is a candidate when enough intervals lie on its active side (a share,
+    and CalTRACK's count of non-zero degree values and their sum).
+    """
     zmasks = [(False, False), (True, False), (True, True)]
     if not with_production:
         zmasks = zmasks[:1]
     n = max(t_used.size, 1)
     ordered = np.sort(t_used)
-    below = np.searchsorted(ordered, grid, side="left") / n  # share with T < b
-    above = (t_used.size - np.searchsorted(ordered, grid, side="right")) / n  # T > c
-    heat_ok = [j for j in range(grid.size) if below[j] >= min_share]
-    cool_ok = [j for j in range(grid.size) if above[j] >= min_share]
+    n_below = np.searchsorted(ordered, grid, side="left")  # intervals with T < b
+    n_above = t_used.size - np.searchsorted(ordered, grid, side="right")  # T > c
+    total = float(ordered.sum())
+    cum = np.concatenate([[0.0], np.cumsum(ordered)])
+    hdd = grid * n_below - cum[n_below]  # sum of max(0, b - T)
+    cdd = (total - cum[t_used.size - n_above]) - grid * n_above  # sum of max(0, T - c)
+    heat_ok = [
+        j for j in range(grid.size)
+        if n_below[j] / n >= min_share and n_below[j] >= min_nonzero and hdd[j] >= min_total
+    ]  # fmt: skip
+    cool_ok = [
+        j for j in range(grid.size)
+        if n_above[j] / n >= min_share and n_above[j] >= min_nonzero and cdd[j] >= min_total
+    ]  # fmt: skip
     degree = [(-1, -1)] + [(h, -1) for h in heat_ok] + [(-1, c) for c in cool_ok]
     degree += [(h, c) for h in heat_ok for c in cool_ok if c >= h]
     rows = [(z, h, c) for z in zmasks for h, c in degree]
@@ -617,6 +671,14 @@ def tz_offsets(epoch_s: IntArray, timezone: str) -> IntArray:
         for i in np.flatnonzero(inverse == k):
             out[i] = offset(int(epoch_s[i]))
     return out
+
+
+def time_groups(epoch_s: IntArray, timezone: str, interval_s: int, time_of_week: str) -> IntArray:
+    """Time-of-week group of each interval start (see :class:`BaselineConfig`)."""
+    offsets = tz_offsets(epoch_s, timezone)
+    if time_of_week == "none":  # the slot of the local day only
+        return np.asarray(((epoch_s + offsets) % DAY_S) // interval_s, dtype=np.int64)
+    return _time_groups(epoch_s, offsets, interval_s, time_of_week == "daytype")
 
 
 def _production_columns(P: FloatArray) -> FloatArray:

@@ -154,12 +154,24 @@ class Thresholds:
     min_coverage: float = 0.9
     min_baseline_days: float = 28.0
     min_reporting_days: float = 1.0
+    baseline_days_why: str = "so that every time of week is seen several times"
 
     @classmethod
     def for_interval(cls, interval_s: int) -> Thresholds:
         if interval_s < 86400:
             return cls(cv_rmse_max_pct=30.0, nmbe_max_pct=10.0)
         return cls(cv_rmse_max_pct=25.0, nmbe_max_pct=5.0)
+
+    @classmethod
+    def caltrack_daily(cls) -> Thresholds:
+        """CalTRACK 2.0's daily data sufficiency: a 365-day baseline, 90 % of its days valid
+        (at most 37 missing); Guideline 14's daily CV(RMSE) and NMBE limits."""
+        return cls(
+            cv_rmse_max_pct=25.0,
+            nmbe_max_pct=5.0,
+            min_baseline_days=365.0,
+            baseline_days_why="by CalTRACK's daily method, so that every season is seen",
+        )
 
 
 @dataclass(frozen=True)
@@ -201,7 +213,7 @@ def verdict(
     if baseline_days < th.min_baseline_days:
         reasons.append(
             f"baseline period is {baseline_days:.1f} days; at least {th.min_baseline_days:g} "
-            "are needed so that every time of week is seen several times"
+            f"are needed {th.baseline_days_why}"
         )
     if reporting_days < th.min_reporting_days:
         reasons.append(

@@ -38,6 +38,16 @@ from .meter import MeterInfo
 HOUR_S = 3600
 DAY_S = 86400
 ValueKind = Literal["counter", "interval", "rate"]
+Method = Literal["hourly", "daily"]
+METHODS: dict[str, str] = {
+    "hourly": "hourly: hour-of-week levels, heating/cooling degree terms with searched balance "
+    "points (CalTRACK hourly's terms) and production terms, least squares on the baseline hours",
+    "daily": "daily (CalTRACK 2.0 daily method): daily totals, heating/cooling degree days of "
+    "the daily mean temperature, balance points searched over 30-90 degF (-1.1-32.2 C), "
+    "intercept-only, HDD, CDD and HDD+CDD candidates (and production terms) chosen by "
+    "adjusted R2, slopes positive with p < 0.1, at least 10 days and 20 degF-days of degree "
+    "days; data sufficiency: a 365-day baseline with 90 % of its days valid",
+}
 
 
 class SavingsError(ValueError):
@@ -172,8 +182,10 @@ def prepare(
     """Put a meter's readings and its drivers on one grid over [start, end).
 
     Hourly (or finer) grids are UTC-aligned; a daily grid is made of local days in
-    ``timezone`` (sums of hours for quantities, means for temperature), as a daily
-    baseline expects. A day with any unknown hour is unknown.
+    ``timezone`` (sums of hours for quantities, means of the hourly means for temperature),
+    as a daily baseline expects. A day with any unknown hour of consumption or production
+    is unknown; its temperature is unknown when fewer than half its hours have one
+    (CalTRACK's rule for daily temperature).
     """
     if interval_s not in (DAY_S,) and not (60 <= interval_s <= HOUR_S and HOUR_S % interval_s == 0):
         raise SavingsError(f"interval must be 86400 s (daily) or divide an hour, got {interval_s}")
@@ -237,7 +249,7 @@ def _to_local_days(
             val = np.where(finite == counts, total, np.nan)
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
-                val = np.where(finite > 0, total / np.maximum(finite, 1), np.nan)
+                val = np.where(2 * finite >= counts, total / np.maximum(finite, 1), np.nan)
         out.append(val[keep])
     return t[first][keep], out
 
@@ -286,6 +298,7 @@ class Savings:
     thresholds: mv.Thresholds
     currency: str = "EUR"
     timezone: str = "UTC"
+    method: str = "hourly"
     temperature: FloatArray | None = None
     production: FloatArray | None = None
     warnings: tuple[str, ...] = field(default=())
@@ -293,6 +306,16 @@ class Savings:
     @property
     def fraction(self) -> float | None:
         return self.avoided / self.adjusted_total if self.adjusted_total else None
+
+    @property
+    def method_description(self) -> str:
+        text = METHODS.get(self.method, self.method)
+        tow = self.model.time_of_week
+        if self.method == "daily" and tow != "none":
+            text += f"; with {'day of week' if tow == 'week' else 'workday/weekend'} levels"
+        if self.method == "hourly" and tow == "daytype":
+            text += "; workday/weekend x hour levels instead of hour of week"
+        return text
 
     def fsu(self, confidence: float) -> float | None:
         return mv.fsu(self.halfwidth.get(confidence), self.avoided)
@@ -326,6 +349,8 @@ class Savings:
             "baseline_period": self.baseline.label(),
             "reporting_period": self.reporting.label(),
             "timezone": self.timezone,
+            "method": self.method,
+            "method_description": self.method_description,
             "interval_s": self.model.interval_s,
             "savings": {
                 "avoided": _round(self.avoided),
@@ -406,8 +431,21 @@ def compute_savings(
     for name, col in (("temperature", T), ("production", P)):
         if col is not None and not np.isfinite(col[b]).any():
             raise SavingsError(f"the {name} column has no data in the baseline period")
-    cfg = config or BaselineConfig(interval_s=series.interval_s, timezone=series.timezone)
-    th = thresholds or mv.Thresholds.for_interval(cfg.interval_s)
+    if config is None:
+        config = (
+            BaselineConfig.caltrack_daily(series.timezone)
+            if series.interval_s == DAY_S
+            else BaselineConfig(interval_s=series.interval_s, timezone=series.timezone)
+        )
+    cfg = config
+    method = "daily" if cfg.interval_s == DAY_S else "hourly"
+    if thresholds is None:
+        thresholds = (
+            mv.Thresholds.caltrack_daily()
+            if method == "daily"
+            else mv.Thresholds.for_interval(cfg.interval_s)
+        )
+    th = thresholds
     say("fitting the baseline")
     try:
         model = fit_baseline(
@@ -502,6 +540,7 @@ def compute_savings(
         thresholds=th,
         currency=currency,
         timezone=series.timezone,
+        method=method,
         temperature=None if T is None else T[keep],
         production=None if P is None else P[keep],
     )

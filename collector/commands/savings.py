@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +67,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--production-csv", type=Path, metavar="FILE", help="file holding the production column"
     )
     p.add_argument(
-        "--time-of-week",
-        choices=("week", "daytype"),
-        default="week",
-        help="hour of the week (default) or workday/weekend x hour: fewer parameters, "
-        "for baselines of a few weeks",
-    )
-    p.add_argument(
-        "--interval",
+        "--method",
         choices=("hourly", "daily"),
-        default="hourly",
-        help="model interval (default hourly)",
+        default=None,
+        help="hourly (default): hour-of-week, degree and production terms on hours; daily: "
+        "CalTRACK 2.0's daily method on local days (one intercept, heating/cooling degree days "
+        "of the daily mean temperature, production terms) with CalTRACK's data sufficiency "
+        "(a 365-day baseline)",
+    )
+    p.add_argument("--interval", choices=("hourly", "daily"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--time-of-week",
+        choices=("week", "daytype", "none"),
+        default=None,
+        help="levels of the model: week (hour of the week; the hourly default), daytype "
+        "(workday/weekend x hour: fewer parameters, for baselines of a few weeks) or none "
+        "(one level per hour of the day; the daily default: a single intercept)",
     )
     p.add_argument(
         "--timezone", default=None, help="local time zone for time of week and dates (default UTC)"
@@ -111,6 +117,15 @@ def _problem(file: str, line: int | None, message: str) -> Any:
     return ConfigError([Problem(file, line, "", message)])
 
 
+def _method(args: argparse.Namespace) -> str:
+    """--method, or the older --interval spelling of it; hourly by default."""
+    if args.method and args.interval and args.method != args.interval:
+        raise _problem("<command line>", None,
+                       f"--method {args.method} and --interval {args.interval} disagree; "
+                       "give --method only")  # fmt: skip
+    return str(args.method or args.interval or "hourly")
+
+
 def run(args: argparse.Namespace) -> int:
     from detectors.csvinput import CsvInputError
     from detectors.savings import SavingsError
@@ -140,7 +155,7 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     try:
         series = query_series(
             spec, site, meter_id, baseline.start_s, reporting.end_s,
-            interval_s=86400 if args.interval == "daily" else 3600, timezone=tz,
+            interval_s=86400 if _method(args) == "daily" else 3600, timezone=tz,
             production=args.production, temperature_field=args.temperature,
             price=args.price, co2=args.co2_factor,
         )  # fmt: skip
@@ -198,7 +213,7 @@ def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
                      co2_kg_per_unit=args.co2_factor if args.co2_factor is not None else co2)
     series = series_from_rows(
         rows, meter_id, start_s=baseline.start_s, end_s=reporting.end_s,
-        interval_s=86400 if args.interval == "daily" else 3600, timezone=tz,
+        interval_s=86400 if _method(args) == "daily" else 3600, timezone=tz,
         production=args.production, temperature=temperature, info=info,
     )  # fmt: skip
     return series, baseline, reporting
@@ -256,7 +271,7 @@ def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
         meter=meter,
         start_s=baseline.start_s,
         end_s=reporting.end_s,
-        interval_s=86400 if args.interval == "daily" else 3600,
+        interval_s=86400 if _method(args) == "daily" else 3600,
         timezone=tz,
         temperature=temperature,
         production=production,
@@ -283,9 +298,13 @@ def _run(args: argparse.Namespace) -> int:
             series, baseline, reporting = _csv_series(args, bar)
         meter = series.meter
         bar.step("fitting")
-        config = BaselineConfig(
-            interval_s=series.interval_s, timezone=series.timezone, time_of_week=args.time_of_week
-        )
+        if _method(args) == "daily":
+            config = BaselineConfig.caltrack_daily(series.timezone)
+            if args.time_of_week:
+                config = replace(config, time_of_week=args.time_of_week)
+        else:
+            config = BaselineConfig(interval_s=series.interval_s, timezone=series.timezone,
+                                    time_of_week=args.time_of_week or "week")  # fmt: skip
         result = compute_savings(
             series, baseline, reporting, config=config, currency=args.currency,
             progress=bar.note,
@@ -308,6 +327,7 @@ def _run(args: argparse.Namespace) -> int:
              else f", {meter.cost(result.avoided):,.0f} {args.currency}"))  # fmt: skip
     st = result.model.stats
     cv = "n/a" if st.cv_rmse_pct is None else f"{st.cv_rmse_pct:.1f} %"
+    print(f"method: {result.method_description}")
     print(f"model: {result.model.describe()}")
     print(f"Guideline 14: CV(RMSE) {cv}, verdict: "
           + ("PASS" if result.verdict.passed else "FAIL"))  # fmt: skip

@@ -79,6 +79,7 @@ def savings_html(s: Savings) -> str:
     ]  # fmt: skip
     model = s.model
     terms = [
+        ["method", s.method_description],
         ["time of week", f"{model.time_of_week}, {model.interval_s // 60} min intervals, "
                          f"{sum(a is not None for a in model.intercepts)} levels"],
     ]  # fmt: skip

@@ -450,3 +450,89 @@ def test_json_rejects_unknown_versions_and_bad_content() -> None:
         BaselineModel.from_dict({**data, "heating_coef": "3"})
     with pytest.raises(ValueError, match="not valid JSON"):
         BaselineModel.from_json("{")
+
+
+# ----------------------------------------------------------------- CalTRACK's daily method
+
+
+def _daily_year(seed: int, heat_f: float | None, cool_f: float | None) -> dict[str, np.ndarray]:
+    """A year of days: 50 + 2/degF-day below heat_f + 3/degF-day above cool_f (degC in/out)."""
+    rng = np.random.default_rng(seed)
+    days = np.arange(365)
+    T = 12 - 12 * np.cos(2 * np.pi * days / 365) + rng.normal(0, 3, days.size)
+    y = np.full(days.size, 50.0)
+    if heat_f is not None:
+        y += 2 * 1.8 * np.maximum(0.0, (heat_f - 32) / 1.8 - T)
+    if cool_f is not None:
+        y += 3 * 1.8 * np.maximum(0.0, T - (cool_f - 32) / 1.8)
+    return {"ts": MONDAY + DAILY_S * days, "T": T, "y": y + rng.normal(0, 1.0, days.size)}
+
+
+@pytest.mark.parametrize(("heat_f", "cool_f"), [(None, None), (60, None), (None, 70), (55, 72)])
+def test_caltrack_daily_finds_its_candidate_and_balance_points(
+    heat_f: float | None, cool_f: float | None
+) -> None:
+    d = _daily_year(7, heat_f, cool_f)
+    cfg = BaselineConfig.caltrack_daily()
+    model = fit_baseline(d["ts"], d["y"], temperature=d["T"], config=cfg)
+    assert model.time_of_week == "none" and len(model.intercepts) == 1
+    for true_f, bp, coef, slope in (
+        (heat_f, model.heating_balance_c, model.heating_coef, 2 * 1.8),
+        (cool_f, model.cooling_balance_c, model.cooling_coef, 3 * 1.8),
+    ):
+        if true_f is None:  # a spurious term may pass p < 0.1, but it is small
+            assert coef is None or coef < 0.1
+        else:
+            assert bp is not None and coef is not None
+            assert bp * 1.8 + 32 == pytest.approx(true_f, abs=2.0)  # the 1 degF grid
+            assert coef == pytest.approx(slope, rel=0.1)
+    assert np.allclose(cfg.balance_points_c, [(f - 32) / 1.8 for f in range(30, 91)])
+    assert model.stats.n_params == 1 + model.uses_temperature * (
+        (model.heating_coef is not None) + (model.cooling_coef is not None)
+    )
+
+
+def test_caltrack_daily_needs_ten_degree_days_and_twenty_degf_days() -> None:
+    # a mild year: only 9 days are below 10 C, and they drive a large heating load
+    rng = np.random.default_rng(2)
+    T = rng.uniform(12, 25, 365)
+    T[:9] = 5.0
+    y = 40 + 20 * np.maximum(0.0, 10 - T) + rng.normal(0, 1, 365)
+    ts = MONDAY + DAILY_S * np.arange(365)
+    model = fit_baseline(ts, y, temperature=T, config=BaselineConfig.caltrack_daily())
+    # balance points up to 12 C leave at most 9 heating days: not candidates; above 12 C the
+    # heating term exists but its balance point is not the true one
+    assert model.heating_balance_c is None or model.heating_balance_c > 12.0
+    loose = BaselineConfig(interval_s=DAILY_S, time_of_week="none", min_degree_share=0.02)
+    heat = fit_baseline(ts, y, temperature=T, config=loose).heating_balance_c
+    assert heat is not None and 5.0 < heat <= 12.0  # any of these fits the 9 cold days alike
+
+
+@given(
+    hnp.arrays(np.float64, st.integers(0, 60), elements=st.floats(-30, 45)),
+    st.integers(0, 12),
+    st.floats(0, 50),
+)
+@SETTINGS
+def test_degree_day_candidates_equal_a_direct_count(
+    temps: np.ndarray, min_nonzero: int, min_total: float
+) -> None:
+    """The sorted-prefix-sum counts and sums equal counting each balance point directly."""
+    from detectors.baseline import _candidates
+
+    grid = np.array(BaselineConfig.caltrack_daily().balance_points_c)
+    cands = _candidates(False, temps, grid, 1e-9, min_nonzero, min_total)
+    heat = {int(h) for h in cands.heat if h >= 0}
+    cool = {int(c) for c in cands.cool if c >= 0}
+    want_heat, want_cool = set(), set()
+    for j, b in enumerate(grid):
+        hdd = [b - t for t in temps if t < b]
+        cdd = [t - b for t in temps if t > b]
+        if hdd and len(hdd) >= min_nonzero and sum(hdd) >= min_total - 1e-9:
+            want_heat.add(j)
+        if cdd and len(cdd) >= min_nonzero and sum(cdd) >= min_total - 1e-9:
+            want_cool.add(j)
+    assert heat == want_heat and cool == want_cool
+    # every (heating, cooling) pair has the heating balance point not above the cooling one
+    both = (cands.heat >= 0) & (cands.cool >= 0)
+    assert (cands.heat[both] <= cands.cool[both]).all()
