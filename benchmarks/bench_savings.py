@@ -117,7 +117,8 @@ def compare(path: Path, result: dict) -> dict:
     r0, r1 = result["reporting"]
     b = (t >= b0) & (t < b1) & np.isfinite(y) & np.isfinite(temp)
     r = (t >= r0) & (t < r1)
-    cfg = BaselineConfig(interval_s=interval)
+    # our daily method is CalTRACK's (one intercept, HDD/CDD of the daily mean temperature)
+    cfg = BaselineConfig.caltrack_daily() if interval == 86400 else BaselineConfig()
     seconds = best_of(lambda: fit_baseline(t[b], y[b], temperature=temp[b], config=cfg), 3)
     model = fit_baseline(t[b], y[b], temperature=temp[b], config=cfg)
     again = fit_baseline(t[b], y[b], temperature=temp[b], config=cfg)
@@ -204,15 +205,61 @@ def month_weighted(t: np.ndarray, y: np.ndarray, temp: np.ndarray, fit: np.ndarr
 
 
 def eemeter_results() -> Path | None:
+    """The folder of eemeter's results: EEMETER_RESULTS, or a fresh run of the side script.
+
+    A fresh run (EEMETER_PYTHON) writes into EEMETER_OUT (default a new temporary folder),
+    EEMETER_JOBS processes at once (default 2), one process per sample meter, each given
+    EEMETER_TIMEOUT_S seconds (default 5400: eemeter's hourly fit of a meter-year took up to
+    25 min on the loaded machine); a meter that runs out of time is reported and left out.
+    """
     done = os.environ.get("EEMETER_RESULTS")
     if done:
         return Path(done)
     python = os.environ.get("EEMETER_PYTHON")
     if not python:
         return None
-    out = Path(tempfile.mkdtemp(prefix="eemeter-"))
-    subprocess.run([python, str(REPO / "benchmarks" / "eemeter_side.py"), str(out)], check=True)
+    out = Path(os.environ.get("EEMETER_OUT") or tempfile.mkdtemp(prefix="eemeter-"))
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = int(os.environ.get("EEMETER_JOBS", "2"))
+    timeout_s = float(os.environ.get("EEMETER_TIMEOUT_S", "5400"))
+    script = str(REPO / "benchmarks" / "eemeter_side.py")
+    names = subprocess.run(
+        [python, script, "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    # the slow hourly meters first (uk-gas sample 0, the slowest, first of all), so the
+    # quick daily ones fill in around them
+    queue = sorted(names, key=lambda n: (n.endswith("daily"), not n.startswith("uk-gas"), n))
+    running: list[tuple[str, subprocess.Popen[bytes], float]] = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            name = queue.pop(0)
+            if (out / f"{name}.json").exists():
+                continue  # done in an earlier run into the same folder
+            running.append((name, subprocess.Popen([python, script, str(out), name]),
+                            time.monotonic()))  # fmt: skip
+        time.sleep(1.0)
+        for item in list(running):
+            name, proc, started = item
+            if proc.poll() is not None:
+                running.remove(item)
+            elif time.monotonic() - started > timeout_s:
+                proc.kill()
+                proc.wait()
+                running.remove(item)
+                print(f"eemeter: {name} not finished in {timeout_s:.0f} s; left out", flush=True)
     return out
+
+
+def load_results(folder: Path) -> list[dict]:
+    """Every sample's result the side script wrote (one JSON each), in the side script's order."""
+    found = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name != "results.json":
+            res = json.loads(path.read_text(encoding="utf-8"))
+            found[res["sample"]] = res
+    if not found and (folder / "results.json").exists():  # written before per-sample files
+        found = {r["sample"]: r for r in json.loads((folder / "results.json").read_text())}
+    return sorted(found.values(), key=lambda r: (r["freq"], r["sample"]))
 
 
 def main() -> None:
@@ -221,7 +268,7 @@ def main() -> None:
     if folder is None:
         print("eemeter comparison skipped: set EEMETER_PYTHON (see benchmarks/eemeter_side.py)")
         return
-    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    results = load_results(folder)
     print(
         f"{'sample':40} {'freq':6} {'savings e':>9} {'ours':>6} {'diff':>6} {'e unb.':>6} "
         f"{'diff':>6} {'our U90':>7} {'CV e/o':>11} {'NMBE e/o':>11} {'out-of-s. CV e/o':>16} "

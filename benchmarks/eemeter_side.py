@@ -9,9 +9,12 @@ takes the year before the blackout as baseline and the year after it as reportin
 eemeter's daily model (daily samples) and its CalTRACK hourly model (hourly samples), and
 writes OUTDIR/<sample>.csv (the exact series it fitted: UTC epoch, observed, temperature in
 degF, and eemeter's prediction for every row: the baseline rows as fitted, the reporting rows
-as projected) and OUTDIR/results.json (savings, CV(RMSE), NMBE, fit times). The first meter
-of each kind in a run is fitted twice (the first fit compiles); later ones once, warm. Not
-imported by ``python -m benchmarks`` (its name does not start with ``bench_``).
+as projected), OUTDIR/<sample>.json (savings, CV(RMSE), NMBE, fit times) and
+OUTDIR/results.json (all of this run's). ``SAMPLE@daily`` fits eemeter's daily model on an
+hourly sample (eemeter sums it into days itself), so every meter has a daily comparison.
+The first meter of each kind in a run is fitted twice (the first fit compiles); later ones
+once, warm. Not imported by ``python -m benchmarks`` (its name does not start with
+``bench_``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ SAMPLES = [
     "uk-electricity-hdd-only-hourly-sample-2",
     "uk-gas-hdd-only-hourly-sample-0",
 ]
+DAILY_OF_HOURLY = [f"{s}@daily" for s in SAMPLES if "-hourly" in s]
 
 
 def periods(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp, pd.Timestamp]:
@@ -56,7 +60,8 @@ def run(sample: str, out: Path, first: bool) -> dict:
     uk = sample.startswith("uk")
     from eemeter.eemeter.samples import load_sample
 
-    meter, temp, meta = load_sample(sample, tempF=not uk)
+    name, _, as_daily = sample.partition("@")
+    meter, temp, meta = load_sample(name, tempF=not uk)
     if uk:  # eemeter's models take degF
         temp = temp * 9 / 5 + 32
     elec = meta["interpretation"] == "electricity"
@@ -64,7 +69,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
     obs = meter["value"] if "value" in meter else meter.iloc[:, 0]
     base = obs[(obs.index >= b0) & (obs.index < b1)]
     rep = obs[(obs.index >= r0) & (obs.index < r1)]
-    daily = meta["freq"] == "daily"
+    daily = meta["freq"] == "daily" or as_daily == "daily"
     if daily:
         bd = em.DailyBaselineData.from_series(base, temp, is_electricity_data=elec)
         rd = em.DailyReportingData.from_series(rep, temp, is_electricity_data=elec)
@@ -120,7 +125,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
             "eemeter_predicted": both["predicted"].values,
         }
     ).to_csv(out / f"{sample}.csv", index=False)
-    return {
+    result = {
         "sample": sample,
         "freq": "daily" if daily else "hourly",
         "baseline": [int(b0.timestamp()), int(b1.timestamp())],
@@ -131,16 +136,30 @@ def run(sample: str, out: Path, first: bool) -> dict:
         "nmbe_pct": nmbe,
         "first_fit_s": times[0],
         "fit_s": min(times[1:]) if len(times) > 1 else times[0],
+        "params": params(model) if daily else None,
+    }
+    (out / f"{sample}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def params(model) -> dict:
+    """A daily model's submodels (season/day-type splits) and their coefficients, degF."""
+    return {
+        name: sub.coefficients.model_dump(mode="json")
+        for name, sub in model.params.submodels.items()
     }
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--list"]:
+        print(" ".join(SAMPLES + DAILY_OF_HOURLY))
+        return
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     results = []
     seen: set[bool] = set()
-    for sample in sys.argv[2:] or SAMPLES:  # optionally some samples only
-        daily = sample.endswith("-daily")
+    for sample in sys.argv[2:] or SAMPLES + DAILY_OF_HOURLY:  # optionally some samples only
+        daily = sample.endswith("daily")
         first = daily not in seen
         seen.add(daily)
         started = time.perf_counter()
