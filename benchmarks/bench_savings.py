@@ -1,7 +1,8 @@
 """Savings fits: time per meter-year and agreement with eemeter 4.1.1 on its sample meters.
 
 1. Fit time of ``detectors.baseline.fit_baseline`` (what ``recp savings`` fits) on one
-   synthetic meter-year, hourly (8,760 intervals, hour of week + degree terms) and daily,
+   synthetic meter-year, hourly (8,760 intervals, hour of week + degree terms) and daily
+   (CalTRACK's daily method),
    best of five after a warm-up, and whether a re-fit gives the identical model.
 2. Side by side with eemeter (OpenEEmeter, CalTRACK): ``benchmarks/eemeter_side.py`` runs in
    eemeter's own environment (as released it needs pytz, pandas < 3 and scikit-learn 1.5.2)
@@ -48,13 +49,15 @@ def synthetic_year(interval_s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return t, temp, y * (1 + 0.1 * rng.standard_normal(n))
 
 
-def best_of(fn: Callable[[], object], runs: int = 5) -> float:
+def best_of(fn: Callable[[], object], runs: int = 5, clock: Callable[[], float] = time.perf_counter
+            ) -> float:
+    """Best of ``runs`` after a warm-up, wall clock (or ``clock``: process_time for CPU)."""
     fn()
     times = []
     for _ in range(runs):
-        started = time.perf_counter()
+        started = clock()
         fn()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return min(times)
 
 
@@ -62,12 +65,15 @@ def fit_times() -> dict[int, float]:
     out = {}
     for interval in (3600, 86400):
         t, temp, y = synthetic_year(interval)
-        cfg = BaselineConfig(interval_s=interval)
+        cfg = BaselineConfig() if interval == 3600 else BaselineConfig.caltrack_daily()
         seconds = best_of(lambda: fit_baseline(t, y, temperature=temp, config=cfg))  # noqa: B023
+        cpu = best_of(lambda: fit_baseline(t, y, temperature=temp, config=cfg),  # noqa: B023
+                      clock=time.process_time)  # fmt: skip
         a = fit_baseline(t, y, temperature=temp, config=cfg).to_json()
         b = fit_baseline(t, y, temperature=temp, config=cfg).to_json()
         name = "hourly" if interval == 3600 else "daily"
-        print(f"fit one meter-year, {name}: {1000 * seconds:.1f} ms; re-fit identical: {a == b}")
+        print(f"fit one meter-year, {name}: {1000 * seconds:.1f} ms wall, {1000 * cpu:.1f} ms CPU; "
+              f"re-fit identical: {a == b}")  # fmt: skip
         out[interval] = seconds
     return out
 
@@ -289,8 +295,11 @@ def main() -> None:
             f"{res['fit_s']:6.2f}s {1000 * c['fit_s']:5.1f}ms {res['fit_s'] / c['fit_s']:6.0f}x "
             f"{c['rows']}" + (f" ({c['left_out']} left out)" if c["left_out"] else "")
         )  # fmt: skip
+    print("the models' parameters (balance points in degC; eemeter's slopes per degF-day)")
     for res, c in rows:
         print(f"  {res['sample']}: ours {c['model']}; re-fit identical: {c['identical']}")
+        if res.get("params"):
+            print(f"  {'':{len(res['sample'])}}  eemeter {ee_params(res['params'])}")
     print("our hourly terms refitted per month, CalTRACK's way (diagnostic): savings, CV(RMSE), "
           "NMBE, out-of-sample CV(RMSE)")  # fmt: skip
     for res, c in rows:
@@ -298,14 +307,47 @@ def main() -> None:
         if g:
             print(f"  {res['sample']:40} {g['savings_pct']:5.2f}% {g['cv']:6.1f} "
                   f"{g['nmbe']:+5.2f} {g['shape_cv']:6.1f}")  # fmt: skip
-    diffs = [abs(c["savings_pct"] - c["ee_savings_pct"]) for _, c in rows]
-    unb = [abs(c["savings_pct"] - c["ee_unbiased_pct"]) for _, c in rows]
-    ratios = [res["fit_s"] / c["fit_s"] for res, c in rows]
-    print(f"within 0.5 pp of eemeter: {sum(d <= 0.5 for d in diffs)} of {len(diffs)} "
-          f"(largest {max(diffs):.2f} pp); of eemeter without its baseline bias: "
-          f"{sum(d <= 0.5 for d in unb)} of {len(unb)} (largest {max(unb):.2f} pp); "
-          f"fit-time ratio {min(ratios):.0f}x..{max(ratios):.0f}x; eemeter's first fits "
-          f"(compiling) up to {max(r['first_fit_s'] for r in results):.0f} s")  # fmt: skip
+    for kind, label in KINDS.items():
+        group = [(res, c) for res, c in rows if kind_of(res) == kind]
+        if not group:
+            continue
+        diffs = [abs(c["savings_pct"] - c["ee_savings_pct"]) for _, c in group]
+        unb = [abs(c["savings_pct"] - c["ee_unbiased_pct"]) for _, c in group]
+        ratios = [res["fit_s"] / c["fit_s"] for res, c in group]
+        print(f"{label}: within 0.5 pp of eemeter on {sum(d <= 0.5 for d in diffs)} of "
+              f"{len(diffs)} (largest {max(diffs):.2f} pp); of eemeter without its baseline "
+              f"bias on {sum(d <= 0.5 for d in unb)} of {len(unb)} (largest {max(unb):.2f} pp); "
+              f"fit-time ratio {min(ratios):.0f}x..{max(ratios):.0f}x; eemeter's first fits "
+              f"(compiling) up to {max(r['first_fit_s'] for r, _ in group):.0f} s")  # fmt: skip
+
+
+KINDS = {
+    "hourly": "our hourly vs eemeter's CalTRACK hourly",
+    "caltrack": "our daily (CalTRACK) vs eemeter's CalTRACK daily (legacy settings)",
+    "daily": "our daily (CalTRACK) vs eemeter 4's daily model",
+}
+
+
+def kind_of(res: dict) -> str:
+    """Which comparison a side-script result is: hourly, caltrack (legacy daily) or daily."""
+    if res["sample"].endswith("@caltrack"):
+        return "caltrack"
+    return "daily" if res["freq"] == "daily" else "hourly"
+
+
+def ee_params(params: dict) -> str:
+    """eemeter's daily submodels in a line: type, intercept, balance points (degC), slopes."""
+    out = []
+    for name, co in params.items():
+        parts = [f"{name}: {co.get('model_type')}", f"intercept {co.get('intercept'):.4g}"]
+        for term in ("hdd", "cdd"):
+            bp, beta = co.get(f"{term}_bp"), co.get(f"{term}_beta")
+            if bp is not None and beta is not None:
+                k = co.get(f"{term}_k")
+                parts.append(f"{term} {abs(beta):.4g} at {(bp - 32) / 1.8:.2f} C"
+                             + (f" (smoothing k {k:.3g})" if k else ""))  # fmt: skip
+        out.append(", ".join(parts))
+    return "; ".join(out)
 
 
 if __name__ == "__main__":

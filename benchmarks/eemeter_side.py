@@ -11,7 +11,8 @@ writes OUTDIR/<sample>.csv (the exact series it fitted: UTC epoch, observed, tem
 degF, and eemeter's prediction for every row: the baseline rows as fitted, the reporting rows
 as projected), OUTDIR/<sample>.json (savings, CV(RMSE), NMBE, fit times) and
 OUTDIR/results.json (all of this run's). ``SAMPLE@daily`` fits eemeter's daily model on an
-hourly sample (eemeter sums it into days itself), so every meter has a daily comparison.
+hourly sample (eemeter sums it into days itself), so every meter has a daily comparison;
+``SAMPLE@caltrack`` fits eemeter's CalTRACK 2.0 ("legacy") daily settings on any sample.
 The first meter of each kind in a run is fitted twice (the first fit compiles); later ones
 once, warm. Not imported by ``python -m benchmarks`` (its name does not start with
 ``bench_``).
@@ -45,6 +46,9 @@ SAMPLES = [
     "uk-gas-hdd-only-hourly-sample-0",
 ]
 DAILY_OF_HOURLY = [f"{s}@daily" for s in SAMPLES if "-hourly" in s]
+# eemeter 4's own CalTRACK 2.0 daily settings (DailyModel(model="legacy"): no smoothing, least
+# squares, no season or weekday splits, 10 days per degree term), on every sample
+LEGACY = [f"{s}@caltrack" for s in SAMPLES]
 
 
 def periods(meta: dict) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timestamp, pd.Timestamp]:
@@ -60,7 +64,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
     uk = sample.startswith("uk")
     from eemeter.eemeter.samples import load_sample
 
-    name, _, as_daily = sample.partition("@")
+    name, _, tag = sample.partition("@")
     meter, temp, meta = load_sample(name, tempF=not uk)
     if uk:  # eemeter's models take degF
         temp = temp * 9 / 5 + 32
@@ -69,7 +73,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
     obs = meter["value"] if "value" in meter else meter.iloc[:, 0]
     base = obs[(obs.index >= b0) & (obs.index < b1)]
     rep = obs[(obs.index >= r0) & (obs.index < r1)]
-    daily = meta["freq"] == "daily" or as_daily == "daily"
+    daily = meta["freq"] == "daily" or tag in ("daily", "caltrack")
     if daily:
         bd = em.DailyBaselineData.from_series(base, temp, is_electricity_data=elec)
         rd = em.DailyReportingData.from_series(rep, temp, is_electricity_data=elec)
@@ -81,7 +85,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
     times = []
     for _ in range(2 if first else 1):
         started = time.perf_counter()
-        model = model_cls()
+        model = model_cls(model="legacy") if tag == "caltrack" else model_cls()
         if daily:
             model.fit(bd, ignore_disqualification=True)
         else:
@@ -152,14 +156,14 @@ def params(model) -> dict:
 
 def main() -> None:
     if sys.argv[1:] == ["--list"]:
-        print(" ".join(SAMPLES + DAILY_OF_HOURLY))
+        print(" ".join(SAMPLES + DAILY_OF_HOURLY + LEGACY))
         return
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     results = []
     seen: set[bool] = set()
-    for sample in sys.argv[2:] or SAMPLES + DAILY_OF_HOURLY:  # optionally some samples only
-        daily = sample.endswith("daily")
+    for sample in sys.argv[2:] or SAMPLES + DAILY_OF_HOURLY + LEGACY:  # or some samples only
+        daily = sample.endswith(("daily", "@caltrack"))
         first = daily not in seen
         seen.add(daily)
         started = time.perf_counter()
