@@ -67,6 +67,10 @@ def ack_topic(site: str, meter: str) -> str:
     return f"{ROOT}/{site}/{meter}/ack"
 
 
+def dropped_topic(site: str, meter: str) -> str:
+    return f"{ROOT}/{site}/{meter}/dropped"
+
+
 def status_topic(site: str) -> str:
     return f"{ROOT}/{site}/{AGENT}/status"
 
@@ -319,6 +323,28 @@ class Ack(_Payload):
 
     stream: str
     seq: int = Field(ge=0, le=MAX_SEQ)
+
+
+class Dropped(_Payload):
+    """``recp/v1/{site}/{meter}/dropped`` (retained, published by the agent).
+
+    The agent's outbox dropped readings of this meter and ``stream``: none with
+    ``seq <= through_seq`` will be sent (again), so a consumer may take every such seq as
+    done. ``count`` is every reading of the meter and stream dropped so far (cumulative).
+    """
+
+    site: str
+    meter: str
+    stream: str = Field(min_length=1)
+    through_seq: int = Field(ge=1, le=MAX_SEQ)
+    count: int = Field(ge=1)
+    reason: str
+    ts: dt.datetime = Field(description="UTC time of the latest drop")
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_utc(cls, value: dt.datetime) -> dt.datetime:
+        return _utc(value)
 
 
 class AgentState(str, Enum):

@@ -17,7 +17,10 @@ counter. Row ids use AUTOINCREMENT so they are never reused and id order is comm
 
 The outbox is bounded (``cap`` readings). When full it drops the oldest readings first,
 counts them per reason in the ``drops`` table and logs it: newest data is worth more on a
-dashboard, and the gap shows downstream as missing sequence numbers.
+dashboard, and the gap shows downstream as missing sequence numbers. Per meter the
+``holes`` table keeps the highest seq dropped and how many (:meth:`Outbox.holes`), which
+the publisher announces to consumers (``recp/v1/{site}/{meter}/dropped``), so they need
+not wait for readings that will never come.
 
 All methods are synchronous and thread-safe (one connection behind a lock); the agent calls
 them through ``asyncio.to_thread`` so disk waits never block the event loop.
@@ -57,6 +60,10 @@ CREATE INDEX IF NOT EXISTS outbox_meter_seq ON outbox (meter, seq);
 CREATE TABLE IF NOT EXISTS drops (
     reason TEXT PRIMARY KEY, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holes (
+    meter TEXT PRIMARY KEY, through_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL
+);
 """
 
 # seq -> (topic, payload)
@@ -92,6 +99,18 @@ class Row:
     seq: int
     topic: str
     payload: bytes
+
+
+@dataclass(frozen=True)
+class Hole:
+    """Readings of one meter dropped by the cap: every seq up to ``through_seq`` is gone
+    or was sent before; ``count`` dropped in all (this outbox's stream)."""
+
+    meter: str
+    through_seq: int
+    count: int
+    reason: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -133,6 +152,7 @@ class Outbox:
         self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._held = self._db.execute("SELECT COUNT(*) FROM outbox WHERE held=1").fetchone()[0]
         self._unrecorded_drops: dict[str, int] = {}
+        self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
 
     # -- writing ------------------------------------------------------------------------
     def append(self, entries: Sequence[Entry]) -> list[int]:
@@ -169,12 +189,14 @@ class Outbox:
                 )
                 over = self._count + len(rows) - self.cap
                 if over > 0:
+                    reason = f"outbox full (cap {self.cap}), oldest dropped"
+                    self._record_holes(over, reason, now)
                     self._db.execute(
                         "DELETE FROM outbox WHERE id IN "
                         "(SELECT id FROM outbox ORDER BY id LIMIT ?)",
                         (over,),
                     )
-                    self._record_drop(f"outbox full (cap {self.cap}), oldest dropped", over, now)
+                    self._record_drop(reason, over, now)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -184,6 +206,7 @@ class Outbox:
                 log.error("outbox write failed dropped=%d error=%s", len(rows), exc)
                 return []
             if over > 0:
+                self.holes_changed += 1
                 log.warning("outbox full cap=%d dropped_oldest=%d", self.cap, over)
                 self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
                 self._held = self._db.execute(
@@ -199,6 +222,23 @@ class Outbox:
             "SET count=count+excluded.count, last_at=excluded.last_at",
             (reason, n, now, now),
         )
+
+    def _record_holes(self, n: int, reason: str, now: float) -> None:
+        """Per meter, the highest seq and the number of the ``n`` oldest rows (to drop)."""
+        rows = self._db.execute(
+            "SELECT meter, MAX(seq), COUNT(*) FROM (SELECT meter, seq FROM outbox "
+            "ORDER BY id LIMIT ?) GROUP BY meter", (n,)).fetchall()
+        self._db.executemany(
+            "INSERT INTO holes VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET "
+            "through_seq=MAX(through_seq, excluded.through_seq), count=count+excluded.count, "
+            "reason=excluded.reason, at=excluded.at",
+            [(meter, seq, count, reason, now) for meter, seq, count in rows])
+
+    def holes(self) -> list[Hole]:
+        """Every meter's readings dropped by the cap so far (this outbox's stream)."""
+        with self._lock:
+            return [Hole(*r) for r in self._db.execute(
+                "SELECT meter, through_seq, count, reason, at FROM holes ORDER BY meter")]
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # no transaction was open

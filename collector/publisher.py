@@ -303,7 +303,9 @@ class Publisher:
             self.connected_event.set()
             async with TaskGroup() as tg:
                 watcher = tg.create_task(self._watch(client), name="mqtt watch")
+                holes = tg.create_task(self._announce_holes(client), name="mqtt holes")
                 await self._send(client, stop, inflight)
+                holes.cancel()
                 await client.publish_acked(
                     contract.status_topic(self.site),
                     self._status(contract.AgentState.OFFLINE, "stopped"), retain=True,
@@ -311,6 +313,28 @@ class Publisher:
                 watcher.cancel()
             log.info("mqtt leaving published=%d outbox_depth=%d", self.stats.published,
                      self.outbox.depth)
+
+    async def _announce_holes(self, client: _AckingClient) -> None:
+        """Tell consumers, retained on ``.../{meter}/dropped``, which readings the outbox
+        cap dropped (at connect, then whenever it drops more), so they stop waiting."""
+        seen = -1
+        while True:
+            changed = self.outbox.holes_changed
+            if changed != seen:
+                holes = await asyncio.to_thread(self.outbox.holes)
+                for h in holes:
+                    payload = contract.dumps({
+                        "v": contract.VERSION, "site": self.site, "meter": h.meter,
+                        "stream": self.outbox.stream, "through_seq": h.through_seq,
+                        "count": h.count, "reason": h.reason, "ts": contract.format_ts(h.at),
+                    })  # fmt: skip
+                    await client.publish_acked(contract.dropped_topic(self.site, h.meter),
+                                               payload, retain=True,
+                                               timeout=self.mqtt.publish_timeout_s)
+                if holes:
+                    log.info("announced dropped readings meters=%d", len(holes))
+                seen = changed
+            await asyncio.sleep(FLUSH_S)
 
     async def _watch(self, client: _AckingClient) -> None:
         """Notice a lost connection (raises) and apply consumers' acknowledgements."""

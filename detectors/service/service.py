@@ -37,6 +37,7 @@ from .alerts import AlertSettings, Transition
 from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
+from .dedup import State as DedupState
 from .inputs import Inputs, Links, Source
 from .lines import QUALITY_CODES, line
 from .pipeline import Interval, MeterPipeline, Settings
@@ -79,6 +80,13 @@ def agent_line(h: contract.Health) -> str | None:
     }
     return line("agent", {"site": h.site}, fields, _ms(h.ts.timestamp()))
 
+
+
+def dropped_line(d: contract.Dropped, missing: int) -> str | None:
+    """``dropped``: readings an agent's outbox dropped, at the time of its latest drop."""
+    return line("dropped", {"site": d.site, "meter": d.meter, "stream": d.stream},
+                {"count": d.count, "through_seq": d.through_seq, "missing": missing,
+                 "reason": d.reason}, _ms(d.ts.timestamp()))
 
 
 def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> list[str]:
@@ -160,6 +168,7 @@ class Stats:
     checkpoints: int = 0
     checkpoint_errors: int = 0
     pipeline_errors: int = 0
+    drops_announced: int = 0
 
 
 @dataclass(frozen=True)
@@ -360,7 +369,7 @@ class DetectService:
         lines: list[str] = []
         by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]] = {}
         touched: set[tuple[str, str, str]] = set()
-        before: dict[tuple[str, str, str], tuple[int | None, set[int]]] = {}
+        before: dict[tuple[str, str, str], DedupState] = {}
         replay: list[Replay] = []  # what the detectors are fed, kept until a checkpoint
         for topic, payload in messages:
             res = parse(topic, payload, now, self.limits)
@@ -383,6 +392,21 @@ class DetectService:
                                json.dumps(res.values), INPUT))
             if not owns(res.site, res.meter, part.index, part.count):
                 self.stats.not_ours += 1
+                continue
+            if isinstance(res, contract.Dropped):
+                dkey = (res.site, res.meter, res.stream)
+                if dkey not in touched:
+                    touched.add(dkey)
+                    before[dkey] = self.dedup.state_of(dkey)
+                missing = self.dedup.skip_to(dkey, res.through_seq)
+                if missing is not None:  # not a repeat: stored where users see it
+                    self.stats.drops_announced += 1
+                    log.warning("%s/%s: the agent dropped %d readings so far (%s); %d of "
+                                "them up to seq %d never arrived", res.site, res.meter,
+                                res.count, res.reason, missing, res.through_seq)
+                    text = dropped_line(res, missing)
+                    if text:
+                        lines.append(text)
                 continue
             if isinstance(res, contract.MeterMeta):
                 self.metas[key] = res
@@ -511,6 +535,7 @@ class DetectService:
             "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
             "dead_letters": s.dead_letters, "alerts": s.alerts,
             "pipeline_errors": s.pipeline_errors, "checkpoint_errors": s.checkpoint_errors,
+            "drops_announced": s.drops_announced,
             "points_written": self.sink.stats.written, "points_rejected":
             self.sink.stats.rejected, "spool_depth": self.spool.depth,
             "spool_dropped": self.spool.dropped, "db_healthy": self.sink.healthy,
@@ -576,7 +601,7 @@ class DetectService:
         prefix = f"$share/{m.shared_group}/" if m.shared_group else ""
         sites = m.sites or ["+"]
         return [f"{prefix}{contract.subscription(s, kind)}" for s in sites
-                for kind in ("reading", "meta")] + [
+                for kind in ("reading", "meta", "dropped")] + [
             f"{prefix}{contract.health_topic(s)}" for s in sites]
 
     def _client(self) -> Any:

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-Mark = tuple[str, str, str, int, Sequence[int]]  # site, meter, stream, done, seqs above
+# site, meter, stream, done, seqs above, ranges given up (SeqTracker.skip_to)
+Mark = tuple[str, str, str, int, Sequence[int], Sequence[Sequence[int]]]
 # site, meter, resource, ts_s, values as JSON, feed (PIPELINE | INPUT)
 Replay = tuple[str, str, str, float, str, int]
 PIPELINE, INPUT = 1, 2
@@ -54,6 +55,8 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS seen (site TEXT, meter TEXT, stream TEXT, "
             "done INTEGER NOT NULL, above TEXT NOT NULL, PRIMARY KEY (site, meter, stream))"
         )
+        if "gaps" not in {r[1] for r in self._db.execute("PRAGMA table_info(seen)")}:
+            self._db.execute("ALTER TABLE seen ADD COLUMN gaps TEXT NOT NULL DEFAULT '[]'")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS replay (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "batch INTEGER NOT NULL, site TEXT, meter TEXT, resource TEXT, ts REAL, "
@@ -72,8 +75,8 @@ class Spool:
                replay: Sequence[Replay] = ()) -> None:
         """Commit ``lines``, the streams' dedup ``marks`` and the batch's ``replay`` rows
         durably (one transaction); drop the oldest points beyond ``cap``."""
-        rows = [(site, meter, stream, done, json.dumps(sorted(above)))
-                for site, meter, stream, done, above in marks]
+        rows = [(site, meter, stream, done, json.dumps(sorted(above)), json.dumps(gaps))
+                for site, meter, stream, done, above, gaps in marks]
         if not lines and not rows and not replay:
             return
         with self._lock:
@@ -81,7 +84,8 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.executemany("INSERT INTO points(line) VALUES (?)", ((x,) for x in lines))
-                db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?, ?)", rows)
+                db.executemany("INSERT OR REPLACE INTO seen(site, meter, stream, done, above, "
+                               "gaps) VALUES (?, ?, ?, ?, ?, ?)", rows)
                 if replay:
                     batch = self._batch + 1
                     db.executemany(
@@ -128,9 +132,9 @@ class Spool:
     def marks(self) -> list[list[Any]]:
         """Every stream's dedup marks as last committed, in :meth:`SeqTracker.snapshot` form."""
         with self._lock:
-            rows = self._db.execute("SELECT site, meter, stream, done, above FROM seen")
-            return [[site, meter, stream, int(done), json.loads(above)]
-                    for site, meter, stream, done, above in rows]
+            rows = self._db.execute("SELECT site, meter, stream, done, above, gaps FROM seen")
+            return [[site, meter, stream, int(done), json.loads(above), json.loads(gaps)]
+                    for site, meter, stream, done, above, gaps in rows]
 
     def peek(self, n: int) -> list[tuple[int, str]]:
         """The oldest ``n`` points as (id, line), oldest first."""

@@ -78,7 +78,8 @@ def split_topic(topic: str) -> tuple[str, str, str] | None:
 
 def parse(
     topic: str, payload: bytes, now_s: float, limits: Limits
-) -> contract.Reading | contract.MeterMeta | contract.Health | DeadLetter | None:
+) -> (contract.Reading | contract.MeterMeta | contract.Health | contract.Dropped
+      | DeadLetter | None):
     """Validate one message; None for messages the service ignores (agent status)."""
     where = split_topic(topic)
     site = where[0] if where else None
@@ -96,6 +97,8 @@ def parse(
         if health.site != where[0]:
             return DeadLetter(topic, payload, "health site does not match the topic", site)
         return health
+    if kind == "dropped":
+        return parse_dropped(topic, payload, where[0], meter)
     if kind not in ("reading", "meta"):
         return DeadLetter(topic, payload, f"unknown message kind {kind!r}", site)
     if len(payload) > max(limits.max_payload_bytes, 1):
@@ -138,6 +141,22 @@ def parse(
         return DeadLetter(topic, payload, f"timestamp {reading.ts.isoformat()} is too old",
                           site)
     return reading
+
+
+def parse_dropped(topic: str, payload: bytes, site: str, meter: str
+                  ) -> contract.Dropped | DeadLetter | None:
+    """An agent's announcement of readings its outbox dropped (retained; empty: cleared)."""
+    if not payload:
+        return None
+    if len(payload) > 4096:
+        return DeadLetter(topic, payload, f"dropped message of {len(payload)} bytes", site)
+    try:
+        msg = contract.Dropped.model_validate_json(payload)
+    except ValidationError as exc:
+        return DeadLetter(topic, payload, f"invalid dropped message: {_first_error(exc)}", site)
+    if (msg.site, msg.meter) != (site, meter):
+        return DeadLetter(topic, payload, "dropped site/meter do not match the topic", site)
+    return msg
 
 
 def parse_oldest(text: str) -> float:

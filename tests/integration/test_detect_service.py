@@ -64,7 +64,7 @@ class Bus:
         self.c.connect(broker.host, broker.port)
         self.c.loop_start()
         for f in ("recp/v1/_alerts/#", "recp/v1/_deadletter/#", "recp/v1/_detect/#",
-                  "recp/v1/+/+/ack"):
+                  "recp/v1/+/+/ack", "recp/v1/+/+/dropped"):
             self.c.subscribe(f, qos=1)
         time.sleep(0.2)
 
@@ -430,6 +430,90 @@ def test_sigkill_between_checkpoints_detectors_end_as_an_uninterrupted_run(
             bus.close()
             if detect.alive():
                 detect.stop(signal.SIGKILL)
+
+
+def test_capped_outbox_announces_its_drops_and_the_consumer_ack_passes_the_hole(
+    tmp_path: Path, mosquitto_factory: Any, victoria_metrics: Any
+) -> None:
+    """Issue 5: a `confirm: consumer` agent's outbox (the real Outbox and Publisher) drops
+    its oldest readings at the cap while the broker is away; it announces the hole
+    (retained `.../dropped`), `recp detect` moves its ack past it at once and stores the
+    drop, and the outbox empties (before: the ack stayed below the hole until 4,096 newer
+    readings arrived, and the agent kept everything meanwhile)."""
+    import asyncio
+
+    from collector.outbox import Entry, Outbox
+    from collector.publisher import Publisher
+    from collector.site import Credentials, Mqtt
+
+    broker = mosquitto_factory(BROKER_CONF)
+    vm = victoria_metrics
+    detect = Detect(tmp_path, broker, vm)
+    bus = Bus(broker)
+    box = Outbox(tmp_path / "outbox.sqlite", cap=100)
+    mqtt_cfg = Mqtt.model_validate({"url": broker.url, "confirm": "consumer",
+                                    "reconnect_delay_s": 0.1, "publish_timeout_s": 5})
+
+    def entry(seq0: int) -> Entry:
+        def render(seq: int) -> tuple[str, bytes]:
+            return contract.reading_topic("dairy", "m1"), contract.dumps(
+                contract.reading_payload(
+                    site="dairy", meter="m1", resource="electricity", stream=box.stream,
+                    seq=seq, ts=T0 + seq * STEP, quality=contract.Quality.OK,
+                    values={"energy_kwh": 1000.0 + seq}))
+        return Entry("m1", render)
+
+    def acked() -> int:
+        acks = [json.loads(p) for t, p in bus.messages("recp/v1/dairy/m1/ack")]
+        return acks[-1]["seq"] if acks else 0
+
+    async def publish_until(cond: Callable[[], bool], what: str) -> None:
+        pub = Publisher(mqtt_cfg, "dairy", box, Credentials(None, None), confirm_wait_s=0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(pub.run(stop))
+        end = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < end, f"timed out waiting for {what}"
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    try:
+        bus.publish([meta("m1")], retain=True)
+        detect.start()
+        wait_until(lambda: bus.health().get("connected") is True, 30, "the service")
+        box.append([entry(i) for i in range(50)])
+        asyncio.run(publish_until(lambda: box.depth == 0, "seqs 1-50 confirmed"))
+        assert acked() == 50
+        # the broker is away (no publisher): 250 more, the cap of 100 drops 51-200
+        for _ in range(5):
+            box.append([entry(i) for i in range(50)])
+        assert box.depth == 100 and [(h.through_seq, h.count) for h in box.holes()] == [
+            (200, 150)]
+        asyncio.run(publish_until(lambda: box.depth == 0, "the outbox confirmed empty"))
+        assert acked() == 300
+        wait_until(lambda: all_stored(vm, 150, ("m1",)), 20, "the readings kept")
+        got = samples(vm, "reading_energy_kwh")["m1"]
+        assert len(got) == len(set(got)) == 150  # 1-50 and 201-300
+
+        def drops() -> dict[str, list[float]]:
+            vm.flush()
+            return {s["metric"]["__name__"]: s["values"] for s in vm.query_export(
+                '{__name__=~"dropped_.*"}', start="2025-12-01T00:00:00Z")}
+
+        wait_until(lambda: "dropped_count" in drops(), 20, "the drop stored")
+        values = drops()
+        assert values["dropped_count"] == [150] and values["dropped_missing"] == [150]
+        assert values["dropped_through_seq"] == [200]
+        retained = [json.loads(p) for t, p in bus.got if t == "recp/v1/dairy/m1/dropped"]
+        assert retained and retained[-1]["reason"] == "outbox full (cap 100), oldest dropped"
+        wait_until(lambda: bus.health().get("drops_announced") == 1, 10, "health: 1 drop")
+        assert detect.stop() == 0
+    finally:
+        box.close()
+        bus.close()
+        if detect.alive():
+            detect.stop(signal.SIGKILL)
 
 
 def test_two_partitions_share_the_meters_exactly_once(

@@ -79,6 +79,22 @@ def test_cap_drops_oldest_first_and_counts_it(tmp_path: Path):
         assert box.stats().dropped == {"outbox full (cap 5), oldest dropped": 3}
 
 
+def test_cap_drops_are_recorded_per_meter_for_the_dropped_announcement(tmp_path: Path):
+    with Outbox(tmp_path / "o.db", cap=5) as box:
+        assert box.holes() == [] and box.holes_changed == 0
+        box.append([entry("a"), entry("b"), entry("a"), entry("a")])
+        box.append([entry("b") for _ in range(3)])  # drops a1 and b1
+        holes = {h.meter: (h.through_seq, h.count) for h in box.holes()}
+        assert holes == {"a": (1, 1), "b": (1, 1)} and box.holes_changed == 1
+        box.append([entry("b") for _ in range(3)])  # drops a2, a3, b2
+        holes = {h.meter: (h.through_seq, h.count) for h in box.holes()}
+        assert holes == {"a": (3, 3), "b": (2, 2)} and box.holes_changed == 2
+        assert [(r.meter, r.seq) for r in box.peek()] == [("b", s) for s in range(3, 8)]
+        assert box.holes()[0].reason == "outbox full (cap 5), oldest dropped"
+    with Outbox(tmp_path / "o.db", cap=5) as box:  # kept in the file
+        assert {h.meter: h.count for h in box.holes()} == {"a": 3, "b": 2}
+
+
 def test_failed_write_is_counted_and_does_not_consume_sequence_numbers(tmp_path: Path):
     with Outbox(tmp_path / "o.db") as box:
         box.append([entry("m")])

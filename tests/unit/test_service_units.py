@@ -156,12 +156,12 @@ def test_spool_commits_dedup_marks_with_the_points_or_not_at_all(tmp_path: Path)
         d.accept(key, s)
     sp = Spool(tmp_path / "s.sqlite", cap=1000)
     sp.append(["p1", "p2"], d.marks([key, ("dairy", "m9", "never-seen")]))
-    assert sp.marks() == [["dairy", "m1", "s1", 3, [5, 7]]]
+    assert sp.marks() == [["dairy", "m1", "s1", 3, [5, 7], []]]
     # a failing transaction (here a NULL line) commits neither its points nor its marks
     d.accept(key, 4)
     with pytest.raises(sqlite3.IntegrityError):
         sp.append(["p3", None], d.marks([key]))  # type: ignore[list-item]
-    assert sp.depth == 2 and sp.marks() == [["dairy", "m1", "s1", 3, [5, 7]]]
+    assert sp.depth == 2 and sp.marks() == [["dairy", "m1", "s1", 3, [5, 7], []]]
     sp.append(["p3"], d.marks([key]))
     sp.close()
     # reopened (as after SIGKILL), the marks take over from an older checkpoint's
@@ -637,3 +637,53 @@ def test_readings_after_the_checkpoint_reach_the_detectors_after_sigkill(
     third = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
     assert third.replay == []
     third.spool.close()
+
+
+def test_dedup_skips_an_announced_hole_and_still_takes_its_late_readings() -> None:
+    d = SeqTracker()
+    key = ("dairy", "m1", "s1")
+    for seq in (1, 2, 3, 8, 9, 12):
+        assert d.accept(key, seq)
+    assert d.done(key) == 3
+    assert d.skip_to(key, 10) == 5  # 4-7 and 10 never came; 8, 9 did
+    assert d.done(key) == 10 and d.skip_to(key, 10) is None and d.skip_to(key, 5) is None
+    assert d.accept(key, 11) and d.done(key) == 12  # 12 was above
+    assert not d.accept(key, 8) and not d.accept(key, 2)  # stored already
+    assert d.accept(key, 5) and not d.accept(key, 5)  # sent before it was dropped
+    restored = SeqTracker.restore(d.snapshot())
+    assert restored.accept(key, 6) and not restored.accept(key, 5)
+    assert SeqTracker.restore([["dairy", "m1", "s1", 3, [5]]]).done(key) == 3  # old rows
+    fresh = SeqTracker()
+    assert fresh.skip_to(key, 50) == 0 and fresh.accept(key, 51) and fresh.done(key) == 51
+
+
+def test_service_takes_a_dropped_announcement_acks_past_the_hole_and_stores_it(
+    tmp_path: Path,
+) -> None:
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    dropped = contract.dumps({
+        "v": 1, "site": "dairy", "meter": "m1", "stream": "s1", "through_seq": 150,
+        "count": 120, "reason": "outbox full (cap 1000), oldest dropped",
+        "ts": "2026-01-01T12:00:00.000Z"})  # fmt: skip
+    asyncio.run(svc.handle(msgs[:20] + msgs[140:200]))  # 21-140 never arrive
+    svc.flush_acks()
+    assert json.loads(svc.outgoing[-1].payload)["seq"] == 20
+    asyncio.run(svc.handle([("recp/v1/dairy/m1/dropped", dropped)]))
+    svc.flush_acks()
+    assert json.loads(svc.outgoing[-1].payload) == {"v": 1, "stream": "s1", "seq": 200}
+    asyncio.run(svc.handle([("recp/v1/dairy/m1/dropped", dropped)]))  # retained, again
+    asyncio.run(svc.handle([msgs[30], msgs[150]]))  # sent before the drop; a repeat
+    points = [x for _, x in svc.spool.peek(100_000) if x.startswith("dropped,")]
+    assert len(points) == 1 and points[0].startswith("dropped,meter=m1,site=dairy,stream=s1 ")
+    assert points[0].endswith(f" {(T0 + 43200) * 1000}") and "through_seq=150i" in points[0]
+    assert "missing=120i" in points[0] and "count=120i" in points[0]
+    assert svc.stats.drops_announced == 1 and svc.stats.readings_in == 81
+    assert svc.stats.duplicates == 1
+    bad = contract.dumps({"v": 1, "site": "dairy", "meter": "m2", "stream": "s1",
+                          "through_seq": 1, "count": 1, "reason": "x",
+                          "ts": "2026-01-01T00:00:00Z"})
+    asyncio.run(svc.handle([("recp/v1/dairy/m1/dropped", bad)]))
+    assert svc.stats.dead_letters == 1
+    assert "dropped" in " ".join(svc.filters())
