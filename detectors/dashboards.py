@@ -65,6 +65,10 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
         "fields": ("devices_up", "devices_down", "outbox_depth", "outbox_held",
                    "outbox_dropped", "uptime_s", "clock_synced"),
     },
+    "dropped": {
+        "tags": ("site", "meter", "stream"),
+        "fields": ("count", "through_seq", "missing", "reason"),
+    },
 }
 
 #: The uid of the provisioned datasource (deploy/grafana/provisioning/datasources/recp.yaml);
