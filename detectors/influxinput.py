@@ -37,13 +37,17 @@ def _q(text: str) -> str:
 
 
 def temperature_flux(bucket: str, site: str, field: str, start: dt.datetime,
-                     end: dt.datetime) -> str:  # fmt: skip
-    """Hourly means of one ``reading`` field of a site (every meter that has it)."""
+                     end: dt.datetime, meters: Iterable[str] = ()) -> str:  # fmt: skip
+    """Hourly means of one ``reading`` field of a site (every meter that has it, or
+    ``meters``)."""
+    pick = list(meters)
+    meter_filter = (" and (" + " or ".join(f"r.meter == {_q(m)}" for m in pick) + ")"
+                    if pick else "")
     return (
         f"from(bucket: {_q(bucket)})\n"
         f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
         f'  |> filter(fn: (r) => r._measurement == "reading" and r._field == {_q(field)}'
-        f" and r.site == {_q(site)})\n"
+        f" and r.site == {_q(site)}{meter_filter})\n"
         "  |> group()\n"
         '  |> aggregateWindow(every: 1h, fn: mean, createEmpty: false, timeSrc: "_start")\n'
     )

@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detectors.baseline import BaselineConfig
-    from detectors.service.baselines import fit_site, query_rows, save
+    from detectors.service.baselines import fit_site, query_rows, query_temperatures, save
     from detectors.service.config import load_analytics
+    from detectors.service.inputs import inputs_from_config
 
     from ..configfile import ConfigError, Problem
 
@@ -56,8 +57,21 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError([Problem(str(args.config), None, "baselines.dir",
                                    "set it to the folder where baselines are kept")])
     config = BaselineConfig(interval_s=args.interval, timezone=args.timezone)
+    inputs = inputs_from_config(spec.config)
+    # the production meters named for the chosen meters are read too (their consumption)
+    wanted = list(args.meter)
+    for m in args.meter:
+        link = inputs.of(args.site, m)
+        if link is not None and link.production is not None:
+            wanted.append(link.production.meter)
     try:
-        rows = query_rows(spec, args.site, args.start, args.end, args.meter)
+        rows = query_rows(spec, args.site, args.start, args.end, wanted)
+        links = {m: link for m in {r.meter for r in rows}
+                 if (link := inputs.of(args.site, m)) is not None}
+        sources = {ln.temperature.meter: ln.temperature for ln in links.values()
+                   if ln.temperature is not None}
+        temperatures = query_temperatures(spec, args.site, sources.values(), args.start,
+                                          args.end)
     except Exception as exc:  # the database's own errors (HTTP, connection, timeout)
         print(f"error: could not read consumption from {spec.influx_url}: "
               f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -65,8 +79,11 @@ def run(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no consumption of site {args.site} stored between {args.start} and {args.end}")
         return 1
+    # with --meter, the production meters were read as inputs, not to be fitted
+    to_fit = set(args.meter) if args.meter else {r.meter for r in rows}
     failed = 0
-    for meter, result in sorted(fit_site(rows, config).items()):
+    results = fit_site(rows, config, links, temperatures)
+    for meter, result in sorted((m, r) for m, r in results.items() if m in to_fit):
         if isinstance(result, str):
             failed += 1
             print(f"FAILED {meter}: {result}")

@@ -183,3 +183,18 @@ class Inputs:
             s = self.series.get((str(site), str(meter), str(value)))
             if s is not None:
                 s.restore(data)
+
+
+def inputs_from_config(cfg: Any) -> Inputs:
+    """The analytics file's baseline inputs (outdoor temperature, production) per site and
+    meter (``cfg``: its :class:`~.config.Analytics` model)."""
+
+    def links(m: Any) -> Links:
+        return Links(
+            Source(m.temperature_meter, m.temperature_value) if m.temperature_meter else None,
+            Source(m.production_meter, m.production_value) if m.production_meter else None)
+
+    site_links = {site: links(s) for site, s in cfg.sites.items()}
+    meter_links = {(site, meter): links(m) for site, s in cfg.sites.items()
+                   for meter, m in s.meters.items()}
+    return Inputs(site_links, meter_links, cfg.baselines.input_max_age_s)

@@ -38,7 +38,7 @@ from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
 from .dedup import State as DedupState
-from .inputs import Inputs, Links, Source
+from .inputs import inputs_from_config
 from .lines import QUALITY_CODES, line
 from .pipeline import Interval, MeterPipeline, Settings
 from .sink import InfluxWriter, SpoolSink
@@ -209,7 +209,7 @@ class DetectService:
         self.connected = False
         self._state_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
-        self.inputs = _inputs(spec)
+        self.inputs = inputs_from_config(spec.config)
         self.replay: list[list[Replay]] = []  # batches to feed again on start (SIGKILL)
         self.annotator: Annotator | None = None
         g = cfg.grafana
@@ -805,21 +805,6 @@ class Inbox:
         self.items.append((msg.topic, _payload(msg.payload), msg.mid, msg.qos))
         self.count += 1
         self.arrived.set()
-
-
-def _inputs(spec: AnalyticsSpec) -> Inputs:
-    """The analytics file's baseline inputs (outdoor temperature, production) per site/meter."""
-
-    def links(m: Any) -> Links:
-        return Links(
-            Source(m.temperature_meter, m.temperature_value) if m.temperature_meter else None,
-            Source(m.production_meter, m.production_value) if m.production_meter else None)
-
-    cfg = spec.config
-    site_links = {site: links(s) for site, s in cfg.sites.items()}
-    meter_links = {(site, meter): links(m) for site, s in cfg.sites.items()
-                   for meter, m in s.meters.items()}
-    return Inputs(site_links, meter_links, cfg.baselines.input_max_age_s)
 
 
 def _read_many(client: Any) -> None:
