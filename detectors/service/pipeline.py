@@ -41,6 +41,16 @@ COUNTER_PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 MAX_INTERVALS = 7 * 96  # at most this many intervals are filled after a long silence
 DETECTOR_KINDS = ("spike", "stuck", "level_shift", "drift")
+# Which detectors may raise events, per resource (others: all, and overspend on a
+# baseline). A production counter standing still, slowing or rising at night is the line's
+# schedule, not a loss: it is scored and stored (an input of other meters' baselines and of
+# specific consumption) but raises no event.
+EVENT_KINDS: dict[str, frozenset[str]] = {"production": frozenset()}
+
+
+def event_kinds(resource: str) -> frozenset[str]:
+    """The detector kinds (and ``overspend``) that raise events for this resource."""
+    return EVENT_KINDS.get(resource, frozenset((*DETECTOR_KINDS, "overspend")))
 
 
 def pick_counter(resource: str, names: list[str]) -> str | None:
@@ -294,6 +304,7 @@ class MeterPipeline:
         exp = Expectation(nan, nan, nan, nan)
         if self.baseline is not None:
             exp = expected_per_interval(self.baseline, starts, interval, self.inputs)
+        kinds = event_kinds(self.resource)
         for i, (t, x, f) in enumerate(zip(starts, cons.consumption.tolist(),
                                           cons.flags.tolist(), strict=True)):
             point = Point(int(t), float(x))
@@ -304,7 +315,8 @@ class MeterPipeline:
                 diag = det._out
                 scores[kind] = score
                 diags[kind] = diag.tolist()
-                if self.info.unit:
+                # an event already open (a resource changed by its meta) may still close
+                if self.info.unit and (kind in kinds or kind in self.tracker.open):
                     transitions += self.tracker.step(
                         kind, int(t), interval, float(x), score, diag, self.info,
                         self.resource, self.currency,
@@ -314,7 +326,10 @@ class MeterPipeline:
                     int(t), float(x), production=exp.production[i],
                     temperature=exp.temperature[i]))
                 diags["overspend"] = [self.overspend.cusum]
-                transitions += self._overspend_transitions()
+                if "overspend" in kinds:
+                    transitions += self._overspend_transitions()
+                else:
+                    self.overspend.drain_events()
             out.append(Interval(int(t), float(x), int(f), scores, diags, exp.expected[i],
                                 exp.std[i]))
         return out, transitions

@@ -687,3 +687,38 @@ def test_service_takes_a_dropped_announcement_acks_past_the_hole_and_stores_it(
     asyncio.run(svc.handle([("recp/v1/dairy/m1/dropped", bad)]))
     assert svc.stats.dead_letters == 1
     assert "dropped" in " ".join(svc.filters())
+
+
+def _line_counter(days: int, stop_day: int) -> list[tuple[int, float]]:
+    """A counter rising 06:00-22:00 on weekdays, standing still at night, at weekends and
+    on day ``stop_day`` all day (a line stopped for maintenance)."""
+    out, e, t = [], 1000.0, T0  # 2026-01-01 is a Thursday
+    while t < T0 + days * 86400:
+        out.append((t, round(e, 3)))
+        day, h = (t - T0) // 86400, (t % 86400) / 3600
+        weekday = (3 + day) % 7 < 5
+        if weekday and 6 <= h < 22 and day != stop_day:
+            e += 20.0 * 300 / 3600
+        t += 300
+    return out
+
+
+@pytest.mark.parametrize(("resource", "counter_name"),
+                         [("production", "produced_units"), ("water", "volume_m3")])
+def test_production_standing_still_is_no_loss(resource: str, counter_name: str) -> None:
+    """Issue 5: a production line standing still (nights, weekends, a stopped day) or
+    producing more at night is scored but raises no stuck, base-load or other loss event;
+    the same counter as a water meter does raise them."""
+    pipe = MeterPipeline("dairy", "line1", resource, Settings())
+    transitions = []
+    intervals = 0
+    for t, v in _line_counter(28, stop_day=19):
+        pipe.add(t, {counter_name: v})
+        iv, tr = pipe.complete()
+        intervals += len(iv)
+        transitions += [x for x in tr if x.kind == "open"]
+    assert intervals == 28 * 96 - 1 and pipe.info.unit
+    if resource == "production":
+        assert transitions == []
+    else:
+        assert {x.event.type.value for x in transitions} & {"stuck", "base_load_rise"}
