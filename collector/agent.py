@@ -8,6 +8,9 @@ before saying goodbye. Readings travel as:
     Bus task -> PollResult -> asyncio queue -> writer task (one SQLite transaction per
     batch, in a worker thread) -> outbox -> publisher task -> broker
 
+A meter is polled again only once its previous reading is committed, so however slow the
+disk, a crash loses at most one poll per meter: the one taken but not yet numbered.
+
 The clock guard decides whether a reading's timestamp can be trusted; readings taken
 before it can are held in the outbox and re-timed from the monotonic clock once it can.
 """
@@ -230,7 +233,9 @@ class Agent:
         self.clock_meter = spec.clock_meter.id if spec.clock_meter else None
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
-        self.queue: asyncio.Queue[tuple[PollResult, bool] | None] = asyncio.Queue(QUEUE_SIZE)
+        self.queue: asyncio.Queue[tuple[PollResult, bool, asyncio.Future[None]] | None] = (
+            asyncio.Queue(QUEUE_SIZE))
+        self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
         self.started = time.time()
         self.readings = 0
         self.written = 0
@@ -309,12 +314,19 @@ class Agent:
             self.clock.device.observe(result)
             if result.meter not in self.meters:  # the time source is not published
                 return
-        await self.queue.put(self.clock.stamp(result))
+        saved = asyncio.get_running_loop().create_future()
+        self._unsaved[result.meter] = saved
+        await self.queue.put((*self.clock.stamp(result), saved))
+
+    async def _saved(self, meter: str) -> None:
+        """Wait until the meter's previous reading is committed (or failed to be): at most
+        one poll per meter is ever only in memory."""
+        saved = self._unsaved.get(meter)
+        if saved is not None and not saved.done():
+            await asyncio.shield(saved)
 
     async def _writer(self) -> None:
         """Commit readings to the outbox in batches; stop at the None sentinel."""
-        assert self.outbox is not None and self.publisher is not None
-        box, stream = self.outbox, self.outbox.stream
         done = False
         while not done:
             item = await self.queue.get()
@@ -330,25 +342,36 @@ class Agent:
             done = item is None
             if not batch:
                 continue
-            states: list[bool | None] = [ok for _, ok in batch]
-            if any(states) and not all(states):
-                # the clock became trusted within this batch: re-time the readings taken
-                # just before now, or they would be held behind newer ones the publisher
-                # has already passed
-                batch = [(r if ok else self.clock.retimed(r), ok) for r, ok in batch]
-                states = [True if ok else None for ok in states]
-            entries = [Entry(r.meter, self._render(r, ok, stream), held=ok is False,
-                             mono_ns=r.mono_ns) for (r, _), ok in zip(batch, states, strict=True)]
-            release = all(ok is not False for ok in states) and box.held > 0
+            try:
+                await self._commit([(r, ok) for r, ok, _ in batch])
+            finally:
+                for *_, saved in batch:
+                    if not saved.done():
+                        saved.set_result(None)
 
-            def commit(entries: list[Entry] = entries, release: bool = release) -> int:
-                if release:  # same thread call, so held readings go out before newer ones
-                    n = box.release(retime, *self.clock.now())
-                    log.info("clock trusted: released held readings count=%d", n)
-                return len(box.append(entries))
+    async def _commit(self, batch: list[tuple[PollResult, bool]]) -> None:
+        """Number and store one batch of readings in one SQLite transaction."""
+        assert self.outbox is not None and self.publisher is not None
+        box, stream = self.outbox, self.outbox.stream
+        states: list[bool | None] = [ok for _, ok in batch]
+        if any(states) and not all(states):
+            # the clock became trusted within this batch: re-time the readings taken
+            # just before now, or they would be held behind newer ones the publisher
+            # has already passed
+            batch = [(r if ok else self.clock.retimed(r), ok) for r, ok in batch]
+            states = [True if ok else None for ok in states]
+        entries = [Entry(r.meter, self._render(r, ok, stream), held=ok is False,
+                         mono_ns=r.mono_ns) for (r, _), ok in zip(batch, states, strict=True)]
+        release = all(ok is not False for ok in states) and box.held > 0
 
-            self.written += await asyncio.to_thread(commit)
-            self.publisher.wake.set()
+        def commit(entries: list[Entry] = entries, release: bool = release) -> int:
+            if release:  # same thread call, so held readings go out before newer ones
+                n = box.release(retime, *self.clock.now())
+                log.info("clock trusted: released held readings count=%d", n)
+            return len(box.append(entries))
+
+        self.written += await asyncio.to_thread(commit)
+        self.publisher.wake.set()
 
     async def _health(self) -> None:
         assert self.publisher is not None
@@ -387,7 +410,8 @@ class Agent:
                 publisher = tg.create_task(self.publisher.run(publisher_stop), name="publisher")
                 writer = tg.create_task(self._writer(), name="outbox writer")
                 health = tg.create_task(self._health(), name="health")
-                poller = tg.create_task(self.poller.run(self._emit, poller_stop), name="poller")
+                poller = tg.create_task(self.poller.run(self._emit, poller_stop, self._saved),
+                                        name="poller")
                 dog = tg.create_task(sdnotify.watchdog(self.polling), name="watchdog")
                 sdnotify.notify("READY=1", f"STATUS=polling {len(self.meters)} meters")
                 await stop.wait()

@@ -159,6 +159,9 @@ class MeterCount:
     matched: int = 0  # stored samples matched one to one with a served read
     lost: int = 0  # served, never stored
     duplicated: int = 0  # stored samples beyond the matched ones (the same reading again)
+    in_memory: int = 0  # served, never numbered: taken, not yet committed at an agent SIGKILL
+    in_memory_per_kill: list[int] = field(default_factory=list)  # of them, per agent SIGKILL
+    in_memory_age_s: float = 0.0  # most simulated s between such a read and its kill
     last_seq: int = 0  # the agent's last sequence number (outbox)
     seq_missing: list[int] = field(default_factory=list)  # 1..last_seq not in the database
     seq_twice: int = 0  # sequence numbers stored under two timestamps
@@ -167,7 +170,9 @@ class MeterCount:
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.duplicated == 0 and not self.seq_missing
-                and self.seq_twice == 0 and self.produced == self.matched == self.stored)
+                and self.seq_twice == 0 and self.matched == self.stored
+                and self.produced == self.matched + self.in_memory
+                and all(n <= 1 for n in self.in_memory_per_kill))
 
 
 @dataclass
@@ -182,12 +187,15 @@ class Reconciliation:
         return all(m.ok for m in self.meters.values()) and not self.alerts_twice
 
     def table(self) -> str:
+        kills = any(m.in_memory_per_kill for m in self.meters.values())
         lines = [f"{'meter':18s} {'produced':>8s} {'published':>9s} {'stored':>6s} "
-                 f"{'lost':>4s} {'dup':>3s} {'seq':>5s} {'seq gaps':>8s} {'skew s':>7s}"]
+                 f"{'lost':>4s} {'dup':>3s} {'seq':>5s} {'seq gaps':>8s} {'skew s':>7s}"
+                 + ("  in memory at agent kills" if kills else "")]
         for m in self.meters.values():
             lines.append(f"{m.meter:18s} {m.produced:8d} {m.published:9d} {m.stored:6d} "
                          f"{m.lost:4d} {m.duplicated:3d} {m.last_seq:5d} "
-                         f"{len(m.seq_missing):8d} {m.max_skew_s:7.0f}")
+                         f"{len(m.seq_missing):8d} {m.max_skew_s:7.0f}"
+                         + (f"  {m.in_memory} {m.in_memory_per_kill}" if kills else ""))
         opened = [a for a in self.alerts if a.get("event") == "open"]
         lines.append(f"alerts: {len(opened)} opened "
                      f"({', '.join(sorted({a['meter'] + '/' + a['type'] for a in opened}))}); "
@@ -203,10 +211,17 @@ def match(served: list[tuple[float, float]], stored: list[tuple[float, float]],
     most ``tolerance_s`` apart; among equal values the nearest unused read wins. Returns
     (pairs, largest time difference of a pair).
     """
+    used, skew = pair(served, stored, tolerance_s)
+    return sum(used), skew
+
+
+def pair(served: list[tuple[float, float]], stored: list[tuple[float, float]],
+         tolerance_s: float) -> tuple[list[bool], float]:
+    """:func:`match`, returning which of the served reads (sorted by time) were paired."""
     served = sorted(served)
     times = [t for t, _ in served]
     used = [False] * len(served)
-    pairs, skew = 0, 0.0
+    skew = 0.0
     for t, v in sorted(stored):
         lo = bisect.bisect_left(times, t - tolerance_s)
         hi = bisect.bisect_right(times, t + tolerance_s)
@@ -218,9 +233,28 @@ def match(served: list[tuple[float, float]], stored: list[tuple[float, float]],
                 best = i
         if best >= 0:
             used[best] = True
-            pairs += 1
             skew = max(skew, abs(served[best][0] - t))
-    return pairs, skew
+    return used, skew
+
+
+def in_memory_at_kills(served: list[tuple[float, float]], used: list[bool],
+                       kills: list[float]) -> tuple[list[int], float]:
+    """The served reads (sorted, ``used``: stored) the agent took but had not committed
+    when it was SIGKILLed at simulated times ``kills``: per kill, the unstored reads after
+    the meter's last stored read before it. Anything else unstored is lost. Returns the
+    count per kill and the largest time between such a read and its kill."""
+    served = sorted(served)
+    times = [t for t, _ in served]
+    counts, age = [], 0.0
+    for kill in sorted(kills):
+        i = bisect.bisect_right(times, kill)  # reads before the kill: served[:i]
+        n = 0
+        while i > 0 and not used[i - 1]:
+            i -= 1
+            n += 1
+            age = max(age, kill - times[i])
+        counts.append(n)
+    return counts, age
 
 
 # --------------------------------------------------------------------------- the chain
@@ -243,6 +277,7 @@ class Chain:
         interval_s: int = 3600,
         lead_in_days: float = 0.0,
         analytics: dict[str, Any] | None = None,
+        site_options: dict[str, Any] | None = None,
     ) -> None:
         self.dir = workdir
         self.broker, self.vm, self._process = broker, vm, process
@@ -259,8 +294,8 @@ class Chain:
             ("record", "served.jsonl"), ("outbox", "outbox.sqlite"),
             ("baselines", "baselines"), ("csv", "lead-in"))}
         self.paths["plant"].write_text(yaml.safe_dump(self.plant_data, sort_keys=False))
-        self.paths["site"].write_text(yaml.safe_dump(self._site_file(clock_poll_s),
-                                                     sort_keys=False))
+        self.paths["site"].write_text(yaml.safe_dump(
+            merged(self._site_file(clock_poll_s), site_options or {}), sort_keys=False))
         self.paths["analytics"].write_text(yaml.safe_dump(self._analytics_file(analytics or {}),
                                                           sort_keys=False))
         from collector.plant.load import load_plant
@@ -268,6 +303,7 @@ class Chain:
         self.spec = load_plant(self.paths["plant"])  # checks the file before anything runs
         self.counters = self._counters()
         self._marks: dict[str, int] = {}  # log markers seen before the last start
+        self.agent_kills: list[float] = []  # plant time of each agent SIGKILL
         recp = [sys.executable, "-m", "collector"]
         plant_argv = [*recp, "simulate", "-c", str(self.paths["plant"]),
                       "--status", str(self.paths["status"]), "--truth",
@@ -291,7 +327,7 @@ class Chain:
         for m in data["meters"]:
             m["port"] = self.ports[m["port"]]
         self.clock_port = free_port()
-        data["clock"] = {"port": self.clock_port, "unit_id": 1}
+        data["clock"] = {**data.get("clock", {}), "port": self.clock_port, "unit_id": 1}
         data["host"] = LOOPBACK
         return data
 
@@ -321,6 +357,9 @@ class Chain:
         }
 
     def _analytics_file(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return merged(self._analytics_defaults(), extra)
+
+    def _analytics_defaults(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "kind": "analytics", "instance": DETECT_INSTANCE,
             "mqtt": {"url": self.broker.url, "reconnect_delay_s": 0.2,
@@ -334,11 +373,6 @@ class Chain:
             "baselines": {"dir": "baselines"},
             "metrics_interval_s": 0.5, "ack_interval_s": 0.2,
         }
-        for key, value in extra.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
         return data
 
     def _counters(self) -> dict[str, str]:
@@ -404,8 +438,30 @@ class Chain:
         self.part(name).stop(30.0)
 
     def kill_part(self, name: str) -> None:
-        """Crash (SIGKILL, wait)."""
+        """Crash (SIGKILL, wait). An agent's kill is noted at the plant's time of the kill,
+        so :meth:`reconcile` can tell the poll it had taken but not committed from a loss."""
         self.part(name).kill()
+        if name == "agent":
+            self.agent_kills.append(self.plant_time())
+
+    def plant_time(self) -> float:
+        """The plant's simulated time now, read from its clock device (less any clock step
+        the plant file injects), or its last status if that cannot be read."""
+        from pymodbus.client import ModbusTcpClient
+
+        client = ModbusTcpClient(LOOPBACK, port=self.clock_port, timeout=2, retries=0)
+        try:
+            if client.connect():
+                reply = client.read_holding_registers(0, count=4, device_id=1)
+                if not reply.isError():
+                    ms = 0
+                    for word in reply.registers:
+                        ms = (ms << 16) | word
+                    t = ms / 1000.0
+                    return t - self.spec.plant.clock.offset_s(t) if self.spec.plant.clock else t
+        finally:
+            client.close()
+        return self.sim_time()
 
     def restart_part(self, name: str, *, kill: bool = False) -> None:
         (self.kill_part if kill else self.stop_part)(name)
@@ -561,8 +617,12 @@ class Chain:
             mc.produced, mc.stored = len(reads), len(values)
             mc.published = len({r["seq"] for r in published_msgs
                                 if r["meter"] == mid and counter in (r.get("values") or {})})
-            mc.matched, mc.max_skew_s = match(reads, values, tol)
-            mc.lost = mc.produced - mc.matched
+            used, mc.max_skew_s = pair(reads, values, tol)
+            mc.matched = sum(used)
+            mc.in_memory_per_kill, mc.in_memory_age_s = in_memory_at_kills(
+                reads, used, self.agent_kills)
+            mc.in_memory = sum(mc.in_memory_per_kill)
+            mc.lost = mc.produced - mc.matched - mc.in_memory
             mc.duplicated = mc.stored - mc.matched
             mc.last_seq = last.get(mid, 0)
             seqs = Counter(int(v) for t, v in seqs_stored.get(mid, []) if t >= self.serve_from - 1)
@@ -581,6 +641,17 @@ class Chain:
 
     def truth(self) -> dict[str, Any]:
         return dict(json.loads(self.paths["truth"].read_text()))
+
+
+def merged(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``extra``'s keys; a dict value updates the section it names."""
+    out = dict(data)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
 
 
 def send_signal(part: Any, sig: int = signal.SIGTERM) -> None:

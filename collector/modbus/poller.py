@@ -305,6 +305,7 @@ def plan_device(spec: MeterSpec) -> list[ReadRequest]:
 
 
 Emit = Callable[[PollResult], Awaitable[None]]
+Ready = Callable[[str], Awaitable[None]]  # waits until a meter may be polled again
 
 
 class Bus:
@@ -315,8 +316,9 @@ class Bus:
         self.devices = devices
         self.polling = polling
 
-    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        """Poll every device on its interval until ``stop`` is set."""
+    async def run(self, emit: Emit, stop: asyncio.Event, ready: Ready | None = None) -> None:
+        """Poll every device on its interval until ``stop`` is set; ``ready(meter)``, when
+        given, is awaited before each poll (the agent: its previous reading is on disk)."""
         now = time.monotonic()
         for d in self.devices:
             d.next_due = now
@@ -345,6 +347,8 @@ class Bus:
                         nap = None
                     if stop.is_set():
                         break
+                if ready is not None:
+                    await ready(dev.id)
                 result = await self.poll(dev)
                 if stop.is_set():  # polled while stopping: still a reading, keep it
                     await emit(result)
@@ -506,12 +510,12 @@ class Poller:
     def devices(self) -> list[Device]:
         return [d for b in self.buses for d in b.devices]
 
-    async def run(self, emit: Emit, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set; one named task per bus."""
+    async def run(self, emit: Emit, stop: asyncio.Event, ready: Ready | None = None) -> None:
+        """Poll until ``stop`` is set; one named task per bus (``ready``: see Bus.run)."""
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we log what matters
         async with TaskGroup() as tg:
             for bus in self.buses:
-                tg.create_task(bus.run(emit, stop), name=f"bus {bus.link}")
+                tg.create_task(bus.run(emit, stop, ready), name=f"bus {bus.link}")
 
     async def poll_once(self) -> list[PollResult]:
         """Poll every device once (buses concurrently), then close the connections."""

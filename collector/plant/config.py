@@ -223,6 +223,15 @@ class Loss(Strict):
         return self
 
 
+class ClockStep(Strict):
+    """The served clock set forward or back at a simulated moment, as when someone adjusts
+    a PLC's clock: from ``at`` on it reads ``by_s`` more (negative: less) than before. The
+    plant's own time, its meters and its record of reads are not moved."""
+
+    at: UtcTime
+    by_s: float = Field(description="seconds added to the clock's reading (negative: back)")
+
+
 class ClockDevice(Strict):
     """The plant's simulated clock served as a Modbus time source (an agent can stamp its
     readings with it: site file ``clock.source: device``)."""
@@ -230,6 +239,12 @@ class ClockDevice(Strict):
     port: int = Field(ge=0, le=65535, description="TCP port (may be a meters' gateway port)")
     unit_id: int = Field(1, ge=1, le=247)
     profile: str = Field("recp_clock", description="a time source profile")
+    steps: list[ClockStep] = Field(
+        default_factory=list, description="clock steps (fault injection), in simulated time")
+
+    def offset_s(self, t: float) -> float:
+        """How far the served clock is from the plant's time at simulated time ``t``."""
+        return sum(s.by_s for s in self.steps if s.at.timestamp() <= t)
 
 
 class Plant(Strict):

@@ -110,6 +110,7 @@ class PlantServer:
         self.clock_points = spec.clock_profile.resolved() if spec.clock_profile else []
         self._origin: tuple[float, float] | None = None  # (monotonic, sim time) of run()
         self._finished = False
+        self._clock_offset = 0.0  # the served clock's offset last logged
         configured = sorted({m.port for m in self.plant.meters}
                             | ({self.plant.clock.port} if self.plant.clock else set()))
         if port_base is None:
@@ -187,7 +188,9 @@ class PlantServer:
         self.requests += 1
         if set_values is not None or function_code not in FC_TABLE:
             return ExcCodes.ILLEGAL_FUNCTION
-        values = {"clock_unix_ms": round(self.sim_now() * 1000.0), "clock_rate": self.rate}
+        t = self.sim_now()
+        offset = self.plant.clock.offset_s(t) if self.plant.clock else 0.0
+        values = {"clock_unix_ms": round((t + offset) * 1000.0), "clock_rate": self.rate}
         image: dict[Table, list[tuple[int, list[int]]]] = {t_: [] for t_ in _TABLE_ORDER}
         for p in self.clock_points:
             image[p.table].append((p.address, encode_point(p, values[p.name])))
@@ -320,6 +323,12 @@ class PlantServer:
             if now - last_write >= STATUS_EVERY_S or finished:
                 self.write_files()
                 last_write = now
+            if self.plant.clock is not None and self.plant.clock.steps:
+                offset = self.plant.clock.offset_s(target)
+                if offset != self._clock_offset:
+                    log.info("clock device stepped by %+g s at %s (now %+g s from the "
+                             "plant's time)", offset - self._clock_offset, iso(target), offset)
+                    self._clock_offset = offset
             if target >= next_day:
                 log.info("simulated time %s", iso(target))
                 next_day += 86400.0
@@ -352,6 +361,7 @@ class PlantServer:
             "clock": None if clock is None else {
                 "port": self.ports.get(clock.port, self._bind[clock.port]),
                 "unit_id": clock.unit_id, "profile": clock.profile,
+                "offset_s": clock.offset_s(self.sim_time),
             },
             "host": self.plant.host,
             "ports": {str(k): v for k, v in self.ports.items()},

@@ -205,9 +205,12 @@ def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Pa
         agent.outbox = Outbox(tmp_path / "o.db")
         agent.publisher = SimpleNamespace(wake=asyncio.Event())  # type: ignore[assignment]
         before, after = poll(1_000_000_000), poll(2_000_000_000)
-        for item in ((before, False), agent.clock.stamp(after), None):
+        loop = asyncio.get_running_loop()
+        saved = [loop.create_future(), loop.create_future()]
+        for item in ((before, False, saved[0]), (*agent.clock.stamp(after), saved[1]), None):
             agent.queue.put_nowait(item)
         await agent._writer()
+        assert all(f.done() for f in saved)  # their meter may be polled again
         rows = [json.loads(r.payload) for r in agent.outbox.peek()]
         agent.outbox.close()
         return rows

@@ -19,3 +19,19 @@ def test_lost_duplicated_and_wrong_readings_do_not_pair():
     assert match(served, stored, tolerance_s=600)[0] == 1
     # too far from the read's time to be that reading
     assert match(served, [(5000.0, 12.0)], tolerance_s=600)[0] == 0
+
+
+def test_reads_in_memory_at_an_agent_kill_are_the_unstored_last_ones():
+    from chain import in_memory_at_kills, pair
+
+    served = [(0.0, 1.0), (10.0, 2.0), (20.0, 3.0), (30.0, 4.0), (40.0, 5.0), (50.0, 6.0)]
+    stored = [(0.0, 1.0), (20.0, 3.0), (40.0, 5.0), (50.0, 6.0)]
+    used, _ = pair(served, stored, tolerance_s=5)
+    assert used == [True, False, True, False, True, True]
+    # killed at 32: the read of 30 was taken, not committed; the read of 10 is a real loss
+    assert in_memory_at_kills(served, used, [32.0]) == ([1], 2.0)
+    # a kill after which the last read was stored: nothing was in memory
+    assert in_memory_at_kills(served, used, [55.0]) == ([0], 0.0)
+    # every unstored read back to the last stored one is counted (the harness asserts <= 1)
+    used[2] = False
+    assert in_memory_at_kills(served, used, [32.0])[0] == [3]

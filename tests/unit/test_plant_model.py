@@ -109,3 +109,17 @@ def test_interpolates_counters_inside_a_step(demo_spec) -> None:  # type: ignore
     full = engine.values("water_main")["volume_m3"]
     assert start < half < full
     assert half - start == pytest.approx((full - start) / 2)
+
+
+def test_clock_steps_add_up_from_their_time() -> None:
+    from collector.plant.config import ClockDevice
+
+    clock = ClockDevice.model_validate({"port": 5020, "steps": [
+        {"at": "2026-03-02T12:00:00Z", "by_s": 3600},
+        {"at": "2026-03-03T00:00:00Z", "by_s": -5400}]})
+    noon = dt.datetime(2026, 3, 2, 12, tzinfo=dt.timezone.utc).timestamp()
+    assert clock.offset_s(noon - 0.001) == 0
+    assert clock.offset_s(noon) == 3600
+    assert clock.offset_s(noon + 86400) == -1800
+    with pytest.raises(ValueError, match="by_s"):
+        ClockDevice.model_validate({"port": 5020, "steps": [{"at": "2026-03-02T12:00:00Z"}]})

@@ -263,3 +263,37 @@ def test_rtu_frame_gap_is_three_and_a_half_characters(tmp_path: Path):
     a, b = (m.meter.connection for m in load_site(f).meters)
     assert a.frame_gap_s == pytest.approx(3.5 * 11 / 9600)  # type: ignore[union-attr]
     assert b.frame_gap_s == 0.00175  # type: ignore[union-attr]
+
+
+def test_a_meter_is_polled_again_only_when_ready(tmp_path: Path):
+    """The agent's gate: while ``ready`` has not returned (its previous reading is not yet
+    on disk) the bus sends that meter nothing, so at most one poll per meter is in memory."""
+    spec = meter(tmp_path, interval_s=0.05)
+    link = ScriptedLink(zeros)
+    bus = Bus(link, [Device(spec, plan_device(spec))], Polling())
+    emitted: list[Any] = []
+    waits: list[str] = []
+
+    async def main() -> tuple[int, int]:
+        stop, gate = asyncio.Event(), asyncio.Event()
+
+        async def emit(result: Any) -> None:
+            emitted.append(result)
+
+        async def ready(meter_id: str) -> None:
+            waits.append(meter_id)
+            if len(waits) > 1:  # the first poll may go; the next waits for the gate
+                await gate.wait()
+
+        task = asyncio.create_task(bus.run(emit, stop, ready))
+        await asyncio.sleep(0.5)  # ten intervals
+        held = len(emitted)
+        gate.set()
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return held, len(emitted)
+
+    held, after = run(main())
+    assert held == 1 and waits[:2] == ["m", "m"]
+    assert after > 2  # once ready, polling goes on
