@@ -18,6 +18,7 @@ before it can are held in the outbox and re-timed from the monotonic clock once 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -236,6 +237,7 @@ class Agent:
         self.queue: asyncio.Queue[tuple[PollResult, bool, asyncio.Future[None]] | None] = (
             asyncio.Queue(QUEUE_SIZE))
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
+        self._hurry = asyncio.Event()  # a meter waits for its commit: do not linger
         self.started = time.time()
         self.readings = 0
         self.written = 0
@@ -323,6 +325,7 @@ class Agent:
         one poll per meter is ever only in memory."""
         saved = self._unsaved.get(meter)
         if saved is not None and not saved.done():
+            self._hurry.set()
             await asyncio.shield(saved)
 
     async def _writer(self) -> None:
@@ -330,9 +333,12 @@ class Agent:
         done = False
         while not done:
             item = await self.queue.get()
-            if item is not None and self.queue.empty():
-                # readings of a poll cycle arrive within milliseconds: commit them together
-                await asyncio.sleep(WRITE_LINGER_S)
+            if item is not None and self.queue.empty() and not self._hurry.is_set():
+                # readings of a poll cycle arrive within milliseconds: commit them together,
+                # unless a meter is already waiting to be polled again
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), WRITE_LINGER_S)
+            self._hurry.clear()
             batch = []
             while item is not None:
                 batch.append(item)
