@@ -253,13 +253,15 @@ def test_clock_stepped_forward_and_back_keeps_every_reading_once_in_order(
         assert {r.get("clock", "synced") for r in mine[2:]} == {"synced"}, mid
     agent_log = (chain.dir / "agent.log").read_text()
     stepped = [float(x) for x in re.findall(r"clock device stepped by (-?[\d.]+) s", agent_log)]
+    opened = sorted(a["meter"] + "/" + a["type"] for a in rec.alerts if a["event"] == "open")
     matrix_row(
         "clock jump on the edge box: its time source set 6 h forward, back, 6 h back, "
         "forward", rec,
         note=(f"the agent logged steps of {[round(s / 3600, 2) for s in stepped]} h; "
               f"readings stamped with the old offset until its next clock read: "
               f"{dict(late)}; the others within {max(worst.values()) / SPEED:.2f} s wall "
-              f"of the source's time; seq order = serving order: {order_ok}"))
+              f"of the source's time; seq order = serving order: {order_ok}; alerts "
+              f"opened {opened}"))
     check_reconciled(rec)
     assert all(order_ok.values()), order_ok
     assert len(stepped) == len(STEPS), stepped
