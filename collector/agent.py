@@ -238,6 +238,7 @@ class Agent:
             asyncio.Queue(QUEUE_SIZE))
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
         self._hurry = asyncio.Event()  # a meter waits for its commit: do not linger
+        self.poll_waits = 0  # polls that waited for the meter's previous commit
         self.started = time.time()
         self.readings = 0
         self.written = 0
@@ -325,6 +326,7 @@ class Agent:
         one poll per meter is ever only in memory."""
         saved = self._unsaved.get(meter)
         if saved is not None and not saved.done():
+            self.poll_waits += 1
             self._hurry.set()
             await asyncio.shield(saved)
 
@@ -439,8 +441,9 @@ class Agent:
         finally:
             depth = self.outbox.depth
             await asyncio.to_thread(self.outbox.close)
-            log.info("agent stopped readings=%d written=%d published=%d outbox_depth=%d",
-                     self.readings, self.written, self.publisher.stats.published, depth)
+            log.info("agent stopped readings=%d written=%d published=%d outbox_depth=%d "
+                     "poll_waits=%d", self.readings, self.written,
+                     self.publisher.stats.published, depth, self.poll_waits)
 
 
 async def poll_once(spec: SiteSpec) -> list[PollResult]:

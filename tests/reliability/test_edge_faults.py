@@ -273,8 +273,8 @@ def test_clock_stepped_forward_and_back_keeps_every_reading_once_in_order(
 
 # --------------------------------------------------------------------------- flapping
 
-OFFLINE = [(0.5, 0.9), (1.3, 1.7), (2.1, 2.5)]  # days: water_main does not answer
-REFUSING = [(2.9, 3.2)]  # days: water_main answers every request with exception 4
+OFFLINE = [(0.4, 0.8), (1.1, 1.5), (1.8, 2.2)]  # days: water_main does not answer
+REFUSING = [(2.5, 2.8)]  # days: water_main answers every request with exception 4
 BACKOFF_MAX_S = 1.0
 
 
@@ -295,7 +295,7 @@ def test_flapping_meter_leaves_the_others_on_schedule_and_recovers_quickly(
         site_options={"polling": {"timeout_s": 0.2, "retries": 1,
                                   "offline_backoff_max_s": BACKOFF_MAX_S}})
     chain.start()
-    chain.wait_sim(utc(START) + 3.6 * DAY)
+    chain.wait_sim(utc(START) + 3.0 * DAY)
     chain.finish()
     rec = chain.reconcile()
     windows = [(utc(START) + a * DAY, utc(START) + b * DAY) for a, b in OFFLINE + REFUSING]
