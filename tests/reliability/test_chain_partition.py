@@ -1,5 +1,6 @@
 """Fault matrix rows over the whole chain (tests/chain.py): a network partition between
-the agent and the broker, and one longer than the agent's outbox can hold.
+the agent and the broker, one longer than the agent's outbox can hold, and the agent's
+disk full during a partition.
 
 The agent reaches Mosquitto through a loopback TCP proxy. Partitioned, the proxy forwards
 nothing: bytes in either direction are dropped and new connections are accepted but
@@ -158,7 +159,7 @@ def drain(chain: Any, timeout: float = 180.0) -> None:
 
 
 def test_partition_agent_broker_loses_and_doubles_nothing(
-    chain_factory: Callable[..., Any],
+    chain_factory: Callable[..., Any], matrix_row: Callable[..., Any],
 ) -> None:
     """Two partitions of ~8 s (the agent's keepalive and publish timeouts run out; it
     reconnects into silence), healed in between: every served reading stored once."""
@@ -179,7 +180,9 @@ def test_partition_agent_broker_loses_and_doubles_nothing(
     finally:
         proxy.close()
     agent_log = (chain.dir / "agent.log").read_text()
-    print(f"\npartition: {proxy.dropped_bytes} bytes dropped\n{result.table()}")
+    matrix_row("network partition agent-broker, twice ~8 s", result,
+               note=f"a loopback proxy drops every byte, no reset ({proxy.dropped_bytes} "
+                    "bytes swallowed); healed connections are reset and the agent reconnects")
     assert proxy.dropped_bytes > 0
     assert agent_log.count("mqtt connected") >= 3, chain.tails()  # it really lost the link
     for m in result.meters.values():
@@ -191,7 +194,7 @@ def test_partition_agent_broker_loses_and_doubles_nothing(
 
 
 def test_partition_longer_than_the_outbox_drops_exactly_the_oldest(
-    chain_factory: Callable[..., Any],
+    chain_factory: Callable[..., Any], matrix_row: Callable[..., Any],
 ) -> None:
     """outbox cap 200: a partition that outlasts it drops the oldest readings; the agent
     counts them by reason, exactly what the database misses, and nothing else is lost."""
@@ -222,8 +225,11 @@ def test_partition_longer_than_the_outbox_drops_exactly_the_oldest(
                for m, n in chain.agent_last_seqs().items()}
     n_missing = sum(len(v) for v in missing.values())
     n_dropped = sum(dropped.values())
-    print(f"\noverflow: dropped {dropped}, missing seqs "
-          f"{ {m: len(v) for m, v in missing.items()} }\n{result.table()}")
+    matrix_row("partition longer than the outbox (cap 200)", result, dropped,
+               note=f"the oldest dropped: {n_missing} missing from the database, one run of "
+                    f"the oldest per meter; the agent counted {n_dropped}, up to "
+                    f"max_inflight ({INFLIGHT}) more: sent when the link went silent, they "
+                    "reached the broker but their PUBACK did not come back")
     assert list(dropped) == ["outbox full (cap 200), oldest dropped"], dropped
     # The agent counts every reading the cap pushed out. Those it had already sent when
     # the link went silent (at most max_inflight) reached the broker; their PUBACK was
@@ -272,7 +278,7 @@ def fill(path: Path) -> int:
 
 
 def test_disk_full_during_a_partition_drops_exactly_what_was_not_stored(
-    chain_factory: Callable[..., Any], small_disk: Path,
+    chain_factory: Callable[..., Any], small_disk: Path, matrix_row: Callable[..., Any],
 ) -> None:
     """The outbox's disk fills up (another file takes every byte) while the broker is
     unreachable. Readings that cannot be written are counted by reason and get no sequence
@@ -306,7 +312,10 @@ def test_disk_full_during_a_partition_drops_exactly_what_was_not_stored(
     agent_log = (chain.dir / "agent.log").read_text()
     health = chain.watch.json(f"recp/v1/{chain.site}/_agent/health")
     dropped = health["outbox"]["dropped"]
-    print(f"\ndisk full: dropped {dropped}\n{result.table()}")
+    matrix_row("agent disk full during a partition", result, dropped,
+               note="the outbox on a 16 MiB tmpfs that another file fills while the broker "
+                    "is unreachable, freed before the link heals: a reading that cannot be "
+                    "written gets no sequence number and is counted")
     assert dropped and all(r.startswith("not stored:") for r in dropped), dropped
     assert "Traceback" not in agent_log
     n_dropped = sum(dropped.values())
