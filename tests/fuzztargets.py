@@ -34,6 +34,8 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from collector.contract import ITEM_FIELDS
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "edge_config"
 
@@ -464,16 +466,20 @@ def _mutate(base: dict[str, Any], draw: Callable[..., Any]) -> dict[str, Any]:
 
 @st.composite
 def _mqtt_message(draw: Callable[..., Any]) -> tuple[str, bytes]:
-    kind = draw(st.sampled_from(["reading", "reading", "reading", "meta", "health", "other"]))
+    kind = draw(st.sampled_from(["reading", "reading", "reading", "readings", "readings",
+                                 "meta", "health", "other"]))
     site = draw(st.sampled_from(["demo_dairy", "other", "Bad Site", "", "+"]))
     meter = draw(st.sampled_from(["water_main", "_agent", "x"]))
     topic = {
         "reading": f"recp/v1/{site}/{meter}/reading",
+        "readings": f"recp/v1/{site}/{meter}/readings",
         "meta": f"recp/v1/{site}/{meter}/meta",
         "health": f"recp/v1/{site}/_agent/health",
         "other": draw(st.one_of(st.text(max_size=30), st.sampled_from(
             ["recp/v1/a/b/ack", "recp/v2/a/b/reading", "recp/v1/a/b/c/reading"]))),
     }[kind]
+    if kind == "readings":
+        return topic, _batch_payload(draw)
     base = {"meta": GOOD_META, "health": GOOD_HEALTH}.get(kind, GOOD_READING)
     how = draw(st.sampled_from(["mutated", "mutated", "mutated", "json", "bytes", "valid"]))
     if how == "bytes":
@@ -489,33 +495,103 @@ def _mqtt_message(draw: Callable[..., Any]) -> tuple[str, bytes]:
     return topic, payload
 
 
-def _mqtt_case(x: tuple[str, bytes]) -> None:
+ITEM_KEYS = ITEM_FIELDS  # the per-reading fields, in each item of a batch
+
+
+def _batch_payload(draw: Callable[..., Any]) -> bytes:
+    """A ``readings`` message: shared fields and 1-6 items, each valid or mutated."""
+    shared = {k: v for k, v in GOOD_READING.items() if k not in ITEM_KEYS}
+    if draw(st.integers(0, 4)) == 0:
+        shared = _mutate(shared, draw)
+    items = []
+    for i in range(draw(st.integers(1, 6))):
+        item = {k: v for k, v in GOOD_READING.items() if k in ITEM_KEYS}
+        item["seq"] = GOOD_READING["seq"] + i * draw(st.sampled_from([1, 1, 2, 0, -1]))
+        if draw(st.integers(0, 2)) == 0:
+            item = _mutate(item, draw)
+        items.append(item)
+    body: Any = {**shared, "readings": items}
+    if draw(st.integers(0, 9)) == 0:
+        body["readings"] = draw(st.one_of(json_values, st.just([])))
+    payload = json.dumps(body, allow_nan=True).encode()
+    if draw(st.integers(0, 19)) == 0:  # cut
+        payload = payload[: draw(st.integers(0, len(payload)))]
+    return payload
+
+
+def reference(topic: str, payload: bytes, now: float, limits: Any) -> list[Any]:
+    """What the models say a message carries: :func:`~detectors.service.validate.parse` on
+    it; for a ``readings`` message :func:`collector.contract.split_readings`, item by item
+    in place (None: a dead letter; ``[None]`` the whole message's)."""
     from collector import contract
+    from detectors.service.fastcheck import item_of
+    from detectors.service.validate import _reading_problem, parse, split_topic
+
+    where = split_topic(topic)
+    if where is None or where[2] != "readings" or where[1] == contract.AGENT:
+        res = parse(topic, payload, now, limits)
+        if isinstance(res, contract.Reading):
+            return [item_of(res)]
+        return [] if res is None else [res]
+    if len(payload) > limits.max_batch_payload_bytes:
+        return [None]
+    try:
+        good, bad = contract.split_readings(payload)
+    except (ValueError, RecursionError):
+        return [None]
+    if good and (good[0].site, good[0].meter) != (where[0], where[1]):
+        return [None]
+    out: list[Any] = [None] * (len(good) + len(bad))
+    at = iter(good)
+    for i in range(len(out)):
+        if i not in {b.index for b in bad}:
+            r = next(at)
+            out[i] = None if _reading_problem(r, now, limits) else item_of(r)
+    return out
+
+
+def _mqtt_case(x: tuple[str, bytes]) -> None:
     from detectors.service.dedup import SeqTracker
-    from detectors.service.service import agent_line, reading_line
-    from detectors.service.validate import DeadLetter, Limits, parse
+    from detectors.service.fastcheck import Item
+    from detectors.service.service import agent_line, contract, item_line, reading_line
+    from detectors.service.validate import DeadLetter, Limits, parse_message
 
     topic, payload = x
     limits = Limits()
-    res = parse(topic, payload, NOW, limits)
-    if isinstance(res, DeadLetter):
-        body = json.loads(res.to_json(NOW))
-        assert body["reason"] and res.out_topic.startswith("recp/v1/_deadletter/")
-        assert "+" not in res.out_topic and "#" not in res.out_topic
-        raise _Refused(res.reason)  # counted as refused: a dead letter with its reason
-    if isinstance(res, contract.Reading):
-        ts = res.ts.timestamp()
-        assert limits.oldest_s <= ts <= NOW + limits.max_future_s
-        assert all(v is None or math.isfinite(v) for v in res.values.values())
-        tracker = SeqTracker()
-        key = (res.site, res.meter, res.stream)
-        assert tracker.accept(key, res.seq) and not tracker.accept(key, res.seq)
-        text = reading_line(res, ts)
-        assert text is None or ("\n" not in text and "\r" not in text)
-        _sqlite_int(res.seq)  # the service keeps seqs in SQLite (spool, checkpoint)
-    elif isinstance(res, contract.Health):
-        text = agent_line(res)
-        assert text is None or "\n" not in text
+    got = parse_message(topic, payload, NOW, limits)
+    # the fast path says what the models say (dead letters: with the same reason, or per
+    # item of a batch, in place)
+    want = reference(topic, payload, NOW, limits)
+    if topic.endswith("/readings") and want == [None]:
+        assert len(got) == 1 and isinstance(got[0], DeadLetter), (got, want)
+    elif topic.endswith("/readings"):
+        assert [None if isinstance(g, DeadLetter) else g for g in got] == want, (got, want)
+    else:
+        assert got == want, (got, want)
+    refused = None
+    for res in got:
+        if isinstance(res, DeadLetter):
+            body = json.loads(res.to_json(NOW))
+            assert body["reason"] and res.out_topic.startswith("recp/v1/_deadletter/")
+            assert "+" not in res.out_topic and "#" not in res.out_topic
+            refused = res.reason
+        elif isinstance(res, Item):
+            assert limits.oldest_s <= res.ts_s <= NOW + limits.max_future_s
+            assert all(v is None or math.isfinite(v) for v in res.values.values())
+            tracker = SeqTracker()
+            key = (res.site, res.meter, res.stream)
+            assert tracker.accept(key, res.seq) and not tracker.accept(key, res.seq)
+            text = item_line(res)
+            assert text is None or ("\n" not in text and "\r" not in text)
+            if topic.endswith("/reading"):  # the model's reading gives the same point
+                model = contract.Reading.model_validate_json(payload)
+                assert text == reading_line(model), (text, reading_line(model))
+            _sqlite_int(res.seq)  # the service keeps seqs in SQLite (spool, checkpoint)
+        elif isinstance(res, contract.Health):
+            text = agent_line(res)
+            assert text is None or "\n" not in text
+    if refused is not None and not any(isinstance(r, Item) for r in got):
+        raise _Refused(refused)  # counted as refused: a dead letter with its reason
 
 
 def _sqlite_int(value: int) -> None:

@@ -135,8 +135,12 @@ class Processing(Strict):
     interval_s: int = Field(900, ge=60, le=86400, description="consumption interval (UTC "
                             "aligned); must divide a day")
     batch: int = Field(1000, ge=1, le=100_000, description="messages handled at once")
+    batch_bytes: int = Field(1 << 20, ge=1024, description="payload bytes handled at once "
+                             "(bounds a batch of `readings` messages)")
     batch_wait_s: float = Field(0.05, ge=0, le=5, description="wait to fill a batch")
     max_payload_bytes: int = Field(65536, ge=256)
+    max_batch_payload_bytes: int = Field(1 << 20, ge=1024, description="largest `readings` "
+                                         "message (several readings)")
     max_future_s: float = Field(300.0, ge=0, description="readings further ahead of our "
                                 "clock are dead letters")
     oldest_ts: str = Field("2000-01-01T00:00:00Z", description="older readings are dead "

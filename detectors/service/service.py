@@ -31,6 +31,7 @@ from typing import Any
 
 from collector import contract
 from collector.aio import wait_event
+from collector.quantities import QUANTITIES
 
 from . import checkpoint, mqttfast
 from .alerts import AlertSettings, Transition
@@ -38,15 +39,18 @@ from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
 from .dedup import State as DedupState
+from .fastcheck import Item
 from .inputs import inputs_from_config
-from .lines import QUALITY_CODES, line
+from .lines import QUALITY_CODES, line, series
+from .lines import _tag as _key
 from .pipeline import Interval, MeterPipeline, Settings
 from .sink import InfluxWriter, SpoolSink
 from .spool import INPUT, PIPELINE, Replay, Spool
-from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse, parse_oldest
+from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse_message, parse_oldest
 
 log = logging.getLogger(__name__)
 MeterKey = tuple[str, str]
+DKey = tuple[str, str, str]  # site, meter, stream
 
 
 def owns(site: str, meter: str, index: int, count: int) -> bool:
@@ -56,6 +60,25 @@ def owns(site: str, meter: str, index: int, count: int) -> bool:
 
 def _ms(ts: float) -> int:
     return round(ts * 1000.0)
+
+
+def item_line(r: Item) -> str | None:
+    """The ``reading`` point of a validated reading (what :func:`reading_line` makes of the
+    model; its values are quantity names and finite, validation saw to that)."""
+    head = _READING_SERIES.get((r.site, r.meter, r.resource))
+    if head is None:
+        head = series("reading", (("site", r.site), ("meter", r.meter),
+                                  ("resource", r.resource)))
+        if len(_READING_SERIES) < 100_000:
+            _READING_SERIES[(r.site, r.meter, r.resource)] = head
+    fields = ",".join([f"{_FIELD[k]}{v!r}" for k, v in r.values.items() if v is not None])
+    sep = "," if fields else ""
+    return (f"{head} {fields}{sep}quality={QUALITY_CODES[r.quality]}i,seq={r.seq}i "
+            f"{round(r.ts_s * 1000.0)}")
+
+
+_READING_SERIES: dict[tuple[str, str, str], str] = {}
+_FIELD = {name: f"{_key(name)}=" for name in QUANTITIES}
 
 
 def reading_line(r: contract.Reading, ts: float | None = None) -> str | None:
@@ -194,7 +217,8 @@ class DetectService:
                               retry_delay_s=cfg.influx.retry_delay_s,
                               retry_delay_max_s=cfg.influx.retry_delay_max_s)
         p = cfg.processing
-        self.limits = Limits(p.max_payload_bytes, p.max_future_s, parse_oldest(p.oldest_ts))
+        self.limits = Limits(p.max_payload_bytes, p.max_future_s, parse_oldest(p.oldest_ts),
+                             p.max_batch_payload_bytes)
         a = cfg.alerts
         self.alert_settings = AlertSettings(a.spike_open, a.spike_close, a.spike_min_rel,
                                             a.stuck_hours, a.close_after)
@@ -360,84 +384,99 @@ class DetectService:
                 lines.append(ev)
         return lines, transitions
 
+    def _take(self, item: Item, topic: str, payload: bytes, now: float, lines: list[str],
+              by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]],
+              touched: set[DKey], before: dict[DKey, DedupState],
+              replay: list[Replay]) -> None:
+        """One valid reading: inputs, partition, dedup, its ``reading`` point."""
+        key = (item.site, item.meter)
+        inputs = self.inputs
+        if inputs and inputs.is_input(*key):
+            # every partition keeps the inputs its meters' baselines need
+            inputs.feed(item.site, item.meter, item.ts_s, item.values)
+            replay.append((item.site, item.meter, item.resource, item.ts_s,
+                           json.dumps(item.values), INPUT))
+        part = self.cfg.processing.partition
+        if part.count > 1 and not owns(item.site, item.meter, part.index, part.count):
+            self.stats.not_ours += 1
+            return
+        if self.cfg.processing.require_meta and key not in self.metas:
+            self._dead(DeadLetter(topic, payload, f"unknown meter {item.site}/{item.meter} "
+                                  "(no meta message)", item.site), now)
+            return
+        dkey = (item.site, item.meter, item.stream)
+        if dkey not in touched:
+            touched.add(dkey)
+            before[dkey] = self.dedup.state_of(dkey)
+        if not self.dedup.accept(dkey, item.seq):
+            self.stats.duplicates += 1
+            return
+        self.stats.readings_in += 1
+        ts = item.ts_s
+        if ts > self.stats.newest_ts:
+            self.stats.newest_ts = ts
+        if ts > self.last_seen.get(key, 0.0):
+            self.last_seen[key] = ts
+        text = item_line(item)
+        if text:
+            lines.append(text)
+        got = by_meter.get(key)
+        if got is None:
+            got = by_meter[key] = []
+        got.append((ts, item.values, item.resource))
+        replay.append((item.site, item.meter, item.resource, ts, json.dumps(item.values),
+                       PIPELINE))
+
+    def _dropped(self, res: contract.Dropped, lines: list[str], touched: set[DKey],
+                 before: dict[DKey, DedupState]) -> None:
+        """The agent's announcement of readings its outbox dropped: dedup moves past them."""
+        dkey = (res.site, res.meter, res.stream)
+        if dkey not in touched:
+            touched.add(dkey)
+            before[dkey] = self.dedup.state_of(dkey)
+        missing = self.dedup.skip_to(dkey, res.through_seq)
+        if missing is not None:  # not a repeat: stored where users see it
+            self.stats.drops_announced += 1
+            log.warning("%s/%s: the agent dropped %d readings so far (%s); %d of "
+                        "them up to seq %d never arrived", res.site, res.meter,
+                        res.count, res.reason, missing, res.through_seq)
+            text = dropped_line(res, missing)
+            if text:
+                lines.append(text)
+
     def _handle_sync(
         self, messages: list[tuple[str, bytes]], now: float
     ) -> tuple[list[Transition], set[tuple[str, str, str]]]:
         """The work of :meth:`handle`, in one worker thread (one GIL hand-over per batch)."""
         part = self.cfg.processing.partition
-        inputs = self.inputs
         lines: list[str] = []
         by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]] = {}
-        touched: set[tuple[str, str, str]] = set()
-        before: dict[tuple[str, str, str], DedupState] = {}
+        touched: set[DKey] = set()
+        before: dict[DKey, DedupState] = {}
         replay: list[Replay] = []  # what the detectors are fed, kept until a checkpoint
         for topic, payload in messages:
-            res = parse(topic, payload, now, self.limits)
-            if res is None:
-                continue
-            if isinstance(res, DeadLetter):
-                self._dead(res, now)
-                continue
-            if isinstance(res, contract.Health):  # one instance writes each site's agent
-                if owns(res.site, contract.AGENT, part.index, part.count):
-                    text = agent_line(res)
-                    if text:
-                        lines.append(text)
-                continue
-            key = (res.site, res.meter)
-            if inputs and isinstance(res, contract.Reading) and inputs.is_input(*key):
-                # every partition keeps the inputs its meters' baselines need
-                inputs.feed(res.site, res.meter, res.ts.timestamp(), res.values)
-                replay.append((res.site, res.meter, res.resource.value, res.ts.timestamp(),
-                               json.dumps(res.values), INPUT))
-            if not owns(res.site, res.meter, part.index, part.count):
-                self.stats.not_ours += 1
-                continue
-            if isinstance(res, contract.Dropped):
-                dkey = (res.site, res.meter, res.stream)
-                if dkey not in touched:
-                    touched.add(dkey)
-                    before[dkey] = self.dedup.state_of(dkey)
-                missing = self.dedup.skip_to(dkey, res.through_seq)
-                if missing is not None:  # not a repeat: stored where users see it
-                    self.stats.drops_announced += 1
-                    log.warning("%s/%s: the agent dropped %d readings so far (%s); %d of "
-                                "them up to seq %d never arrived", res.site, res.meter,
-                                res.count, res.reason, missing, res.through_seq)
-                    text = dropped_line(res, missing)
-                    if text:
-                        lines.append(text)
-                continue
-            if isinstance(res, contract.MeterMeta):
-                self.metas[key] = res
-                pipe = self.meters.get(key)
-                if pipe is not None:
-                    s = self.spec.site(res.site)
-                    pipe.set_meta(res, s.price_per_unit, s.co2_kg_per_unit)
-                continue
-            if self.cfg.processing.require_meta and key not in self.metas:
-                self._dead(DeadLetter(topic, payload, f"unknown meter {res.site}/{res.meter} "
-                                      "(no meta message)", res.site), now)
-                continue
-            dkey = (res.site, res.meter, res.stream)
-            if dkey not in touched:
-                touched.add(dkey)
-                before[dkey] = self.dedup.state_of(dkey)
-            if not self.dedup.accept(dkey, res.seq):
-                self.stats.duplicates += 1
-                continue
-            self.stats.readings_in += 1
-            ts = res.ts.timestamp()
-            if ts > self.stats.newest_ts:
-                self.stats.newest_ts = ts
-            if ts > self.last_seen.get(key, 0.0):
-                self.last_seen[key] = ts
-            text = reading_line(res, ts)
-            if text:
-                lines.append(text)
-            by_meter.setdefault(key, []).append((ts, res.values, res.resource.value))
-            replay.append((res.site, res.meter, res.resource.value, ts,
-                           json.dumps(res.values), PIPELINE))
+            for res in parse_message(topic, payload, now, self.limits):
+                if type(res) is Item:
+                    self._take(res, topic, payload, now, lines, by_meter, touched, before,
+                               replay)
+                elif isinstance(res, DeadLetter):
+                    self._dead(res, now)
+                elif isinstance(res, contract.Health):  # one instance writes each agent
+                    if owns(res.site, contract.AGENT, part.index, part.count):
+                        text = agent_line(res)
+                        if text:
+                            lines.append(text)
+                elif not owns(res.site, res.meter, part.index, part.count):
+                    self.stats.not_ours += 1
+                elif isinstance(res, contract.Dropped):
+                    self._dropped(res, lines, touched, before)
+                elif isinstance(res, contract.MeterMeta):
+                    key = (res.site, res.meter)
+                    self.metas[key] = res
+                    pipe = self.meters.get(key)
+                    if pipe is not None:
+                        s = self.spec.site(res.site)
+                        pipe.set_meta(res, s.price_per_unit, s.co2_kg_per_unit)
         # the readings are safe on disk before anything derived from them is computed
         try:  # with the touched streams' dedup marks: a PUBACKed reading stays seen
             self.spool.append(lines, self.dedup.marks(touched), replay)
@@ -601,7 +640,7 @@ class DetectService:
         prefix = f"$share/{m.shared_group}/" if m.shared_group else ""
         sites = m.sites or ["+"]
         return [f"{prefix}{contract.subscription(s, kind)}" for s in sites
-                for kind in ("reading", "meta", "dropped")] + [
+                for kind in ("reading", "readings", "meta", "dropped")] + [
             f"{prefix}{contract.health_topic(s)}" for s in sites]
 
     def _client(self) -> Any:
@@ -717,8 +756,14 @@ class DetectService:
                     if len(inbox.items) < p.batch and p.batch_wait_s > 0:
                         await asyncio.sleep(p.batch_wait_s)  # let a batch gather
                 items = inbox.items
-                batch = [items.popleft() for _ in range(min(len(items), p.batch))]
-                await self._backpressure(stop, len(batch))
+                batch: list[tuple[str, bytes, int, int]] = []
+                size = 0
+                while items and len(batch) < p.batch and size < p.batch_bytes:
+                    msg = items.popleft()
+                    batch.append(msg)
+                    size += len(msg[1])
+                # a `readings` message carries many: room for about one per 64 bytes
+                await self._backpressure(stop, max(len(batch), size // 64))
                 await self.handle([(topic, payload) for topic, payload, _, _ in batch])
                 ack = client._client.ack
                 for _, _, mid, qos in batch:

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from collector import contract
+
+from .fastcheck import Item, item_of, reading_item, shared_ok
 
 KEEP_BYTES = 4096
 DEADLETTER_ROOT = f"{contract.ROOT}/_deadletter"
@@ -60,6 +63,7 @@ class Limits:
     max_payload_bytes: int = 65536
     max_future_s: float = 300.0
     oldest_s: float = 946684800.0  # 2000-01-01
+    max_batch_payload_bytes: int = 1 << 20  # a ``readings`` message (up to 500 readings)
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -128,19 +132,135 @@ def parse(
             topic, payload, f"reading names {reading.site}/{reading.meter} but came on "
             f"{where[0]}/{meter}", site,
         )  # fmt: skip
+    problem = _reading_problem(reading, now_s, limits)
+    return reading if problem is None else DeadLetter(topic, payload, problem, site)
+
+
+def _reading_problem(reading: contract.Reading, now_s: float, limits: Limits) -> str | None:
+    """What is wrong with a reading the model accepted (values, time), or None."""
     for name, value in reading.values.items():
         if value is not None and not math.isfinite(value):
-            return DeadLetter(topic, payload, f"values.{name} is not a finite number", site)
+            return f"values.{name} is not a finite number"
     t = reading.ts.timestamp()
     if t > now_s + limits.max_future_s:
-        return DeadLetter(
-            topic, payload, f"timestamp {reading.ts.isoformat()} is more than "
-            f"{limits.max_future_s:g} s in the future", site,
-        )  # fmt: skip
+        return (f"timestamp {reading.ts.isoformat()} is more than "
+                f"{limits.max_future_s:g} s in the future")
     if t < limits.oldest_s:
-        return DeadLetter(topic, payload, f"timestamp {reading.ts.isoformat()} is too old",
-                          site)
-    return reading
+        return f"timestamp {reading.ts.isoformat()} is too old"
+    return None
+
+
+Parsed = Item | contract.MeterMeta | contract.Health | contract.Dropped | DeadLetter
+
+
+def parse_message(topic: str, payload: bytes, now_s: float, limits: Limits) -> list[Parsed]:
+    """Validate one message into what it carries: its readings (one, or a batch's) as
+    :class:`~.fastcheck.Item`, a meta or agent health, dead letters; [] when ignored.
+
+    Readings take the fast path (:mod:`.fastcheck`) when it can prove them valid; anything
+    else goes through the models (:func:`parse`), which give the verdict and the reason.
+    """
+    where = split_topic(topic)
+    if where is not None and where[2] == "readings" and where[1] != contract.AGENT:
+        return _parse_batch(topic, payload, now_s, limits, where[0], where[1])
+    if where is None or where[2] != "reading" or len(payload) > limits.max_payload_bytes:
+        res = parse(topic, payload, now_s, limits)
+        if isinstance(res, contract.Reading):  # not reached: kept for the type checker
+            return [item_of(res)]
+        return [] if res is None else [res]
+    try:
+        obj = from_json(payload)
+    except ValueError:
+        obj = None
+    item = reading_item(obj)
+    if (item is not None and item.site == where[0] and item.meter == where[1]
+            and limits.oldest_s <= item.ts_s <= now_s + limits.max_future_s):
+        return [item]
+    res = parse(topic, payload, now_s, limits)
+    if isinstance(res, contract.Reading):
+        return [item_of(res)]
+    return [] if res is None else [res]
+
+
+def _parse_batch(topic: str, payload: bytes, now_s: float, limits: Limits, site: str,
+                 meter: str) -> list[Parsed]:
+    """A ``readings`` message: each item as the Reading the ``reading`` topic would have
+    carried (shared fields + item); a bad item dead-lettered alone (reason: its index and
+    seq), a bad shared part the whole message. The fast path takes a message whose every
+    item it can prove valid; any other goes to :func:`collector.contract.split_readings`
+    (the models), which gives the verdict and the reasons."""
+    cap = max(limits.max_batch_payload_bytes, 1)
+    if len(payload) > cap:
+        return [DeadLetter(topic, payload, f"invalid readings: payload of {len(payload)} "
+                           f"bytes exceeds {cap}", site)]
+    try:
+        obj = from_json(payload)
+    except ValueError:
+        obj = None
+    items = obj.get("readings") if type(obj) is dict else None
+    if (type(items) is list and 1 <= len(items) <= contract.MAX_BATCH and shared_ok(obj)
+            and obj["site"] == site and obj["meter"] == meter):
+        out: list[Parsed] = []
+        last = 0
+        low, high = limits.oldest_s, now_s + limits.max_future_s
+        for raw in items:
+            item = reading_item(raw, obj)
+            if item is None or item.seq <= last or not low <= item.ts_s <= high:
+                break
+            last = item.seq
+            out.append(item)
+        else:
+            return out
+    return _reference_batch(topic, payload, now_s, limits, site, meter)
+
+
+def _reference_batch(topic: str, payload: bytes, now_s: float, limits: Limits, site: str,
+                     meter: str) -> list[Parsed]:
+    """A ``readings`` message through the models, item by item, in order."""
+    try:
+        good, bad = contract.split_readings(payload)
+    except ValidationError as exc:
+        return [DeadLetter(topic, payload, f"invalid readings: {_first_error(exc)}", site)]
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return [DeadLetter(topic, payload, f"invalid readings: not valid JSON: {exc}", site)]
+    except ValueError as exc:  # not an object, no items or too many
+        return [DeadLetter(topic, payload, f"invalid readings: {exc}", site)]
+    first = good[0] if good else None
+    if first is not None and (first.site, first.meter) != (site, meter):
+        return [DeadLetter(topic, payload, f"readings name {first.site}/{first.meter} but "
+                           f"came on {site}/{meter}", site)]
+    bad_at = {b.index: b for b in bad}
+    out: list[Parsed] = []
+    readings = iter(good)
+    for i in range(len(good) + len(bad)):
+        if i in bad_at:
+            out.append(DeadLetter(topic, _item_payload(payload, i), str(bad_at[i]), site))
+            continue
+        reading = next(readings)
+        if (reading.site, reading.meter) != (site, meter):  # no shared fields: checked
+            return [DeadLetter(topic, payload, f"readings name {reading.site}/"
+                               f"{reading.meter} but came on {site}/{meter}", site)]
+        problem = _reading_problem(reading, now_s, limits)
+        if problem is None:
+            out.append(item_of(reading))
+        else:
+            out.append(DeadLetter(topic, _item_payload(payload, i),
+                                  f"readings[{i}] (seq {reading.seq}): {problem}", site))
+    return out
+
+
+def _item_payload(payload: bytes, index: int) -> bytes:
+    """What a dead letter of one item carries: the Reading it stands for (shared fields
+    and the item, as sent), else the whole message."""
+    try:
+        body = json.loads(payload)
+        shared = {k: v for k, v in body.items() if k != "readings"
+                  and k not in contract.ITEM_FIELDS}
+        item = {k: v for k, v in body["readings"][index].items()
+                if k in contract.ITEM_FIELDS}
+        return json.dumps({**shared, **item}, allow_nan=True).encode()
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return payload
 
 
 def parse_dropped(topic: str, payload: bytes, site: str, meter: str

@@ -674,6 +674,9 @@ def test_virtual_plant_every_reading_once_and_the_leak_alerted(
         assert [(a["meter"], a["type"]) for a in opened] == [("water_main", "base_load_rise")]
         start = opened[0]["id"].rsplit("/", 1)[1]
         assert abs(int(start) - began) <= 6 * 3600
+        # the event point is in the spool before the alert goes out, and written soon after
+        wait_until(lambda: bool(samples(vm, 'event_excess{type="base_load_rise"}')), 10,
+                   "the leak's event point")
         assert samples(vm, 'event_excess{type="base_load_rise"}').keys() == {"water_main"}
     finally:
         bus.close()
