@@ -57,25 +57,19 @@ def messages(meters: int, polls: int, step: int = 10) -> list[tuple[str, bytes]]
 
 
 def batched(msgs: list[tuple[str, bytes]], size: int) -> list[tuple[str, bytes]]:
-    """The same readings as ``readings`` messages of up to ``size`` readings of one meter
-    (what an agent with ``mqtt.batch.max_readings: size`` sends from a backlog)."""
-    by_topic: dict[str, list[dict[str, Any]]] = {}
+    """The same readings as ``readings`` messages of up to ``size`` readings of one meter,
+    packed as the agent packs them (``contract.pack_readings``; what an agent with
+    ``mqtt.batch.max_readings: size`` sends from a backlog)."""
+    by_topic: dict[str, list[bytes]] = {}
     for topic, payload in msgs:
-        by_topic.setdefault(topic, []).append(json.loads(payload))
+        by_topic.setdefault(topic, []).append(payload)
     out = []
     longest = max(len(v) for v in by_topic.values())
     for i in range(0, longest, size):
-        for topic, bodies in by_topic.items():
-            chunk = bodies[i : i + size]
-            if not chunk:
-                continue
-            head = {k: chunk[0][k] for k in SHARED}
-            items = [{k: v for k, v in b.items() if k not in SHARED} for b in chunk]
-            out.append((topic + "s", contract.dumps({**head, "readings": items})))
+        for topic, payloads in by_topic.items():
+            if payloads[i : i + size]:
+                out.append((topic + "s", contract.pack_readings(payloads[i : i + size])))
     return out
-
-
-SHARED = ("v", "site", "meter", "resource", "stream")
 
 
 def count(msgs: list[tuple[str, bytes]]) -> int:

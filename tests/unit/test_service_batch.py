@@ -13,18 +13,15 @@ from typing import Any
 
 from test_service_units import TOPIC, _spec, counter, reading
 
+from collector import contract
 from detectors.service.service import DetectService
 
 BATCH_TOPIC = "recp/v1/dairy/m1/readings"
-SHARED = ("v", "site", "meter", "resource", "stream")
 
 
 def batch(payloads: list[bytes]) -> bytes:
     """The ``readings`` message carrying these single-reading payloads of one meter."""
-    bodies = [json.loads(p) for p in payloads]
-    head = {k: bodies[0][k] for k in SHARED}
-    items = [{k: v for k, v in b.items() if k not in SHARED} for b in bodies]
-    return json.dumps({**head, "readings": items}).encode()
+    return contract.pack_readings(payloads)
 
 
 class Discard:
