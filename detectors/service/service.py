@@ -259,7 +259,14 @@ class DetectService:
         self.dedup = SeqTracker.restore((state or {}).get("dedup", []))
         self.dedup.update(self.spool.marks())
         # readings fed to the detectors after the checkpoint (none after a clean stop)
-        self.replay = self.spool.replay_rows(int((state or {}).get("replay_through", 0)))
+        through = int((state or {}).get("replay_through", 0))
+        if through > self.spool.replay_last:
+            log.warning("the spool %s is not the one the checkpoint knew (a new file?): "
+                        "feeding the detectors all %d of its readings kept for a restart",
+                        self.spool.path, len(self.spool.replay_rows(0)))
+            self.spool.replay_ids_above(through)
+            through = 0
+        self.replay = self.spool.replay_rows(through)
         if state is None:
             return
         if self.annotator is not None:

@@ -63,9 +63,13 @@ class Spool:
             "vals TEXT, feed INTEGER)"
         )
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM points").fetchone()[0])
-        row = self._db.execute("SELECT MAX(id), MAX(batch) FROM replay").fetchone()
-        self.replay_last = int(row[0] or 0)  # the newest replay row committed
-        self._batch = int(row[1] or 0)
+        # the newest replay row ever committed (AUTOINCREMENT's counter: rows forgotten
+        # after a checkpoint still count)
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'replay'"
+                               ).fetchone()
+        self.replay_last = int(row[0]) if row else 0
+        self._batch = int(self._db.execute("SELECT MAX(batch) FROM replay").fetchone()[0]
+                          or 0)
 
     @property
     def depth(self) -> int:
@@ -123,6 +127,17 @@ class Spool:
             out[-1].append((str(site), str(meter), str(resource), float(ts), str(vals),
                             int(feed)))
         return out
+
+    def replay_ids_above(self, last_id: int) -> None:
+        """Number new replay rows above ``last_id`` (a checkpoint of another spool file)."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM sqlite_sequence WHERE name = 'replay'")
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('replay', ?)",
+                       (max(last_id, self.replay_last),))
+            db.execute("COMMIT")
+            self.replay_last = max(last_id, self.replay_last)
 
     def forget_replay(self, through_id: int) -> None:
         """Drop the replay rows a saved checkpoint covers (id <= ``through_id``)."""

@@ -722,3 +722,24 @@ def test_production_standing_still_is_no_loss(resource: str, counter_name: str) 
         assert transitions == []
     else:
         assert {x.event.type.value for x in transitions} & {"stuck", "base_load_rise"}
+
+
+def test_replay_numbering_survives_a_clean_stop_and_a_new_spool_file(tmp_path: Path) -> None:
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(1))]
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    asyncio.run(svc.handle(msgs[:100]))
+    asyncio.run(svc.save_checkpoint())  # a clean stop: nothing left to replay
+    through = json.loads((tmp_path / "state.json").read_text())["replay_through"]
+    svc.spool.close()
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    assert svc.replay == [] and svc.spool.replay_last == through > 0
+    svc.spool.close()
+    (tmp_path / "spool.sqlite").unlink()  # the spool replaced; the checkpoint kept
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    asyncio.run(svc.handle(msgs[100:150]))  # then SIGKILL before a checkpoint
+    assert svc.spool.replay_last > through
+    svc.spool.close()
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    assert sum(len(b) for b in svc.replay) == 50
+    svc.spool.close()
