@@ -118,3 +118,66 @@ def test_a_publish_the_broker_refuses_stays_in_the_outbox(
     assert pub.stats.rejected >= 2  # refused, and refused again after reconnecting
     assert [r.meter for r in box.peek()] == ["denied"]
     assert "Not authorized" in pub.stats.last_error
+
+
+class Collector:
+    """A paho subscriber that keeps (topic, payload) of every message, in order."""
+
+    def __init__(self, broker: MosquittoServer) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes]] = []
+        self.ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="collector",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_subscribe = lambda *_a: self.ready.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.append(
+            (m.topic, bytes(m.payload)))
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe([(contract.subscription("s", "reading"), 1),
+                               (contract.subscription("s", "readings"), 1)])
+        self.client.loop_start()
+        assert self.ready.wait(10)
+
+    def readings(self) -> list[tuple[str, int]]:
+        out = []
+        for topic, payload in list(self.messages):
+            if topic.endswith("/reading"):
+                r = contract.Reading.model_validate_json(payload)
+                out.append((r.meter, r.seq))
+            else:
+                out += [(r.meter, r.seq) for r in
+                        contract.Readings.model_validate_json(payload).expand()]
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.parametrize("batch", [1, 50])
+def test_a_backlog_with_batching_goes_out_in_few_messages(mosquitto: MosquittoServer,
+                                                          tmp_path: Path, batch: int):
+    """300 readings of 3 meters waiting: without batching 300 reading messages; with
+    max_readings 50, six readings messages (a meter's 100 readings in two), all deleted
+    from the outbox on their PUBACKs. Every reading arrives, in order."""
+    sub = Collector(mosquitto)
+    box = Outbox(tmp_path / "o.db")
+    box.append([reading(m) for _ in range(100) for m in ("a", "b", "c")])
+    settings = Mqtt(url=mosquitto.url, batch={"max_readings": batch})
+    pub = run_publisher(settings, box, lambda p: box.depth == 0)
+    deadline = time.monotonic() + 10
+    while len(sub.readings()) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = sub.readings()
+    sub.close()
+    assert box.depth == 0 and pub.stats.published == 300
+    for m in "abc":
+        assert [s for meter, s in got if meter == m] == list(range(1, 101))
+    topics = {t.rsplit("/", 1)[1] for t, _ in sub.messages}
+    if batch == 1:
+        assert topics == {"reading"} and pub.stats.messages == 300
+    else:
+        assert topics == {"readings"} and pub.stats.messages == 6
