@@ -15,7 +15,8 @@
 #
 # What it does, each step only when needed, so running it again is safe (and is how to
 # update): python3-venv from apt if missing; a system user "recp"; a venv in /opt/recp with
-# this source tree's '.[edge]' and pyserial (never numba); /etc/recp with the device profiles; the files
+# this source tree's '.[edge]', pyserial and, where it has a wheel, uvloop (never numba);
+# /etc/recp with the device profiles; the files
 # given; deploy/systemd/recp-agent.service; `recp config check` on the site file; then
 # systemctl enable and restart. Without a site file it installs the example
 # (edge_config/sites/example_pi.yaml) for editing and does not start the agent.
@@ -91,6 +92,15 @@ say "installing recp-monitor[edge] from $src into $prefix"
     "${src}[edge]" "pyserial>=3.5"
 if "$prefix/bin/python" -c 'import numba' 2>/dev/null; then
     die "numba is installed in $prefix: the edge install must not pull it"
+fi
+# uvloop (the uvloop extra) about halves the agent's CPU per Modbus request; only as a
+# ready-made wheel (x86-64, 64-bit ARM): a 32-bit Pi OS would have to compile it, and the
+# agent runs well enough on asyncio's own loop
+if "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+        --only-binary uvloop "uvloop>=0.19,<1" 2>/dev/null; then
+    say "uvloop installed: the agent runs on it"
+else
+    say "no uvloop wheel for this machine: the agent runs on asyncio's own event loop"
 fi
 
 # ----------------------------------------------------------------------------- files

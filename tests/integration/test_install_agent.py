@@ -51,6 +51,10 @@ def test_install_update_and_rerun(tmp_path: Path) -> None:
     # RTU meters on a local serial port need pyserial (collector.modbus.poller)
     subprocess.run([str(tmp_path / "opt" / "bin" / "python"), "-c", "import serial"],
                    check=True)
+    # uvloop where it has a wheel (this machine: x86-64), so the agent runs on it
+    assert "uvloop installed" in first.stdout
+    subprocess.run([str(tmp_path / "opt" / "bin" / "python"), "-c", "import uvloop"],
+                   check=True)
     assert sorted(p.name for p in (etc / "profiles").iterdir()) == sorted(
         p.name for p in (REPO / "edge_config" / "profiles").glob("*.yaml"))
 
