@@ -9,10 +9,12 @@ Scenarios (issue 3 goals in brackets):
 - 100 devices x 20 registers every second [under 5 % of one core, under 60 MB RSS];
 - 50 devices polled as fast as the schedule allows (every 50 ms) [at most 0.04 ms of CPU
   per request including decoding and publishing].
+Each scenario runs with ``mqtt.batch`` off (the default: one message per reading) and on
+(several readings of a meter per ``readings`` message; settings below).
 Baselines, same request, same server, same run: bare pymodbus' own CPU per request (no
 decoding, storing or publishing; what the agent's poll path used before its own Modbus TCP
-client) and mbpoll's (libmodbus, C). The agent runs on asyncio's event loop and, when
-installed, on uvloop (RECP_EVENT_LOOP selects it).
+client) and mbpoll's (libmodbus, C); and batching off for batching on. The agent runs on
+asyncio's event loop and, when installed, on uvloop (RECP_EVENT_LOOP selects it).
 """
 
 from __future__ import annotations
@@ -29,12 +31,34 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from benchmarks.bench_agent_modbus import PROFILE, bare_pymodbus, loops, run_mbpoll, start_server
+from benchmarks.bench_agent_modbus import (
+    N_MBPOLL,
+    PROFILE,
+    bare_pymodbus,
+    loops,
+    run_mbpoll,
+    start_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_S = 3.0
 MEASURE_S = 15.0
 TICKS = os.sysconf("SC_CLK_TCK")
+# mqtt.batch for the "on" runs: a 100-device minute packs 10 readings of a meter per message
+# (10 s of waiting at 1 s polls); the 50-device case 20 per message (1 s at 50 ms polls)
+BATCH_HUNDRED = "{max_readings: 10, max_wait_ms: 10000}"
+BATCH_FIFTY = "{max_readings: 50, max_wait_ms: 1000}"
+
+
+def run_mbpoll_cpu(port: int) -> float:
+    """mbpoll's CPU ms per request (printed as a baseline line)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run_mbpoll(port)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) \
+        / N_MBPOLL * 1e3
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -46,6 +70,20 @@ def proc_rss_mb(pid: int) -> tuple[float, float]:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+
+
+def made(outbox: Path) -> int:
+    """Readings the agent has committed so far: the sum of its per-meter sequence numbers."""
+    import sqlite3
+
+    if not outbox.exists():
+        return 0
+    db = sqlite3.connect(outbox, timeout=10)
+    try:
+        return int(db.execute("SELECT COALESCE(SUM(last_seq), 0) FROM sequences")
+                   .fetchone()[0])
+    finally:
+        db.close()
 
 
 def free_port() -> int:
@@ -82,10 +120,14 @@ class Counter:
 
 
 def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: str,
-             sync: str = "FULL", loop: str = "asyncio") -> tuple[float, int, float, float]:
-    """Run the agent; return (CPU s, readings, RSS MB, peak RSS MB) over the window."""
+             sync: str = "FULL", loop: str = "asyncio", batch: str = ""
+             ) -> tuple[float, int, float, float]:
+    """Run the agent; return (CPU s, readings, RSS MB, peak RSS MB) over the window.
+
+    ``batch``: the site file's ``mqtt.batch`` (empty: off, the default)."""
     (tmp / "bench_meter.yaml").write_text(PROFILE)
-    lines = ["kind: site", "site: bench", f"mqtt: {{url: 'mqtt://127.0.0.1:{broker}'}}",
+    extra = f", batch: {batch}" if batch else ""
+    lines = ["kind: site", "site: bench", f"mqtt: {{url: 'mqtt://127.0.0.1:{broker}'{extra}}}",
              f"outbox: {{path: {tmp / (name + '.sqlite')}, synchronous: {sync}}}",
              f"polling: {{interval_s: {interval}, timeout_s: 1, retries: 0}}", "meters:"]
     lines += [f"  - {{id: m{i}, profile: {tmp / 'bench_meter.yaml'},"
@@ -94,20 +136,27 @@ def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: st
     site = tmp / f"{name}.yaml"
     site.write_text("\n".join(lines) + "\n")
     counter = Counter(broker)
+    outbox = tmp / (name + ".sqlite")
     agent = subprocess.Popen([sys.executable, "-m", "collector", "agent", "-c", str(site)],
                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=os.environ | {"RECP_EVENT_LOOP": loop})
     try:
         time.sleep(WARMUP_S)
-        cpu0, n0 = proc_cpu_s(agent.pid), counter.count()
+        cpu0, made0, n0 = proc_cpu_s(agent.pid), made(outbox), counter.count()
         time.sleep(MEASURE_S)
-        cpu1, n1 = proc_cpu_s(agent.pid), counter.count()
+        cpu1, made1, n1 = proc_cpu_s(agent.pid), made(outbox), counter.count()
         rss, peak = proc_rss_mb(agent.pid)
     finally:
         agent.terminate()
         agent.wait(30)
         counter.close()
-    return cpu1 - cpu0, n1 - n0, rss, peak
+    # readings made in the window (the outbox's sequence numbers): with batching, arrivals
+    # come in bursts up to max_wait_ms late, so counting them would be off by a pack
+    n = made1 - made0
+    arrived = n1 - n0
+    if arrived < 0.7 * n:
+        print(f"  WARNING: only {arrived} of {n} readings made arrived in the window")
+    return cpu1 - cpu0, n, rss, peak
 
 
 def main() -> None:
@@ -128,27 +177,41 @@ def main() -> None:
             bare_ms = (time.process_time() - c0) / n * 1e3
             print(f"baseline: bare pymodbus {bare_ms:.3f} ms CPU per request (no decoding, "
                   "storing or publishing)")
-            run_mbpoll(ports[0])
+            mbpoll_ms = run_mbpoll_cpu(ports[0])
 
             for loop in loops():
-                cpu, n, rss, peak = scenario(tmp, ports, broker, 1.0, f"hundred_{loop}",
-                                             loop=loop)
-                print(f"agent on {loop}: 100 devices x 20 registers every 1 s, "
-                      f"{MEASURE_S:.0f} s measured:")
-                print(f"  {n / MEASURE_S:6.1f} readings/s, agent CPU {cpu / MEASURE_S * 100:5.2f}"
-                      f" % of one core (goal < 5 %), {cpu / max(n, 1) * 1e6:.1f} CPU-ms per "
-                      f"1000 readings, RSS {rss:.1f} MB (peak {peak:.1f} MB, goal < 60 MB)")
-                print(f"  agent CPU per reading / bare pymodbus per request = "
-                      f"{cpu / max(n, 1) * 1e3 / bare_ms:.2f}")
+                hundred = {}
+                for label, batch in (("off", ""), ("on", BATCH_HUNDRED)):
+                    cpu, n, rss, peak = scenario(tmp, ports, broker, 1.0,
+                                                 f"hundred_{loop}_{label}", loop=loop,
+                                                 batch=batch)
+                    hundred[label] = cpu / max(n, 1)
+                    print(f"agent on {loop}, batching {label} {batch}: 100 devices x 20 "
+                          f"registers every 1 s, {MEASURE_S:.0f} s measured:")
+                    print(f"  {n / MEASURE_S:6.1f} readings/s, agent CPU "
+                          f"{cpu / MEASURE_S * 100:5.2f} % of one core (goal < 5 %), "
+                          f"{cpu / max(n, 1) * 1e6:.1f} CPU-ms per 1000 readings, RSS "
+                          f"{rss:.1f} MB (peak {peak:.1f} MB, goal < 60 MB)")
+                    print(f"  agent CPU per reading / bare pymodbus per request = "
+                          f"{cpu / max(n, 1) * 1e3 / bare_ms:.2f}")
+                print(f"  batching on / off, CPU per reading = "
+                      f"{hundred['on'] / hundred['off']:.2f}")
 
-                cpu, n, rss, peak = scenario(tmp, ports[:50], broker, 0.05, f"fifty_{loop}",
-                                             loop=loop)
-                per = cpu / max(n, 1) * 1e3
-                print(f"agent on {loop}: 50 devices polled every 50 ms, {MEASURE_S:.0f} s "
-                      "measured:")
-                print(f"  {n / MEASURE_S:6.0f} readings/s, {per:.3f} ms CPU per request incl. "
-                      f"decoding, outbox and publishing (goal <= 0.04 ms), RSS {rss:.1f} MB")
-                print(f"  agent / bare pymodbus CPU per request = {per / bare_ms:.2f}")
+                fifty = {}
+                for label, batch in (("off", ""), ("on", BATCH_FIFTY)):
+                    cpu, n, rss, peak = scenario(tmp, ports[:50], broker, 0.05,
+                                                 f"fifty_{loop}_{label}", loop=loop,
+                                                 batch=batch)
+                    per = fifty[label] = cpu / max(n, 1) * 1e3
+                    print(f"agent on {loop}, batching {label} {batch}: 50 devices polled "
+                          f"every 50 ms, {MEASURE_S:.0f} s measured:")
+                    print(f"  {n / MEASURE_S:6.0f} readings/s, {per:.3f} ms CPU per request "
+                          "incl. decoding, outbox and publishing (goal <= 0.04 ms), RSS "
+                          f"{rss:.1f} MB")
+                    print(f"  agent / bare pymodbus CPU per request = {per / bare_ms:.2f}; "
+                          f"agent / mbpoll = {per / mbpoll_ms:.1f}")
+                print(f"  batching on / off, CPU per request = "
+                      f"{fifty['on'] / fifty['off']:.2f}")
 
             times = []
             for _ in range(5):
