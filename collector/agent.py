@@ -243,8 +243,6 @@ class Agent:
         self.readings = 0
         self.written = 0
         self.polling = asyncio.Event()
-        self._meta_rate = 1.0  # the clock rate of the metadata last rendered
-        self._tasks: set[asyncio.Future[None]] = set()
 
     # -- messages -----------------------------------------------------------------------
     def _render(self, result: PollResult, trusted: bool | None, stream: str
@@ -267,12 +265,8 @@ class Agent:
         return render
 
     def meta_messages(self) -> list[tuple[str, bytes]]:
-        """Retained metadata of every meter, for discovery by consumers.
-
-        ``interval_s`` is in the seconds of the readings' timestamps: with a device clock
-        (e.g. the virtual plant's, running at its speed) the poll interval times its rate."""
+        """Retained metadata of every meter, for discovery by consumers."""
         out = []
-        self._meta_rate = rate = self.clock.device.rate if self.clock.device else 1.0
         for m in self.spec.published:
             points = {}
             for p in m.points:
@@ -283,8 +277,7 @@ class Agent:
                 "v": contract.VERSION, "site": self.site, "meter": m.id, "name": m.meter.name,
                 "resource": m.profile.resource.value, "profile": m.profile_name,
                 "manufacturer": m.profile.manufacturer, "model": m.profile.model,
-                "interval_s": m.interval_s * rate if rate > 0 else m.interval_s,
-                "points": points, "tags": m.tags(),
+                "interval_s": m.interval_s, "points": points, "tags": m.tags(),
             }
             out.append((contract.meta_topic(self.site, m.id), contract.dumps(payload)))
         return out
@@ -321,9 +314,7 @@ class Agent:
             log.info("poll meter=%s quality=%s errors=%s", result.meter, result.quality.value,
                      json.dumps(result.errors)[:300])
         if result.meter == self.clock_meter and self.clock.device is not None:
-            rate = self.clock.device.rate if self.clock.device.observe(result) else None
-            if rate is not None and abs(rate - self._meta_rate) > 1e-6 * max(rate, 1.0):
-                self._republish_meta()
+            self.clock.device.observe(result)
             if result.meter not in self.meters:  # the time source is not published
                 return
         saved = asyncio.get_running_loop().create_future()
@@ -338,23 +329,6 @@ class Agent:
             self.poll_waits += 1
             self._hurry.set()
             await asyncio.shield(saved)
-
-    def _republish_meta(self) -> None:
-        """The device clock's rate is new: publish the meters' metadata again (their
-        ``interval_s`` depends on it); if not connected, the next connection does."""
-        publisher = self.publisher
-        messages = self.meta_messages()
-        if publisher is None or not publisher.stats.connected:
-            return
-        log.info("clock rate %g: meter metadata published again", self._meta_rate)
-
-        async def publish() -> None:
-            for topic, payload in messages:
-                await publisher.publish_now(topic, payload)
-
-        task = asyncio.ensure_future(publish())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _writer(self) -> None:
         """Commit readings to the outbox in batches; stop at the None sentinel."""
