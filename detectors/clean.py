@@ -108,7 +108,7 @@ class Consumption:
     gap_consumption: FloatArray  # consumption of the intervals a gap touches (one lump)
     unit: str
     events: tuple[Event, ...]
-    segments: Segments
+    notable: Segments  # the reading pairs the events come from (rollover, reset, gap, rate)
 
     @property
     def total(self) -> float:
@@ -123,7 +123,7 @@ class Consumption:
     @property
     def resolution(self) -> float:
         """The counter's step (counter units): smaller differences are not meaningful."""
-        return self.segments.resolution
+        return self.notable.resolution
 
     def rate_per_h(self) -> FloatArray:
         """Mean rate per interval in counter units per hour."""
@@ -144,10 +144,28 @@ def order_readings(
     timestamps_s: ArrayLike, values: ArrayLike
 ) -> tuple[IntArray, FloatArray, NDArray[np.int32]]:
     """Readings sorted by time with repeated timestamps dropped, and their flags."""
+    ts, vs, flags = _ordered(timestamps_s, values)
+    return ts, vs, flags if flags.size == ts.size else np.zeros(ts.size, dtype=np.int32)
+
+
+_NO_FLAGS = np.zeros(0, dtype=np.int32)
+
+
+def _ordered(
+    timestamps_s: ArrayLike, values: ArrayLike
+) -> tuple[IntArray, FloatArray, NDArray[np.int32]]:
+    """:func:`order_readings`, with an empty flag array when no reading needs a flag.
+
+    Readings already in order (the usual case) are used as they are; a few out of place
+    are sorted by insertion; only badly shuffled ones pay for a full sort.
+    """
     ts = as_timestamps("timestamps_s", timestamps_s)
     vs = as_values("values", values, ts.shape[0])
-    if ts.size < 2 or bool(np.all(ts[1:] > ts[:-1])):  # the usual case: nothing to do
-        return ts, vs, np.zeros(ts.size, dtype=np.int32)
+    if k._in_order(ts):
+        return ts, vs, _NO_FLAGS
+    t, v, flags, done = k._sort_nearly(ts, vs, 8 * ts.size + 64)
+    if done:
+        return t, v, flags
     return k._ordered(ts, vs, np.argsort(ts, kind="stable"))
 
 
@@ -193,6 +211,21 @@ def _segments(
     jitter_rel: float,
 ) -> Segments:
     """:func:`counter_segments` on readings already sorted and deduplicated."""
+    limits = _limits(vs, rollover, max_rate_per_h, resolution, gap_s, jitter_abs, jitter_rel)
+    t0, t1, delta, f, before, level = k._counter_segments(ts, vs, flags, *limits)
+    return Segments(t0, t1, delta, f, before, level, limits[2])
+
+
+def _limits(
+    vs: FloatArray,
+    rollover: float | None,
+    max_rate_per_h: float | None,
+    resolution: float | None,
+    gap_s: float,
+    jitter_abs: float,
+    jitter_rel: float,
+) -> tuple[float, float, float, float, float, float]:
+    """The kernels' checked (rollover, max rate per s, resolution, gap_s, jitter abs, rel)."""
     roll = positive("rollover", rollover) if rollover is not None else 0.0
     per_s = positive("max_rate_per_h", max_rate_per_h) / 3600.0 if max_rate_per_h else 0.0
     if resolution is None:
@@ -200,18 +233,14 @@ def _segments(
     gap = float(gap_s)
     if not gap > 0:
         raise ValueError(f"gap_s must be > 0 (seconds), got {gap_s!r}")
-    t0, t1, delta, f, before, level = k._counter_segments(
-        ts,
-        vs,
-        flags,
+    return (
         roll,
         per_s,
-        positive("resolution", resolution, allow_zero=True),
+        float(positive("resolution", resolution, allow_zero=True)),
         gap,
-        positive("jitter_abs", jitter_abs, allow_zero=True),
-        positive("jitter_rel", jitter_rel, allow_zero=True),
+        float(positive("jitter_abs", jitter_abs, allow_zero=True)),
+        float(positive("jitter_rel", jitter_rel, allow_zero=True)),
     )
-    return Segments(t0, t1, delta, f, before, level, float(resolution))
 
 
 def _grid(
@@ -253,7 +282,7 @@ def clean_counter(
     readings. See the module docstring for every choice made on the way.
     """
     interval = _interval(interval_s)
-    ts_in, vs, reading_flags = order_readings(timestamps_s, values)
+    ts_in, vs, reading_flags = _ordered(timestamps_s, values)
     if gap_s is None:
         # the typical sampling period, from at most ~10,000 evenly spread steps
         every = max(1, ts_in.size // 10_000)
@@ -262,28 +291,23 @@ def clean_counter(
     if meter is not None:
         rollover = meter.rollover if rollover is None else rollover
         max_rate_per_h = meter.max_rate_per_h if max_rate_per_h is None else max_rate_per_h
-    seg = _segments(ts_in, vs, reading_flags, rollover, max_rate_per_h, resolution, gap_s,
-                    jitter_abs, jitter_rel)  # fmt: skip
+    limits = _limits(vs, rollover, max_rate_per_h, resolution, gap_s, jitter_abs, jitter_rel)
     unit = meter.unit if meter is not None else ""
     if ts_in.size == 0 and (start_s is None or end_s is None):
         empty_i = np.zeros(0, dtype=np.int64)
         empty_f = np.zeros(0)
+        empty_flags = np.zeros(0, np.int32)
+        seg = Segments(empty_i, empty_i, empty_f, empty_flags, empty_f, empty_f, limits[2])
         return Consumption(
-            empty_i,
-            interval,
-            empty_f,
-            np.zeros(0, np.int32),
-            empty_i,
-            empty_i,
-            empty_f,
-            unit,
-            (),
-            seg,
+            empty_i, interval, empty_f, empty_flags, empty_i, empty_i, empty_f, unit, (), seg
         )
     first = int(ts_in[0]) if ts_in.size else int(start_s or 0)
     last = int(ts_in[-1]) if ts_in.size else int(end_s or 0)
     lo, n = _grid(first, last, interval, start_s, end_s)
-    cons, flags, _ = k._resample_segments(seg.t0_s, seg.t1_s, seg.delta, seg.flags, lo, interval, n)
+    cons, flags, t0, t1, delta, seg_flags, before, level = k._clean(
+        ts_in, vs, reading_flags, *limits, lo, interval, n
+    )
+    seg = Segments(t0, t1, delta, seg_flags, before, level, limits[2])
     starts = lo + interval * np.arange(n, dtype=np.int64)
     gap_start, gap_end, gap_cons = _gaps(starts, interval, cons, flags)
     meter_id = meter.id if meter is not None else "meter"

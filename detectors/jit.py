@@ -12,8 +12,3 @@ import numba
 # nogil=True lets the service run kernels in a worker thread without holding the GIL;
 # fastmath stays off: NaN handling must be exact.
 njit = numba.njit(cache=True, nogil=True, fastmath=False)
-
-# The per-interval steps of the detectors: inlined into their batch loops at numba's IR
-# level, so the loop does not pay a call with a dozen array arguments (and their reference
-# counting) per interval; called from Python (streaming) they compile as usual.
-njit_step = numba.njit(cache=True, nogil=True, fastmath=False, inline="always")

@@ -100,7 +100,7 @@ class KernelDetector(StreamingDetector):
         step = type(self)._step
         return float(
             step(
-                self._p, fs, ra, rb, float(x.t_s), float(x.value), float(x.active),
+                self._p, fs, ra, rb, int(x.t_s), float(x.value), float(x.active),
                 float(x.production), float(x.temperature), self._out, self._work,
             )
         )  # fmt: skip

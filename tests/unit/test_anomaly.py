@@ -4,6 +4,7 @@ plant's truth (and its loss-free twin)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from detectors.anomaly import (
     detect_stuck,
 )
 from detectors.events import EventType
+from detectors.kernels import anomaly as k
 from detectors.meter import MeterInfo
 from detectors.streaming import KernelDetector, Point
 
@@ -503,3 +505,24 @@ def test_plant_rollover_is_cleaned(plant: dict[str, plantdata.PlantRun]) -> None
         plant["clean"].consumption["prod_line"].total, abs=2.0
     )
     assert math.isfinite(run.production[100])
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_sorting_networks_sort_every_input(n: int) -> None:
+    """0/1 principle: a comparator network sorting every 0/1 input sorts every input."""
+    for bits in itertools.product((0.0, 1.0), repeat=n):
+        buf = np.array(bits)
+        assert k._sorted_median(buf, n) == naive_median(list(bits))
+        assert buf.tolist() == sorted(bits)
+    rng = np.random.default_rng(n)
+    for _ in range(200):
+        values = rng.integers(0, 4, n).astype(float)  # ties too
+        buf = values.copy()
+        assert k._sorted_median(buf, n) == naive_median(values.tolist())
+        assert buf.tolist() == sorted(values.tolist())
+
+
+def naive_median(values: list[float]) -> float:
+    import statistics
+
+    return float(statistics.median(values))

@@ -131,6 +131,66 @@ def test_resample_segments_matches_naive(
 
 
 @SETTINGS
+@given(readings(), st.sampled_from([0, 3, 10_000]))
+def test_sort_nearly_matches_naive(data: tuple[np.ndarray, np.ndarray], budget: int) -> None:
+    ts, vs = data
+    t, v, flags, done = k._sort_nearly(ts, vs, budget)
+    want_keep, want_flags = naive.order_readings(ts.tolist(), vs.tolist())
+    assert k._in_order(ts) == (want_keep == list(range(ts.size)) and not any(want_flags))
+    if not done:  # gave up: too far out of order for the budget
+        assert budget < 10_000
+        return
+    assert t.tolist() == ts[want_keep].tolist()
+    assert same(v, vs[want_keep])
+    assert flags.tolist() == want_flags
+
+
+@SETTINGS
+@given(readings(), params, st.sampled_from([60, 300, 900]), st.integers(-3, 3))
+def test_fused_clean_matches_naive(
+    data: tuple[np.ndarray, np.ndarray],
+    p: tuple[float, float, float, float, float, float],
+    interval: int,
+    shift: int,
+) -> None:
+    """The one-pass kernel gives the twins' segments-then-resampling, NOTABLE pairs kept."""
+    ts, vs = data
+    keep, flags = k._order_readings(ts, vs, np.argsort(ts, kind="stable"))
+    start, n = shift * interval, 45 * 60 // interval
+    segs = naive.counter_segments(ts[keep].tolist(), vs[keep].tolist(), flags.tolist(), *p)
+    want_cons, want_flags = naive.resample_segments([s[:4] for s in segs], start, interval, n)
+    for in_flags in (flags, flags[:0] if not flags.any() else flags):
+        cons, fl, *notable = k._clean(ts[keep], vs[keep], in_flags, *p, start, interval, n)
+        assert same(cons, want_cons)
+        assert fl.tolist() == want_flags
+        kept = [s for s in segs if s[3] & k.NOTABLE]
+        assert notable[0].tolist() == [s[0] for s in kept]
+        assert notable[1].tolist() == [s[1] for s in kept]
+        assert same(notable[2], [s[2] for s in kept])
+        assert notable[3].tolist() == [s[3] for s in kept]
+        assert same(notable[4], [s[4] for s in kept])
+        assert same(notable[5], [s[5] for s in kept])
+
+
+def test_fused_clean_keeps_many_notable_pairs() -> None:
+    """More notable pairs than the kernel's first buffer holds (it grows)."""
+    ts = np.arange(0, 100 * 7200, 7200, dtype=np.int64)  # every pair is a 2 h gap
+    r = clean_counter(ts, np.arange(100.0), interval_s=900, gap_s=3600)
+    assert r.notable.t0_s.tolist() == ts[:-1].tolist()
+    assert [e.type for e in r.events] == [EventType.GAP] * 99
+    assert len(r.gap_start_s) == 1  # touching gaps make one run of NaN intervals
+
+
+def test_shuffled_readings_fall_back_to_a_full_sort() -> None:
+    rng = np.random.default_rng(1)
+    ts = rng.permutation(5000).astype(np.int64) * 60
+    got = clean_counter(ts, ts / 60.0, interval_s=900)
+    want = clean_counter(np.sort(ts), np.sort(ts) / 60.0, interval_s=900)
+    assert same(got.consumption, want.consumption)
+    assert np.all(got.flags & Quality.OUT_OF_ORDER)
+
+
+@SETTINGS
 @given(readings(), st.sampled_from([60, 300, 900]), st.integers(-3, 3))
 def test_resample_gauge_matches_naive(
     data: tuple[np.ndarray, np.ndarray], interval: int, shift: int
