@@ -19,6 +19,11 @@ serves from the end of the lead-in on (``recp simulate --from``), continuing its
 A restarted plant resumes at the simulated time it had reached (``--from``; its clock
 does not run while it is down); the other parts keep their state on disk (outbox,
 session, spool, checkpoint, data) across restarts.
+
+``kill_part("agent")`` notes the plant's time of the kill; :meth:`Chain.reconcile` then
+counts a meter's unstored reads after its last stored one before a kill as *in memory*
+at that kill (polled, never numbered), per kill, instead of as lost. ``site_options``
+(like ``analytics``) changes sections of the agent's site file.
 """
 
 from __future__ import annotations
