@@ -239,6 +239,7 @@ class Agent:
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
         self._hurry = asyncio.Event()  # a meter waits for its commit: do not linger
         self.poll_waits = 0  # polls that waited for the meter's previous commit
+        self._waited: dict[str, asyncio.Future[None]] = {}  # the commit each one waited for
         self.started = time.time()
         self.readings = 0
         self.written = 0
@@ -321,14 +322,17 @@ class Agent:
         self._unsaved[result.meter] = saved
         await self.queue.put((*self.clock.stamp(result), saved))
 
-    async def _saved(self, meter: str) -> None:
-        """Wait until the meter's previous reading is committed (or failed to be): at most
-        one poll per meter is ever only in memory."""
+    def _saved(self, meter: str) -> asyncio.Future[None] | None:
+        """None once the meter's previous reading is committed (or failed to be), else its
+        commit to wait for: at most one poll per meter is ever only in memory."""
         saved = self._unsaved.get(meter)
-        if saved is not None and not saved.done():
+        if saved is None or saved.done():
+            return None
+        if self._waited.get(meter) is not saved:
+            self._waited[meter] = saved
             self.poll_waits += 1
-            self._hurry.set()
-            await asyncio.shield(saved)
+        self._hurry.set()
+        return saved
 
     async def _writer(self) -> None:
         """Commit readings to the outbox in batches; stop at the None sentinel."""

@@ -305,7 +305,9 @@ def plan_device(spec: MeterSpec) -> list[ReadRequest]:
 
 
 Emit = Callable[[PollResult], Awaitable[None]]
-Ready = Callable[[str], Awaitable[None]]  # waits until a meter may be polled again
+# None when a meter may be polled again, else what to await first (its last reading's commit)
+Ready = Callable[[str], "asyncio.Future[None] | None"]
+READY_RECHECK_S = 0.005  # a meter not ready yet is asked again after this long
 
 
 class Bus:
@@ -317,9 +319,11 @@ class Bus:
         self.polling = polling
 
     async def run(self, emit: Emit, stop: asyncio.Event, ready: Ready | None = None) -> None:
-        """Poll every device on its interval until ``stop`` is set; ``ready(meter)``, when
-        given, is awaited before each poll (the agent: its previous reading is on disk)."""
+        """Poll every device on its interval until ``stop`` is set. ``ready(meter)``, when
+        given, is asked before each poll (the agent: is its previous reading on disk?); a
+        device that is not ready waits, while the bus polls its other devices."""
         now = time.monotonic()
+        held: dict[str, float] = {}  # device -> when to ask ready() again
         for d in self.devices:
             d.next_due = now
         loop = asyncio.get_running_loop()
@@ -335,8 +339,8 @@ class Bus:
         stopped.add_done_callback(wake)
         try:
             while not stop.is_set():
-                dev = min(self.devices, key=lambda d: d.next_due)
-                delay = dev.next_due - time.monotonic()
+                dev = min(self.devices, key=lambda d: max(d.next_due, held.get(d.id, 0.0)))
+                delay = max(dev.next_due, held.get(dev.id, 0.0)) - time.monotonic()
                 if delay > 0:
                     nap = loop.create_future()
                     timer = loop.call_later(delay, wake)
@@ -347,8 +351,13 @@ class Bus:
                         nap = None
                     if stop.is_set():
                         break
-                if ready is not None:
-                    await ready(dev.id)
+                pending = ready(dev.id) if ready is not None else None
+                if pending is not None:
+                    if len(self.devices) > 1:  # serve the others meanwhile
+                        held[dev.id] = time.monotonic() + READY_RECHECK_S
+                        continue
+                    await asyncio.shield(pending)
+                held.pop(dev.id, None)
                 result = await self.poll(dev)
                 if stop.is_set():  # polled while stopping: still a reading, keep it
                     await emit(result)
