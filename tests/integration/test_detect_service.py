@@ -374,9 +374,11 @@ def test_sigkill_between_checkpoints_detectors_end_as_an_uninterrupted_run(
     m1, m2 = readings("m1", 5), readings("m2", 5)
     both = interleave(m1, m2)
     n = len(m1)
-    # day 4 20:00: the spike (10:00-10:30) opened and closed, each saving a checkpoint;
-    # the hours after the last one hold the evening's load step (a straight line over
-    # them, as the counter would be bridged without the replay, is not what happened)
+    # up to day 4 13:00 the spike (10:00-10:30) opened and closed, each saving a
+    # checkpoint; then, published only once that is stored (a batch must not straddle),
+    # hours up to 20:00 holding the evening's load step (a straight line over them, as
+    # the counter would be bridged without the replay, is not what happened)
+    closed = 2 * ((3 * DAY + 13 * 3600) // STEP)
     kill = 2 * ((3 * DAY + 20 * 3600) // STEP)
 
     def online(bus: Bus, name: str) -> int:
@@ -396,15 +398,17 @@ def test_sigkill_between_checkpoints_detectors_end_as_an_uninterrupted_run(
         for detect, bus, name in runs:
             bus.publish([meta("m1"), meta("m2")], retain=True)
             started(detect, bus, name)
-            bus.publish(both[:kill])
-        half = kill // 2
-        for _, bus, name in runs:
-            wait_until(lambda b=bus: acked(b) == {"m1": half, "m2": half}, 60,
-                       f"{name}: every reading up to the kill stored")
+        for begin, upto in ((0, closed), (closed, kill)):
+            for _, bus, _ in runs:
+                bus.publish(both[begin:upto])
+            half = upto // 2
+            for _, bus, name in runs:
+                wait_until(lambda b=bus, h=half: acked(b) == {"m1": h, "m2": h}, 60,
+                           f"{name}: every reading up to {half} stored")
         detect, bus, name = runs[1]
         state = detect.cfg.parent / "state.json"
         saved = json.loads(state.read_text())
-        assert max(m["next_start"] for m in saved["meters"]) <= T0 + 3 * DAY + 17 * 3600
+        assert max(m["next_start"] for m in saved["meters"]) <= T0 + 3 * DAY + 13 * 3600
         detect.stop(signal.SIGKILL)
         assert json.loads(state.read_text())["saved_at"] == saved["saved_at"]
         started(detect, bus, name)
