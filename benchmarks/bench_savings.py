@@ -307,6 +307,8 @@ def main() -> None:
         if g:
             print(f"  {res['sample']:40} {g['savings_pct']:5.2f}% {g['cv']:6.1f} "
                   f"{g['nmbe']:+5.2f} {g['shape_cv']:6.1f}")  # fmt: skip
+    if os.environ.get("BENCH_MARKDOWN"):
+        Path(os.environ["BENCH_MARKDOWN"]).write_text(markdown(rows), encoding="utf-8")
     for kind, label in KINDS.items():
         group = [(res, c) for res, c in rows if kind_of(res) == kind]
         if not group:
@@ -319,6 +321,36 @@ def main() -> None:
               f"bias on {sum(d <= 0.5 for d in unb)} of {len(unb)} (largest {max(unb):.2f} pp); "
               f"fit-time ratio {min(ratios):.0f}x..{max(ratios):.0f}x; eemeter's first fits "
               f"(compiling) up to {max(r['first_fit_s'] for r, _ in group):.0f} s")  # fmt: skip
+
+
+def markdown(rows: list[tuple[dict, dict]]) -> str:
+    """The comparison as a Markdown table, meter by meter (for docs/savings.md)."""
+    eemodel = {"hourly": "CalTRACK hourly", "caltrack": "CalTRACK daily",
+               "daily": "eemeter 4 daily"}  # fmt: skip
+    ours = {"hourly": "hourly", "caltrack": "daily", "daily": "daily"}
+    out = [
+        "| meter | ours | eemeter | eemeter % | ours % | diff pp | diff unbiased pp | our U90 pp "
+        "| CV(RMSE) e / o | NMBE e / o | fit e | fit o | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(item: tuple[dict, dict]) -> tuple[str, int]:
+        res = item[0]
+        return res["sample"].split("@")[0], list(KINDS).index(kind_of(res))
+
+    for res, c in sorted(rows, key=order):
+        k = kind_of(res)
+        meter = res["sample"].split("@")[0]
+        d = c["savings_pct"] - c["ee_savings_pct"]
+        du = c["savings_pct"] - c["ee_unbiased_pct"]
+        ee_fit = res["fit_s"]
+        out.append(
+            f"| {meter} | {ours[k]} | {eemodel[k]} | {c['ee_savings_pct']:.2f} | "
+            f"{c['savings_pct']:.2f} | {d:+.2f} | {du:+.2f} | {c['u90_pp'] or float('nan'):.1f} | "
+            f"{c['ee_cv']:.1f} / {c['cv']:.1f} | {c['ee_nmbe']:+.2f} / {c['nmbe']:+.2f} | "
+            f"{ee_fit:,.1f} s | {1000 * c['fit_s']:.1f} ms | {ee_fit / c['fit_s']:,.0f}x |"
+        )
+    return "\n".join(out) + "\n"
 
 
 KINDS = {
