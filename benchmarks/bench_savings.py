@@ -170,6 +170,8 @@ def compare(path: Path, result: dict) -> dict:
         "ee_nmbe": ee_nmbe, "nmbe": o_nmbe,
         "ee_shape_cv": shape_cv(ee), "shape_cv": shape_cv(ours),
         "fit_s": seconds, "identical": model.to_json() == again.to_json(),
+        "ee_sse": float(np.sum((y[fitted] - ee[fitted]) ** 2)),
+        "sse": float(np.sum((y[fitted] - ours[fitted]) ** 2)),
         "rows": int(common.sum()), "left_out": left_out,
         "model": model.describe().split(": ", 1)[1].split("; R2")[0],
     }  # fmt: skip
@@ -297,7 +299,8 @@ def main() -> None:
         )  # fmt: skip
     print("the models' parameters (balance points in degC; eemeter's slopes per degF-day)")
     for res, c in rows:
-        print(f"  {res['sample']}: ours {c['model']}; re-fit identical: {c['identical']}")
+        print(f"  {res['sample']}: ours {c['model']}; re-fit identical: {c['identical']}; "
+              f"sum of squared residuals e/o {c['ee_sse']:.5g} / {c['sse']:.5g}")  # fmt: skip
         if res.get("params"):
             print(f"  {'':{len(res['sample'])}}  eemeter {ee_params(res['params'])}")
     print("our hourly terms refitted per month, CalTRACK's way (diagnostic): savings, CV(RMSE), "
