@@ -355,11 +355,12 @@ def markdown(rows: list[tuple[dict, dict]]) -> str:
         d = c["savings_pct"] - c["ee_savings_pct"]
         du = c["savings_pct"] - c["ee_unbiased_pct"]
         ee_fit = res["fit_s"]
+        earlier = f" ({res['run']})" if res.get("run") else ""  # a result of an earlier run
         out.append(
             f"| {meter} | {ours[k]} | {eemodel[k]} | {c['ee_savings_pct']:.2f} | "
             f"{c['savings_pct']:.2f} | {d:+.2f} | {du:+.2f} | {c['u90_pp'] or float('nan'):.1f} | "
             f"{c['ee_cv']:.1f} / {c['cv']:.1f} | {c['ee_nmbe']:+.2f} / {c['nmbe']:+.2f} | "
-            f"{ee_fit:,.1f} s | {1000 * c['fit_s']:.1f} ms | {ee_fit / c['fit_s']:,.0f}x |"
+            f"{ee_fit:,.1f} s{earlier} | {1000 * c['fit_s']:.1f} ms | {ee_fit / c['fit_s']:,.0f}x |"
         )
     return "\n".join(out) + "\n"
 
