@@ -524,15 +524,13 @@ def test_degree_day_candidates_equal_a_direct_count(
     cands = _candidates(False, temps, grid, 1e-9, min_nonzero, min_total)
     heat = {int(h) for h in cands.heat if h >= 0}
     cool = {int(c) for c in cands.cool if c >= 0}
-    want_heat, want_cool = set(), set()
     for j, b in enumerate(grid):
-        hdd = [b - t for t in temps if t < b]
-        cdd = [t - b for t in temps if t > b]
-        if hdd and len(hdd) >= min_nonzero and sum(hdd) >= min_total - 1e-9:
-            want_heat.add(j)
-        if cdd and len(cdd) >= min_nonzero and sum(cdd) >= min_total - 1e-9:
-            want_cool.add(j)
-    assert heat == want_heat and cool == want_cool
+        for found, dd in ((heat, [b - t for t in temps if t < b]),
+                          (cool, [t - b for t in temps if t > b])):  # fmt: skip
+            if dd and abs(sum(dd) - min_total) < 1e-6 * max(1.0, min_total):
+                continue  # a sum on the threshold itself: rounding may go either way
+            want = bool(dd) and len(dd) >= min_nonzero and sum(dd) >= min_total
+            assert (j in found) == want, (j, b, len(dd), sum(dd))
     # every (heating, cooling) pair has the heating balance point not above the cooling one
     both = (cands.heat >= 0) & (cands.cool >= 0)
     assert (cands.heat[both] <= cands.cool[both]).all()
