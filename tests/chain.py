@@ -184,8 +184,11 @@ class MeterCount:
 class Reconciliation:
     meters: dict[str, MeterCount]
     alerts: list[dict[str, Any]]
-    alerts_twice: list[tuple[str, str, int]]  # (event id, open/close, times)
+    alerts_twice: list[tuple[str, str, int]]  # (event id, open/close, distinct messages)
     events_stored: dict[str, set[str]]  # meter -> event types in the database
+    # the same alert message delivered again (QoS 1 is at least once: identical content,
+    # its "published" time included), not raised twice
+    alerts_redelivered: int = 0
 
     @property
     def ok(self) -> bool:
@@ -204,7 +207,8 @@ class Reconciliation:
         opened = [a for a in self.alerts if a.get("event") == "open"]
         lines.append(f"alerts: {len(opened)} opened "
                      f"({', '.join(sorted({a['meter'] + '/' + a['type'] for a in opened}))}); "
-                     f"raised twice: {self.alerts_twice or 'none'}")
+                     f"raised twice: {self.alerts_twice or 'none'}; the same message "
+                     f"delivered again: {self.alerts_redelivered}")
         return "\n".join(lines)
 
 
@@ -240,6 +244,16 @@ def pair(served: list[tuple[float, float]], stored: list[tuple[float, float]],
             used[best] = True
             skew = max(skew, abs(served[best][0] - t))
     return used, skew
+
+
+def raised_twice(alerts: list[dict[str, Any]]) -> tuple[list[tuple[str, str, int]], int]:
+    """Alerts opened or closed twice: two messages for one (id, open/close) that differ
+    (each carries its publish time), as (id, event, messages); and how many messages were
+    one already seen delivered again (QoS 1 is at least once), which is no second alert."""
+    sent = [a for a in alerts if a.get("event") in ("open", "close")]
+    distinct = {(a["id"], a["event"], json.dumps(a, sort_keys=True)) for a in sent}
+    times = Counter((i, e) for i, e, _ in distinct)
+    return sorted((i, e, n) for (i, e), n in times.items() if n > 1), len(sent) - len(distinct)
 
 
 def in_memory_at_kills(served: list[tuple[float, float]], used: list[bool],
@@ -634,15 +648,14 @@ class Chain:
             mc.seq_missing = sorted(set(range(1, mc.last_seq + 1)) - set(seqs))
             mc.seq_twice = sum(1 for n in seqs.values() if n > 1)
             meters[mid] = mc
-        times = Counter((a["id"], a["event"]) for a in alerts if a.get("event") in
-                        ("open", "close"))
-        twice = sorted((i, e, n) for (i, e), n in times.items() if n > 1)
+        twice, redelivered = raised_twice(alerts)
         events: dict[str, set[str]] = defaultdict(set)
         self.vm.flush()
         for series in self.vm.query_export("event_excess",
                                            start=str(int(self.start_s) - 86400)):
             events[series["metric"].get("meter", "")].add(series["metric"].get("type", ""))
-        return Reconciliation(meters, alerts, twice, dict(events))
+        return Reconciliation(meters, alerts, twice, dict(events),
+                              alerts_redelivered=redelivered)
 
     def truth(self) -> dict[str, Any]:
         return dict(json.loads(self.paths["truth"].read_text()))

@@ -55,10 +55,10 @@ def at(days: float) -> str:
     return iso(utc(START) + days * DAY)
 
 
-def check_reconciled(rec: Any) -> None:
+def check_reconciled(rec: Any, least: int = 100) -> None:
     """What every row must show: nothing lost or doubled, sequence numbers complete."""
     for m in rec.meters.values():
-        assert m.produced > 100, m
+        assert m.produced >= least, m
         assert m.lost == 0 and m.duplicated == 0, m
         assert m.stored == m.matched and m.produced == m.matched + m.in_memory, m
         assert not m.seq_missing and m.seq_twice == 0, m
@@ -342,7 +342,7 @@ def test_flapping_meter_leaves_the_others_on_schedule_and_recovers_quickly(
               f"(probe backoff capped at {BACKOFF_MAX_S:g} s); el_main polled "
               f"{rate_in / rate_out:.2f} x its normal rate during the faults, longest gap "
               f"{max(gaps_in, default=0) / SPEED:.2f} s wall"))
-    check_reconciled(rec)
+    check_reconciled(rec, least=50)  # water_main is silent or refusing half the run
     assert refused["dropout"] > 0 and refused["exception"] > 0, refused
     assert went_offline == len(OFFLINE), chain.tails()
     assert len(errors) > 4 * len(windows), len(errors)

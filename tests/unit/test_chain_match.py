@@ -35,3 +35,16 @@ def test_reads_in_memory_at_an_agent_kill_are_the_unstored_last_ones():
     # every unstored read back to the last stored one is counted (the harness asserts <= 1)
     used[2] = False
     assert in_memory_at_kills(served, used, [32.0])[0] == [3]
+
+
+def test_an_alert_delivered_again_is_not_raised_twice():
+    from chain import raised_twice
+
+    opened = {"id": "w/spike/1", "event": "open", "published": "2026-03-02T01:00:00.000Z"}
+    closed = {"id": "w/spike/1", "event": "close", "published": "2026-03-02T02:00:00.000Z"}
+    assert raised_twice([opened, closed]) == ([], 0)
+    # the same close message again (a QoS 1 redelivery after a broker restart)
+    assert raised_twice([opened, closed, dict(closed)]) == ([], 1)
+    # closed again later: a second message for the same close
+    again = {**closed, "published": "2026-03-02T05:00:00.000Z"}
+    assert raised_twice([opened, closed, again]) == ([("w/spike/1", "close", 2)], 0)
