@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic_core import to_json
+
 from collector import contract
 from collector.aio import wait_event
 from collector.quantities import QUANTITIES
@@ -78,6 +80,12 @@ def item_line(r: Item) -> str | None:
 
 
 _READING_SERIES: dict[tuple[str, str, str], str] = {}
+
+
+def _values_json(values: dict[str, float | None]) -> str:
+    """A reading's values as JSON for the spool's replay rows (pydantic_core's encoder:
+    the same floats back through ``json.loads``, at a tenth of ``json.dumps``'s cost)."""
+    return to_json(values).decode()
 _FIELD = {name: f"{_key(name)}=" for name in QUANTITIES}
 
 
@@ -402,7 +410,7 @@ class DetectService:
             # every partition keeps the inputs its meters' baselines need
             inputs.feed(item.site, item.meter, item.ts_s, item.values)
             replay.append((item.site, item.meter, item.resource, item.ts_s,
-                           json.dumps(item.values), INPUT))
+                           _values_json(item.values), INPUT))
         part = self.cfg.processing.partition
         if part.count > 1 and not owns(item.site, item.meter, part.index, part.count):
             self.stats.not_ours += 1
@@ -431,7 +439,7 @@ class DetectService:
         if got is None:
             got = by_meter[key] = []
         got.append((ts, item.values, item.resource))
-        replay.append((item.site, item.meter, item.resource, ts, json.dumps(item.values),
+        replay.append((item.site, item.meter, item.resource, ts, _values_json(item.values),
                        PIPELINE))
 
     def _dropped(self, res: contract.Dropped, lines: list[str], touched: set[DKey],

@@ -160,3 +160,15 @@ def test_timestamps_the_fast_path_reads_match_pythons_and_the_rest_are_left_to_t
     for other in ("2026-09-21T13:33:20+00:00", "2026-09-21T13:33:20", "2026-13-01T00:00:00Z",
                   "2026-09-21T13:33:20.1234567Z", 1790343200, None, "x"):
         assert ts_seconds(other) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["energy_kwh", "power_kw", "volume_m3"]),
+                       st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
+                       max_size=3))
+def test_replay_rows_give_the_same_values_back(values: dict[str, float | None]) -> None:
+    from detectors.service.service import _values_json
+
+    back = json.loads(_values_json(values))
+    assert back == values
+    assert all(type(v) is float for v in back.values() if v is not None)
