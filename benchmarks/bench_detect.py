@@ -1,22 +1,26 @@
 """Detector service throughput: readings per second through broker -> recp detect -> database.
 
-Two measurements on this machine:
+Each measurement twice, with one reading per MQTT message (``reading``) and with the same
+readings packed into ``readings`` messages of ``RECP_BENCH_BATCH`` (50) readings of one
+meter (``contract.pack_readings``, as the agent packs a backlog), in one run, as ratios to
+the first row of the same run:
 
-* in-process: ``DetectService.handle`` on batches of 2,000 messages (validation, dedup,
-  line protocol, spool commit with ``synchronous=FULL``, the meters' pipelines), with a
-  writer that discards; this is the service's ceiling per process.
-* end to end: Mosquitto and VictoriaMetrics on loopback (Debian binaries), ``recp detect``
-  as a subprocess. The service connects once (creating its persistent session) and stops;
-  N readings of 100 meters are published with QoS 1 and queue at the broker (a Python
-  publisher is slower than the service, so it is kept out of the timed part); then the
-  service starts again and the clock runs from the first health message showing readings
-  taken in until one shows them all taken in and the spool written to the database.
-
+* in-process: ``DetectService.handle`` on batches of about 2,000 readings (validation,
+  dedup, line protocol, spool commit with ``synchronous=FULL``, the meters' pipelines),
+  with a writer that discards, after a first batch has warmed it up; readings per second
+  and per CPU-second of this process: the service's ceiling per process, without MQTT.
+* end to end, ``--workers`` 1 and 2: Mosquitto and VictoriaMetrics on loopback (Debian
+  binaries), ``recp detect`` as a subprocess. The service connects once (creating its
+  persistent session) and stops; N readings of 100 meters are published with QoS 1 and
+  queue at the broker (a Python publisher is slower than the service, so it is kept out of
+  the timed part); then the service starts again and the clock runs from the first health
+  message showing readings taken in until one shows them all taken in and the spool
+  written to the database. With one worker also readings per CPU-second of ``recp detect``.
 * publish -> alert latency (p50/p99): 50 meters with a spike each, see
-  :func:`alert_latency`.
+  :func:`alert_latency` (live traffic: one reading per message).
 
-Baseline: the issue's goal of 50,000 readings/s sustained. Readings are 10-s polls of
-electricity meters (three values each), so one 15-minute interval closes per 90 readings.
+The issue's goal: 50,000 readings/s sustained. Readings are 10-s polls of electricity
+meters (three values each), so one 15-minute interval closes per 90 readings.
 """
 
 from __future__ import annotations

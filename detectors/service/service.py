@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 import zlib
@@ -718,23 +719,12 @@ class DetectService:
                 # the persistent session's queued messages arrive before the SUBACK: they
                 # are taken in meanwhile, and a slow SUBACK behind them is no dead broker
                 tg.create_task(self._consume(client, inbox, stop, done), name="consume")
-                tg.create_task(self._publish(client, done), name="publish")
+                tg.create_task(self._publish(client, inbox, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
-                sub = asyncio.ensure_future(client.subscribe(
+                await _while_alive(client.subscribe(
                     [(f, SubscribeOptions(qos=1) if m.protocol == "5" else 1)
-                     for f in self.filters()]))
-                seen = inbox.count
-                try:
-                    while True:
-                        finished, _ = await asyncio.wait([sub], timeout=m.connect_timeout_s)
-                        if finished:
-                            sub.result()
-                            break
-                        if inbox.count == seen:  # nothing arrived meanwhile either
-                            raise TimeoutError("no SUBACK from the broker")
-                        seen = inbox.count
-                finally:
-                    sub.cancel()
+                     for f in self.filters()], timeout=math.inf),
+                    inbox, m.connect_timeout_s, "no SUBACK from the broker")
                 self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
                                          self._status("online"), 1, True))
         finally:
@@ -797,13 +787,14 @@ class DetectService:
         while self.spool.depth > high and not stop.is_set():
             await asyncio.sleep(0.2)
 
-    async def _publish(self, client: Any, done: asyncio.Event) -> None:
+    async def _publish(self, client: Any, inbox: Inbox, done: asyncio.Event) -> None:
         timeout = self.cfg.mqtt.publish_timeout_s
         while True:
             while self.outgoing:
                 msg = self.outgoing[0]
-                await asyncio.wait_for(client.publish(msg.topic, msg.payload, qos=msg.qos,
-                                                      retain=msg.retain), timeout)
+                await _while_alive(client.publish(msg.topic, msg.payload, qos=msg.qos,
+                                                  retain=msg.retain, timeout=math.inf),
+                                   inbox, timeout, f"no PUBACK from the broker for {msg.topic}")
                 self.outgoing.popleft()
             if done.is_set():
                 return
@@ -865,6 +856,29 @@ class Inbox:
         self.items.append((msg.topic, _payload(msg.payload), msg.mid, msg.qos))
         self.count += 1
         self.arrived.set()
+
+
+async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str) -> Any:
+    """Await a broker's answer (SUBACK, PUBACK) for as long as messages keep arriving.
+
+    The broker queues its answer behind the messages it is sending us (a persistent
+    session's backlog: up to ``receive_maximum`` of them), which a loaded machine may take
+    longer than ``timeout`` to read; giving up then reconnected into the same backlog, again
+    and again. So only ``timeout`` seconds without a message arriving count as a dead
+    broker (TimeoutError naming ``what``).
+    """
+    task = asyncio.ensure_future(call)
+    seen = inbox.count
+    try:
+        while True:
+            finished, _ = await asyncio.wait([task], timeout=timeout)
+            if finished:
+                return task.result()
+            if inbox.count == seen:  # nothing arrived meanwhile either
+                raise TimeoutError(what)
+            seen = inbox.count
+    finally:
+        task.cancel()
 
 
 def _read_many(client: Any) -> None:

@@ -267,6 +267,44 @@ def test_database_outage_and_broker_restart_lose_nothing(setup: Any) -> None:
     bus.close()
 
 
+def packed(msgs: list[tuple[str, bytes]], size: int) -> list[tuple[str, bytes]]:
+    """One meter's readings as ``readings`` messages of ``size`` (as the agent packs them)."""
+    topic = msgs[0][0] + "s"
+    return [(topic, contract.pack_readings([p for _, p in msgs[i:i + size]]))
+            for i in range(0, len(msgs), size)]
+
+
+def test_readings_messages_stored_exactly_once_across_sigkill(setup: Any) -> None:
+    """m1 in batches of 50, m2 one by one; a SIGKILL halfway; then the rest and a replay
+    packed differently (batches of 30) and a batch whose last item is bad."""
+    _, vm, detect, bus = setup
+    m1, m2 = readings("m1", 4), readings("m2", 4)
+    half = len(m1) // 2
+    bus.publish(interleave(packed(m1[:half], 50), m2[:half]))
+    wait_until(lambda: all_stored(vm, half), 30, "the first half in the database")
+    detect.stop(signal.SIGKILL)
+    detect.start()
+    k = bus.n_health()
+    wait_until(lambda: bus.health(k).get("connected") is True, 30, "the service to restart")
+    bad = json.loads(m1[3][1])
+    bad.update(seq=10**6, values={"energy_kwh": "lots"})
+    tail = contract.pack_readings([m1[1][1], m1[2][1], contract.dumps(bad)])
+    bus.publish(interleave(packed(m1[half:], 50), m2[half:]) + packed(m1[:half + 60], 30)
+                + [(m1[0][0] + "s", tail)])
+    n = len(m1)
+    wait_until(lambda: all_stored(vm, n), 30, "every reading in the database")
+    wait_until(lambda: len(bus.messages("recp/v1/_deadletter/")) >= 1, 10, "the dead letter")
+    check_exactly_once(vm, n)
+    (dead,) = [json.loads(p) for _, p in bus.messages("recp/v1/_deadletter/")]
+    assert dead["topic"] == "recp/v1/dairy/m1/readings"
+    assert dead["reason"].startswith("readings[2] (seq 1000000): values.energy_kwh")
+    cons = samples(vm, "consumption_actual")
+    assert {m: len(v) for m, v in cons.items()} == {"m1": 4 * 96 - 1, "m2": 4 * 96 - 1}
+    spikes = [(a["meter"], a["event"]) for a in bus.alerts() if a["type"] == "spike"]
+    assert spikes == [("m1", "open"), ("m1", "close")]
+    assert detect.stop() == 0
+
+
 def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
     _, vm, detect, bus = setup
     m1, m2 = readings("m1", 5), readings("m2", 5)
