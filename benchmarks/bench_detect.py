@@ -358,6 +358,8 @@ def main() -> None:
           "is the first row, measured in this run")
     print("in-process DetectService.handle() (validation, dedup, line protocol, spool "
           "with fsync, pipelines; no MQTT, no database):")
+    with tempfile.TemporaryDirectory() as tmp:  # numba's kernels loaded for both rows
+        in_process(messages(2, 200), Path(tmp))
     base = None
     for label, msgs in kinds.items():
         with tempfile.TemporaryDirectory() as tmp:
