@@ -26,9 +26,9 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import to_json
 
@@ -52,6 +52,7 @@ from .spool import INPUT, PIPELINE, Replay, Spool
 from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse_message, parse_oldest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MeterKey = tuple[str, str]
 DKey = tuple[str, str, str]  # site, meter, stream
 
@@ -313,11 +314,29 @@ class DetectService:
     async def save_checkpoint(self) -> None:
         # one save at a time: the periodic one and an event's must not share the temp file
         async with self._save_lock:
-            async with self._state_lock:
-                state = await asyncio.to_thread(self.snapshot)
+            state = await self._locked_in_thread(self.snapshot)
             await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
             await asyncio.to_thread(self.spool.forget_replay, state["replay_through"])
         self.stats.checkpoints += 1
+
+    async def _locked_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread under the state lock, held until the thread is
+        done even when the caller is cancelled (a lost broker cancels the session's tasks
+        mid-batch): a thread cannot be stopped, and the next batch (a new session's, often
+        the same messages delivered again) must never run beside it on the same dedup
+        marks, pipelines and spool."""
+        async with self._state_lock:
+            work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                while not work.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([work])
+                if not work.cancelled() and work.exception() is not None:
+                    log.warning("a batch cancelled mid-way failed in its thread: %s",
+                                _describe(work.exception()))  # type: ignore[arg-type]
+                raise
 
     def pipeline(self, site: str, meter: str, resource: str) -> MeterPipeline:
         key = (site, meter)
@@ -516,8 +535,7 @@ class DetectService:
         """
         now = time.time()
         batch = list(messages)
-        async with self._state_lock:
-            transitions, touched = await asyncio.to_thread(self._handle_sync, batch, now)
+        transitions, touched = await self._locked_in_thread(self._handle_sync, batch, now)
         self.stats.batches += 1
         for dkey in touched:
             self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))
@@ -554,8 +572,7 @@ class DetectService:
         a checkpoint before its alert goes out, and the replay starts after it."""
         if not self.replay:
             return
-        async with self._state_lock:
-            transitions = await asyncio.to_thread(self._replay_sync)
+        transitions = await self._locked_in_thread(self._replay_sync)
         self.sink.wake.set()
         await self._send_alerts(transitions, time.time())
 
