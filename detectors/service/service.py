@@ -741,7 +741,8 @@ class DetectService:
                 await _while_alive(client.subscribe(
                     [(f, SubscribeOptions(qos=1) if m.protocol == "5" else 1)
                      for f in self.filters()], timeout=math.inf),
-                    inbox, m.connect_timeout_s, "no SUBACK from the broker")
+                    inbox, m.connect_timeout_s, "no SUBACK from the broker",
+                    most_messages=_most_before_answer(m.receive_maximum))
                 self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
                                          self._status("online"), 1, True))
         finally:
@@ -806,12 +807,14 @@ class DetectService:
 
     async def _publish(self, client: Any, inbox: Inbox, done: asyncio.Event) -> None:
         timeout = self.cfg.mqtt.publish_timeout_s
+        most = _most_before_answer(self.cfg.mqtt.receive_maximum)
         while True:
             while self.outgoing:
                 msg = self.outgoing[0]
                 await _while_alive(client.publish(msg.topic, msg.payload, qos=msg.qos,
                                                   retain=msg.retain, timeout=math.inf),
-                                   inbox, timeout, f"no PUBACK from the broker for {msg.topic}")
+                                   inbox, timeout, f"no PUBACK from the broker for {msg.topic}",
+                                   most_messages=most)
                 self.outgoing.popleft()
             if done.is_set():
                 return
@@ -875,27 +878,44 @@ class Inbox:
         self.arrived.set()
 
 
-async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str) -> Any:
-    """Await a broker's answer (SUBACK, PUBACK) for as long as messages keep arriving.
+async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str, *,
+                       most_messages: int, most_s: float | None = None) -> Any:
+    """Await a broker's answer (SUBACK, PUBACK) for as long as messages keep arriving,
+    within bounds.
 
     The broker queues its answer behind the messages it is sending us (a persistent
     session's backlog: up to ``receive_maximum`` of them), which a loaded machine may take
     longer than ``timeout`` to read; giving up then reconnected into the same backlog, again
-    and again. So only ``timeout`` seconds without a message arriving count as a dead
-    broker (TimeoutError naming ``what``).
+    and again. So ``timeout`` seconds without a message arriving count as a dead broker,
+    and so do ``most_messages`` messages arriving without the answer (no answer waits
+    behind that many) or ``most_s`` seconds in all (default ``max(6 * timeout, 60)``):
+    an answer that never comes (a request never written, a lost PUBACK) must not hold the
+    session forever while messages keep coming in (TimeoutError naming ``what``).
     """
     task = asyncio.ensure_future(call)
-    seen = inbox.count
+    first = seen = inbox.count
+    began = time.monotonic()
+    deadline = began + (max(6.0 * timeout, 60.0) if most_s is None else most_s)
     try:
         while True:
-            finished, _ = await asyncio.wait([task], timeout=timeout)
+            left = deadline - time.monotonic()
+            finished, _ = await asyncio.wait([task], timeout=max(min(timeout, left), 0.0))
             if finished:
                 return task.result()
+            if inbox.count - first > most_messages or time.monotonic() >= deadline:
+                raise TimeoutError(f"{what} ({inbox.count - first} messages arrived in "
+                                   f"{time.monotonic() - began:.0f} s without it)")
             if inbox.count == seen:  # nothing arrived meanwhile either
                 raise TimeoutError(what)
             seen = inbox.count
     finally:
         task.cancel()
+
+
+def _most_before_answer(receive_maximum: int) -> int:
+    """How many messages may arrive before a broker's answer: the ``receive_maximum`` it
+    may have queued ahead of it, twice over, plus room for retained ones."""
+    return 2 * receive_maximum + 1000
 
 
 def _read_many(client: Any) -> None:
