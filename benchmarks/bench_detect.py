@@ -82,6 +82,16 @@ def count(msgs: list[tuple[str, bytes]]) -> int:
                for t, p in msgs)
 
 
+class Discard:
+    """A database writer that drops every line: times the service without a database."""
+
+    def write(self, lines: list[str]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def in_process(msgs: list[tuple[str, bytes]], workdir: Path) -> tuple[float, float]:
     """Readings per second of ``DetectService.handle`` (wall, and per CPU-second of this
     process), after a first batch has warmed it up (imports, numba caches, new meters)."""
@@ -91,13 +101,6 @@ def in_process(msgs: list[tuple[str, bytes]], workdir: Path) -> tuple[float, flo
     cfg = workdir / "inproc.yaml"
     cfg.write_text("kind: analytics\nspool: {path: inproc.sqlite, cap: 10000000}\n"
                    "checkpoint: {path: inproc.json}\n")
-
-    class Discard:
-        def write(self, lines: list[str]) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
 
     svc = DetectService(load_analytics(cfg), writer=Discard())
     per_call = max(1, 2000 // (count(msgs[:1]) or 1))

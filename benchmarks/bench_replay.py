@@ -25,19 +25,13 @@ from benchmarks.bench_detect import messages
 
 def run(msgs: list[tuple[str, bytes]], workdir: Path, replay: bool) -> tuple[float, float]:
     """(readings per CPU-second, readings per wall second) of one in-process run."""
+    from benchmarks.bench_detect import Discard
     from detectors.service.config import load_analytics
     from detectors.service.service import DetectService
 
     cfg = workdir / "replay.yaml"
     cfg.write_text("kind: analytics\nspool: {path: spool.sqlite, cap: 10000000}\n"
                    "checkpoint: {path: state.json, interval_s: 3600}\n")
-
-    class Discard:
-        def write(self, lines: list[str]) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
 
     svc = DetectService(load_analytics(cfg), writer=Discard())
     if not replay:
