@@ -66,8 +66,8 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
                    "outbox_dropped", "uptime_s", "clock_synced"),
     },
     "dropped": {
-        "tags": ("site", "meter", "stream"),
-        "fields": ("count", "through_seq", "missing", "reason"),
+        "tags": ("site", "meter", "stream", "reason"),
+        "fields": ("count", "through_seq", "missing"),
     },
 }
 
@@ -590,6 +590,17 @@ def health() -> Json:
         + pipe('group(columns: ["meter"])',
                "aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)")
     )
+    dropped = (
+        flux_from("dropped", ["count"], where=["site"])
+        + pipe('group(columns: ["meter", "reason"])',
+               "aggregateWindow(every: v.windowPeriod, fn: max, createEmpty: false)")
+    )
+    never = (
+        flux_from("dropped", ["missing"], where=["site"], start="-30d", stop=None)
+        + pipe('group(columns: ["meter", "stream"])', "last()", "group()",
+               'keep(columns: ["meter", "stream", "_value"])',
+               'rename(columns: {_value: "never_arrived"})')
+    )
     age_steps: list[Json] = [{"color": "green", "value": None},
                  {"color": "orange", "value": STALE_AFTER_S / 5},
                  {"color": "red", "value": STALE_AFTER_S}]
@@ -646,6 +657,16 @@ def health() -> Json:
         timeseries("Agent of ${site}: meters up and down, outbox depth",
                    [agent(["devices_up", "devices_down", "outbox_depth", "outbox_dropped"])],
                    unit="none", w=24),
+        timeseries("Agent of ${site}: readings dropped from its outbox, per meter",
+                   [dropped], unit="none", w=16, draw="line",
+                   description="Readings the edge agent dropped (cumulative per meter, by "
+                   "reason: its outbox cap, or a failed disk write). Nothing shown: nothing "
+                   "was dropped. A rise means the broker or the network was away longer "
+                   "than the outbox holds."),
+        table("Agent of ${site}: dropped readings that never arrived (last 30 days)", never,
+              w=8, sort_by="never_arrived",
+              description="Per meter, of the readings the agent says it dropped, how many "
+              "this detector service never received: holes in the stored data."),
     ]
     return dashboard(
         "recp-health", "RECP · Service and agent health",

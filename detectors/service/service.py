@@ -116,10 +116,14 @@ def agent_line(h: contract.Health) -> str | None:
 
 
 def dropped_line(d: contract.Dropped, missing: int) -> str | None:
-    """``dropped``: readings an agent's outbox dropped, at the time of its latest drop."""
-    return line("dropped", {"site": d.site, "meter": d.meter, "stream": d.stream},
-                {"count": d.count, "through_seq": d.through_seq, "missing": missing,
-                 "reason": d.reason}, _ms(d.ts.timestamp()))
+    """``dropped``: readings an agent's outbox dropped, at the time of its latest drop.
+
+    ``reason`` is a tag, not a string field: a string field has no place in Prometheus-style
+    stores (VictoriaMetrics shows a meaningless ``dropped_reason``), a tag labels the counts."""
+    return line("dropped", {"site": d.site, "meter": d.meter, "stream": d.stream,
+                            "reason": d.reason},
+                {"count": d.count, "through_seq": d.through_seq, "missing": missing},
+                _ms(d.ts.timestamp()))
 
 
 def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> list[str]:

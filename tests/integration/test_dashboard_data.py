@@ -69,6 +69,15 @@ def agent_health() -> tuple[str, bytes]:
     })
 
 
+def dropped_announcement(meter: str) -> tuple[str, bytes]:
+    """The agent's retained word that its outbox cap dropped readings of ``meter``."""
+    return contract.dropped_topic("dairy", meter), contract.dumps({
+        "v": 1, "site": "dairy", "meter": meter, "stream": "s1", "through_seq": 3,
+        "count": 3, "reason": "outbox full (cap 100000), oldest dropped",
+        "ts": contract.format_ts(T0 + DAY),
+    })
+
+
 def dashboard_references() -> dict[str, tuple[set[str], set[str]]]:
     """measurement -> (fields, tags) that the dashboards' queries use."""
     out: dict[str, tuple[set[str], set[str]]] = {}
@@ -149,7 +158,8 @@ metrics_interval_s: 0.5
 
 def test_every_field_and_tag_the_dashboards_use_is_written(detect_run: Any) -> None:
     client, vm, proc, log = detect_run
-    for topic, payload in (meta("m1"), meta("m2"), agent_health()):
+    for topic, payload in (meta("m1"), meta("m2"), agent_health(),
+                           dropped_announcement("m2")):
         client.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
     m1, m2 = readings("m1", 4), readings("m2", 4)
     infos = [client.publish(t, p, qos=1) for pair in zip(m1, m2, strict=True) for t, p in pair]
@@ -184,3 +194,5 @@ def test_every_field_and_tag_the_dashboards_use_is_written(detect_run: Any) -> N
     assert {"actual", "expected", "lower", "upper", "cost"} <= wanted["consumption"][0]
     assert {"excess", "cost", "open", "end_ts"} <= wanted["event"][0]
     assert {"open", "end_ts"} <= {n[len("event_"):] for n in names if n.startswith("event_")}
+    # the agent's dropped readings: counts labelled with their reason, no string field
+    assert "reason" in names["dropped_count"] and "dropped_reason" not in names

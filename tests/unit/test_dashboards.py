@@ -191,6 +191,8 @@ def test_every_measurement_of_interest_is_shown() -> None:
     assert {"consumption", "event", "anomaly", "service", "meter_seen"} <= set(shown)
     assert {"actual", "expected", "lower", "upper", "cost"} <= shown["consumption"]
     assert set(dash.INFLUX_SCHEMA["service"]["fields"]) <= shown["service"]
+    # the agents' dropped readings, per meter (issue 5)
+    assert {"count", "missing"} <= shown["dropped"]
 
 
 # --------------------------------------------------------------------------- JSON model
