@@ -928,9 +928,15 @@ def _read_many(client: Any) -> None:
     aiomqtt registers ``paho.Client.loop_read`` as the socket's reader, and paho decodes
     one packet per call for QoS 1 traffic: one message per event-loop iteration, which
     caps intake at a few thousand messages per second. This reader keeps decoding until
-    the socket would block (at most 4096 packets, then yields to the loop). It relies on
-    paho internals (``_sock``, ``_packet_read``, ``_loop_rc_handle``) and falls back to
-    aiomqtt's own reader when they are missing.
+    the socket would block (at most 4096 packets, then yields to the loop; a TLS socket's
+    bytes already decrypted, which its file descriptor does not signal, are read on the
+    next loop turn). It relies on paho internals (``_sock``, ``_packet_read``,
+    ``_loop_rc_handle``) and falls back to aiomqtt's own reader when they are missing.
+
+    An unexpected error (a bug, a broken socket) is logged once with its traceback, the
+    reader removed and the socket closed, and aiomqtt's ``_disconnected`` future failed
+    with it: the session's consumer sees the connection ended and the service reconnects
+    with back-off, instead of stalling on a socket nobody reads.
     """
     import paho.mqtt.client as mqtt
 
@@ -951,8 +957,24 @@ def _read_many(client: Any) -> None:
                 if rc > 0:
                     paho._loop_rc_handle(rc)
                     return
-        except Exception:
-            client._client.disconnect()  # aiomqtt does the same on a broken socket
+            pending = getattr(paho._sock, "pending", None)  # ssl.SSLSocket's
+            if pending is not None and pending() > 0:
+                loop.call_soon(read)
+        except Exception as exc:
+            broken(exc)
+
+    def broken(exc: Exception) -> None:
+        log.error("MQTT socket reader failed (%s); ending the session, reconnecting with "
+                  "back-off", _describe(exc), exc_info=exc)
+        with contextlib.suppress(Exception):
+            loop.remove_reader(fd)
+        with contextlib.suppress(Exception):
+            paho._sock_close()
+        disconnected = getattr(client, "_disconnected", None)
+        if disconnected is not None and not disconnected.done():
+            err = ConnectionError(f"MQTT socket reader failed: {_describe(exc)}")
+            err.__cause__ = exc
+            disconnected.set_exception(err)
 
     fd = sock.fileno()
     loop.remove_reader(fd)
