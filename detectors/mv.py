@@ -173,6 +173,18 @@ class Thresholds:
             baseline_days_why="by CalTRACK's daily method, so that every season is seen",
         )
 
+    @classmethod
+    def caltrack_hourly(cls) -> Thresholds:
+        """CalTRACK 2.0's hourly data sufficiency (a 365-day baseline, so that every
+        calendar month has a model of its own) with Guideline 14's hourly limits."""
+        return cls(
+            cv_rmse_max_pct=30.0,
+            nmbe_max_pct=10.0,
+            min_baseline_days=365.0,
+            baseline_days_why="by CalTRACK's hourly method, so that every calendar month "
+            "has its own model",
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -32,16 +32,31 @@ import numpy as np
 from . import mv
 from .arrays import FloatArray, IntArray, as_timestamps, as_values
 from .baseline import BaselineConfig, BaselineModel, fit_baseline, tz_offsets
+from .caltrack_hourly import (
+    CaltrackHourlyConfig,
+    CaltrackHourlyModel,
+    fit_caltrack_hourly,
+    local_months,
+    month_names,
+)
 from .clean import clean_counter, resample_gauge
 from .meter import MeterInfo
 
 HOUR_S = 3600
 DAY_S = 86400
 ValueKind = Literal["counter", "interval", "rate"]
-Method = Literal["hourly", "daily"]
+Method = Literal["hourly", "daily", "caltrack-hourly"]
+Model = BaselineModel | CaltrackHourlyModel
 METHODS: dict[str, str] = {
     "hourly": "hourly: hour-of-week levels, heating/cooling degree terms with searched balance "
     "points (CalTRACK hourly's terms) and production terms, least squares on the baseline hours",
+    "caltrack-hourly": "caltrack-hourly (CalTRACK 2.0 hourly method, as eemeter 4.1.1): a "
+    "model per calendar month, weighted least squares on the month (weight 1) and its two "
+    "neighbours (weight 1/2); 168 hour-of-week levels; hours of the week occupied when more "
+    "than 65 % of their residuals from an HDD(50 degF)/CDD(65 degF) fit are positive; "
+    "piecewise-linear temperature bins (edges 30, 45, 55, 65, 75, 90 degF, merged until "
+    "each holds 20 hours) apart for occupied and unoccupied hours; data sufficiency: a "
+    "365-day baseline",
     "daily": "daily (CalTRACK 2.0 daily method): daily totals, heating/cooling degree days of "
     "the daily mean temperature, balance points searched over 30-90 degF (-1.1-32.2 C), "
     "intercept-only, HDD, CDD and HDD+CDD candidates (and production terms) chosen by "
@@ -277,7 +292,7 @@ class Savings:
     meter: MeterInfo
     baseline: Period
     reporting: Period
-    model: BaselineModel
+    model: Model
     t_s: IntArray  # grid over both periods
     actual: FloatArray
     adjusted: FloatArray  # baseline model's prediction on every interval
@@ -315,6 +330,8 @@ class Savings:
             text += f"; with {'day of week' if tow == 'week' else 'workday/weekend'} levels"
         if self.method == "hourly" and tow == "daytype":
             text += "; workday/weekend x hour levels instead of hour of week"
+        if self.method == "caltrack-hourly" and self.model.uses_production:
+            text += "; with production terms in every month's model (CalTRACK has none)"
         return text
 
     def fsu(self, confidence: float) -> float | None:
@@ -403,8 +420,14 @@ def compute_savings(
     thresholds: mv.Thresholds | None = None,
     currency: str = "EUR",
     progress: Callable[[str], None] | None = None,
+    method: Method | None = None,
 ) -> Savings:
-    """Fit, project, compare; raises :class:`SavingsError` when no figure can be given."""
+    """Fit, project, compare; raises :class:`SavingsError` when no figure can be given.
+
+    ``method``: "hourly" or "daily" (:func:`fit_baseline` with ``config``; by default from
+    the series' interval) or "caltrack-hourly" (:func:`fit_caltrack_hourly` on hourly data
+    with temperature; ``config`` gives only the time zone).
+    """
     say = progress or (lambda _msg: None)
     t = as_timestamps("t_s", series.t_s)
     y = as_values("consumption", series.consumption, t.size)
@@ -438,25 +461,36 @@ def compute_savings(
             else BaselineConfig(interval_s=series.interval_s, timezone=series.timezone)
         )
     cfg = config
-    method = "daily" if cfg.interval_s == DAY_S else "hourly"
+    if method is None:
+        method = "daily" if cfg.interval_s == DAY_S else "hourly"
+    if method == "caltrack-hourly":
+        _caltrack_hourly_inputs(series)
     if thresholds is None:
-        thresholds = (
-            mv.Thresholds.caltrack_daily()
-            if method == "daily"
-            else mv.Thresholds.for_interval(cfg.interval_s)
-        )
+        thresholds = {
+            "daily": mv.Thresholds.caltrack_daily,
+            "caltrack-hourly": mv.Thresholds.caltrack_hourly,
+        }.get(method, lambda: mv.Thresholds.for_interval(cfg.interval_s))()
     th = thresholds
     say("fitting the baseline")
+    model: Model
     try:
-        model = fit_baseline(
-            t[b],
-            y[b],
-            temperature=None if T is None else T[b],
-            production=None if P is None else P[b],
-            meter=meter.id,
-            unit=meter.unit,
-            config=cfg,
-        )
+        if method == "caltrack-hourly":
+            assert T is not None
+            model = fit_caltrack_hourly(
+                t[b], y[b], temperature=T[b], production=None if P is None else P[b],
+                meter=meter.id, unit=meter.unit,
+                config=CaltrackHourlyConfig(timezone=series.timezone),
+            )  # fmt: skip
+        else:
+            model = fit_baseline(
+                t[b],
+                y[b],
+                temperature=None if T is None else T[b],
+                production=None if P is None else P[b],
+                meter=meter.id,
+                unit=meter.unit,
+                config=cfg,
+            )
     except ValueError as exc:
         raise SavingsError(f"cannot fit a baseline: {exc}") from None
     say("projecting the adjusted baseline")
@@ -468,6 +502,9 @@ def compute_savings(
     if P is not None:
         fitted &= np.isfinite(P)
     rm = r & np.isfinite(y) & np.isfinite(adjusted)
+    month_notes: list[str] = []
+    if isinstance(model, CaltrackHourlyModel):
+        month_notes = _months_without_model(model, t, r, y, rm)
     m = int(rm.sum())
     avoided = float(np.sum(adjusted[rm] - y[rm]))
     adjusted_total = float(np.sum(adjusted[rm]))
@@ -492,7 +529,7 @@ def compute_savings(
     cumulative = np.cumsum(adjusted[rm] - y[rm])
     band = _cumulative_band(adjusted[rm], s.cv_rmse_pct, s.n, s.n_params, s.residual_lag1)
     say("normalised savings")
-    normalised, note = _normalised(model, t, y, T, P, b, r, cfg)
+    normalised, note = _normalised(model, t, y, T, P, b, r, cfg, series.timezone)
     baseline_cov = s.n / max(int(b.sum()), 1)
     reporting_cov = m / max(int(r.sum()), 1)
     fsu68 = mv.fsu(halfwidth[0.68], avoided)
@@ -511,7 +548,7 @@ def compute_savings(
         n_eff=n_eff,
         n_params=s.n_params,
     )
-    extra = _extrapolation_warnings(T, P, b, rm)
+    extra = month_notes + _extrapolation_warnings(T, P, b, rm)
     if extra:
         result = mv.Verdict(result.passed, result.reasons, result.warnings + tuple(extra))
     keep = b | r
@@ -561,7 +598,7 @@ def _cumulative_band(
 
 
 def _normalised(
-    model: BaselineModel,
+    model: Model,
     t: IntArray,
     y: FloatArray,
     T: FloatArray | None,
@@ -569,24 +606,37 @@ def _normalised(
     b: np.ndarray,
     r: np.ndarray,
     cfg: BaselineConfig,
+    timezone: str = "UTC",
 ) -> tuple[float | None, str]:
-    """Baseline model minus a reporting-period model, both on the baseline's conditions."""
+    """Baseline model minus a reporting-period model, both on the baseline's conditions.
+
+    The reporting-period model is of the same method (CalTRACK hourly: its months' models
+    cover only the calendar months the reporting period and their neighbours saw)."""
     days = float(r.sum()) * cfg.interval_s / DAY_S
     if cfg.interval_s < DAY_S and days < 28 and cfg.time_of_week == "week":
         # a short reporting period cannot fill every hour of the week several times
         cfg = BaselineConfig(
             interval_s=cfg.interval_s, timezone=cfg.timezone, time_of_week="daytype"
         )
+    post: Model
     try:
-        post = fit_baseline(
-            t[r],
-            y[r],
-            temperature=None if T is None else T[r],
-            production=None if P is None else P[r],
-            meter=model.meter,
-            unit=model.unit,
-            config=cfg,
-        )
+        if isinstance(model, CaltrackHourlyModel):
+            assert T is not None
+            post = fit_caltrack_hourly(
+                t[r], y[r], temperature=T[r], production=None if P is None else P[r],
+                meter=model.meter, unit=model.unit,
+                config=CaltrackHourlyConfig(timezone=timezone),
+            )  # fmt: skip
+        else:
+            post = fit_baseline(
+                t[r],
+                y[r],
+                temperature=None if T is None else T[r],
+                production=None if P is None else P[r],
+                meter=model.meter,
+                unit=model.unit,
+                config=cfg,
+            )
     except ValueError as exc:
         return None, f"no reporting-period model: {exc}"
     tb = t[b]
@@ -606,6 +656,42 @@ def _normalised(
         f"baseline period); reporting-period model: {post.describe()}"
     )
     return value, note
+
+
+def _caltrack_hourly_inputs(series: Series) -> None:
+    """CalTRACK hourly needs hours and an outdoor temperature; say so in plain words."""
+    if series.interval_s != HOUR_S:
+        raise SavingsError(
+            f"--method caltrack-hourly fits hours; this series has {series.interval_s} s "
+            "intervals"
+        )
+    if series.temperature is None:
+        raise SavingsError(
+            "--method caltrack-hourly is a weather model: give the outdoor temperature "
+            "(--temperature COL, degC)"
+        )
+
+
+def _months_without_model(
+    model: CaltrackHourlyModel, t: IntArray, r: np.ndarray, y: FloatArray, rm: np.ndarray
+) -> list[str]:
+    """A reporting period (partly) in calendar months the baseline has no model for."""
+    months = local_months(t, model.timezone)
+    missing = {mm for mm in range(1, 13) if model.months[mm - 1] is None}
+    hit = r & np.isfinite(y) & np.isin(months, list(missing))
+    if not hit.any():
+        return []
+    if not rm.any():
+        raise SavingsError(
+            f"the baseline period has no data in the reporting period's calendar months "
+            f"({month_names(months[r])}) nor their neighbours, so CalTRACK hourly has no "
+            f"model for them (it has for {month_names([m.month for m in model.months if m])}); "
+            "use a 365-day baseline or --method hourly"
+        )
+    return [
+        f"{100 * hit.sum() / max(int(r.sum()), 1):.0f} % of the reporting hours are in "
+        f"calendar months without a baseline model ({month_names(months[hit])}): left out"
+    ]
 
 
 def _extrapolation_warnings(

@@ -68,12 +68,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("hourly", "daily"),
+        choices=("hourly", "daily", "caltrack-hourly"),
         default=None,
         help="hourly (default): hour-of-week, degree and production terms on hours; daily: "
         "CalTRACK 2.0's daily method on local days (one intercept, heating/cooling degree days "
         "of the daily mean temperature, production terms) with CalTRACK's data sufficiency "
-        "(a 365-day baseline)",
+        "(a 365-day baseline); caltrack-hourly: CalTRACK 2.0's hourly method as eemeter has "
+        "it (a model per calendar month on it and its neighbours, hour-of-week levels, "
+        "occupancy-split temperature bins; needs --temperature and a 365-day baseline)",
     )
     p.add_argument("--interval", choices=("hourly", "daily"), help=argparse.SUPPRESS)
     p.add_argument(
@@ -283,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
     from detectors.baseline import BaselineConfig
     from detectors.report.progress import Progress
     from detectors.report.verification import savings_html
-    from detectors.savings import compute_savings
+    from detectors.savings import SavingsError, compute_savings
 
     with Progress(5, "savings") as bar:
         if args.store is not None:
@@ -298,6 +300,11 @@ def _run(args: argparse.Namespace) -> int:
             series, baseline, reporting = _csv_series(args, bar)
         meter = series.meter
         bar.step("fitting")
+        if _method(args) == "caltrack-hourly" and args.time_of_week not in (None, "week"):
+            raise SavingsError(
+                f"--time-of-week {args.time_of_week} does not apply to --method "
+                "caltrack-hourly: CalTRACK hourly has a level per hour of the week"
+            )
         if _method(args) == "daily":
             config = BaselineConfig.caltrack_daily(series.timezone)
             if args.time_of_week:
@@ -307,7 +314,7 @@ def _run(args: argparse.Namespace) -> int:
                                     time_of_week=args.time_of_week or "week")  # fmt: skip
         result = compute_savings(
             series, baseline, reporting, config=config, currency=args.currency,
-            progress=bar.note,
+            progress=bar.note, method=_method(args),  # type: ignore[arg-type]
         )  # fmt: skip
         bar.step("plotting")
         args.out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..caltrack_hourly import CaltrackHourlyModel
 from ..savings import Savings
 from . import plots
 from .html import cards, esc, fmt, img, page, table
@@ -83,6 +84,13 @@ def savings_html(s: Savings) -> str:
         ["time of week", f"{model.time_of_week}, {model.interval_s // 60} min intervals, "
                          f"{sum(a is not None for a in model.intercepts)} levels"],
     ]  # fmt: skip
+    if isinstance(model, CaltrackHourlyModel):
+        terms = [["method", s.method_description]]
+        terms += [
+            [f"month model: {mm.describe().split(':', 1)[0]}", mm.describe().split(": ", 1)[1]]
+            for mm in model.months
+            if mm is not None
+        ]
     if model.production_coef is not None:
         terms.append(["per unit produced", f"{model.production_coef:.4g} {unit}"])
     if model.running_coef is not None:

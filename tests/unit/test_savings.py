@@ -167,7 +167,7 @@ def png_images(html: str) -> list[np.ndarray]:
     return [matplotlib.image.imread(io.BytesIO(base64.b64decode(b)), format="png") for b in found]
 
 
-@pytest.mark.parametrize("interval", ["hourly", "daily"])
+@pytest.mark.parametrize("interval", ["hourly", "daily", "caltrack-hourly"])
 def test_savings_match_the_truth_within_their_uncertainty(
     plant_dir: Path, tmp_path: Path, interval: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -198,6 +198,15 @@ def test_savings_match_the_truth_within_their_uncertainty(
     assert g14["cv_rmse_pct"] < g14["thresholds"]["cv_rmse_max_pct"]
     if interval == "hourly":
         assert s["verdict"] == {"passed": True, "reasons": [], "warnings": []}
+    elif interval == "caltrack-hourly":  # with production terms in every month's model
+        assert s["verdict"]["reasons"] == [
+            "baseline period is 42.0 days; at least 365 are needed by CalTRACK's hourly "
+            "method, so that every calendar month has its own model"
+        ]
+        assert s["model"]["format"] == "recp-caltrack-hourly/1"
+        fitted = [m["month"] for m in s["model"]["months"] if m is not None]
+        assert fitted == [1, 2, 3, 12]  # January, February and their neighbours
+        assert all(m["production_coef"] is not None for m in s["model"]["months"] if m)
     else:  # Guideline 14 is met; CalTRACK's daily method wants a year of baseline
         assert s["verdict"]["reasons"] == [
             "baseline period is 42.0 days; at least 365 are needed by CalTRACK's daily "
@@ -206,7 +215,8 @@ def test_savings_match_the_truth_within_their_uncertainty(
         assert s["model"]["time_of_week"] == "none" and len(s["model"]["intercepts"]) == 1
     assert s["method"] == interval
     assert s["method_description"].startswith(interval)
-    assert s["model"]["format"] == "recp-baseline/1"
+    if interval != "caltrack-hourly":
+        assert s["model"]["format"] == "recp-baseline/1"
     assert s["data"]["baseline_coverage_pct"] == 100 and s["data"]["reporting_coverage_pct"] == 100
     # normalised savings under the baseline's conditions: the trap's rate over six weeks
     assert sv["normalised"] == pytest.approx(TRAP_KG_H / 1000 * 42 * 24, rel=0.05)
