@@ -442,3 +442,28 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
     assert a["avoided"] == pytest.approx(b["avoided"], rel=1e-3)
     assert a["cost"] == pytest.approx(b["cost"], rel=1e-3)
     assert from_influx["verdict"]["passed"]
+
+
+def test_caltrack_hourly_bad_inputs_get_clear_errors(
+    plant_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--baseline", "2026-01-05..2026-02-15", "--reporting", "2026-02-16..2026-03-01",
+            "--method", "caltrack-hourly"]  # fmt: skip
+    # a weather model without a temperature
+    code, _ = run_savings(plant_dir, tmp_path / "a", *base)
+    assert code == 2
+    assert "caltrack-hourly is a weather model: give the outdoor temperature" in (
+        capsys.readouterr().err
+    )
+    temp = ["--temperature", "outdoor_temperature_c"]
+    code, _ = run_savings(plant_dir, tmp_path / "b", *base, *temp, "--time-of-week", "daytype")
+    assert code == 2
+    assert "does not apply to --method caltrack-hourly" in capsys.readouterr().err
+    # two days of baseline: fewer hours than the month model's parameters
+    code, _ = run_savings(plant_dir, tmp_path / "c", "--baseline", "2026-01-05..2026-01-06",
+                          "--reporting", "2026-01-20..2026-01-30", "--method",
+                          "caltrack-hourly", *temp)  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot fit a baseline: too little data to fit the CalTRACK hourly baseline" in err
+    assert "Traceback" not in err
