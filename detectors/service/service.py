@@ -11,8 +11,11 @@ drops what was already stored.
 Per batch of messages (up to ``processing.batch``, waiting at most ``batch_wait_s``):
 validate (dead letters out), dedup, render ``reading`` points, commit them to the spool,
 then run the meters' pipelines in a worker thread (numba), commit their ``consumption``,
-``anomaly`` and ``event`` points, queue alerts for events that opened or closed (and save
-a checkpoint when one did, so a restart cannot raise them again), and PUBACK the batch.
+``anomaly`` and ``event`` points, commit the alerts of events that opened or closed to the
+spool (keyed by event id and open/close: a replay after a crash derives them again and adds
+nothing) and queue them, and PUBACK the batch. An alert is marked sent after the broker's
+PUBACK and sent again after a restart until then: at least once, the same payload each
+time, so a consumer tells a redelivery by its ``id`` and ``event``.
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ class Outgoing:
     payload: bytes
     qos: int = 1
     retain: bool = False
+    alert: int = 0  # an alert's row in the spool: marked sent after the broker's PUBACK
 
 
 class DetectService:
@@ -244,6 +248,9 @@ class DetectService:
         self.pending_acks: dict[MeterKey, tuple[str, int]] = {}
         self.outgoing: deque[Outgoing] = deque()
         self.outgoing_dropped = 0
+        # transitions (and their meter's currency) for the annotator, from the batch thread
+        self._to_annotate: list[tuple[Transition, str]] = []
+        self._events_changed = False  # an event opened or closed since the last checkpoint
         self.connected = False
         self._state_lock = asyncio.Lock()
         self._save_lock = asyncio.Lock()
@@ -281,6 +288,8 @@ class DetectService:
             self.spool.replay_ids_above(through)
             through = 0
         self.replay = self.spool.replay_rows(through)
+        for alert_id, topic, payload, qos in self.spool.unsent_alerts():  # before a crash
+            self._queue_out(Outgoing(topic, payload, qos, alert=alert_id))
         if state is None:
             return
         if self.annotator is not None:
@@ -316,7 +325,8 @@ class DetectService:
         return state
 
     async def save_checkpoint(self) -> None:
-        # one save at a time: the periodic one and an event's must not share the temp file
+        # one save at a time: the periodic one and the final one must not share the temp file
+        self._annotate()  # a cancelled batch's openings and closings: in this checkpoint
         async with self._save_lock:
             state = await self._locked_in_thread(self.snapshot)
             await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
@@ -393,10 +403,52 @@ class DetectService:
         self._queue_out(Outgoing(dl.out_topic, dl.to_json(now)))
 
     def _queue_out(self, msg: Outgoing) -> None:
-        if len(self.outgoing) >= 100_000:
-            self.outgoing.popleft()
-            self.outgoing_dropped += 1
+        if len(self.outgoing) >= 100_000:  # the oldest that is no alert (alerts are few)
+            for i, old in enumerate(self.outgoing):
+                if not old.alert:
+                    del self.outgoing[i]
+                    self.outgoing_dropped += 1
+                    break
         self.outgoing.append(msg)
+
+    def _record_alerts(self, transitions: list[Transition], now: float) -> None:
+        """Commit the alerts of events that opened or closed, then queue them (batch
+        thread). One already in the spool (a replay derived it again) is not queued."""
+        alerts = [t for t in transitions if t.kind in ("open", "close")]
+        if not alerts:
+            return
+        self._events_changed = True
+        rows = []
+        for t in alerts:
+            cur = self.meters[(t.site, t.event.meter)].currency
+            self._to_annotate.append((t, cur))
+            rows.append((f"{t.event_id}/{t.kind}", f"{ALERTS_ROOT}/{t.site}/{t.event.meter}",
+                         alert_payload(t, cur, now), self.cfg.alerts.qos))
+        for (_, topic, payload, qos), alert_id in zip(rows, self.spool.add_alerts(rows),
+                                                      strict=True):
+            if alert_id is not None:
+                self._queue_out(Outgoing(topic, payload, qos, alert=alert_id))
+
+    async def _checkpoint_after_events(self) -> None:
+        """Save a checkpoint when an event opened or closed: a restart then replays less.
+        Nothing depends on it (the alerts are in the spool already): a failed or cancelled
+        save loses nothing and raises nothing twice."""
+        if not self._events_changed:
+            return
+        self._events_changed = False
+        try:
+            await self.save_checkpoint()
+        except Exception:
+            self.stats.checkpoint_errors += 1
+            log.exception("checkpoint after an event's opening or closing not saved")
+
+    def _annotate(self) -> None:
+        """Hand the batches' openings and closings to the Grafana annotator (event loop;
+        it finds an annotation already posted, so a replayed one adds nothing)."""
+        todo, self._to_annotate = self._to_annotate, []
+        if self.annotator is not None:
+            for t, cur in todo:
+                self.annotator.submit(t, cur)
 
     def _run_pipelines(
         self, batch: dict[MeterKey, list[tuple[float, dict[str, Any], str]]]
@@ -485,7 +537,7 @@ class DetectService:
 
     def _handle_sync(
         self, messages: list[tuple[str, bytes]], now: float
-    ) -> tuple[list[Transition], set[tuple[str, str, str]]]:
+    ) -> set[tuple[str, str, str]]:
         """The work of :meth:`handle`, in one worker thread (one GIL hand-over per batch)."""
         part = self.cfg.processing.partition
         lines: list[str] = []
@@ -529,7 +581,8 @@ class DetectService:
         derived, transitions = self._run_pipelines(by_meter)
         self.spool.append(derived)
         self.stats.points_spooled += len(derived)
-        return transitions, touched
+        self._record_alerts(transitions, now)
+        return touched
 
     async def handle(self, messages: Iterable[tuple[str, bytes]]) -> None:
         """Validate, store and analyse one batch of (topic, payload); raises on disk errors.
@@ -539,17 +592,18 @@ class DetectService:
         """
         now = time.time()
         batch = list(messages)
-        transitions, touched = await self._locked_in_thread(self._handle_sync, batch, now)
+        touched = await self._locked_in_thread(self._handle_sync, batch, now)
         self.stats.batches += 1
         for dkey in touched:
             self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))
         self.sink.wake.set()
-        await self._send_alerts(transitions, now)
+        self._annotate()
+        await self._checkpoint_after_events()
 
-    def _replay_sync(self) -> list[Transition]:
+    def _replay_sync(self) -> None:
         """Feed the detectors, batch by batch, what they had after the last checkpoint."""
-        transitions: list[Transition] = []
         n = 0
+        now = time.time()
         for rows in self.replay:
             by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]] = {}
             for site, meter, resource, ts, vals, feed in rows:
@@ -563,42 +617,22 @@ class DetectService:
             derived, trans = self._run_pipelines(by_meter)
             self.spool.append(derived)
             self.stats.points_spooled += len(derived)
-            transitions += trans
+            self._record_alerts(trans, now)  # those committed before the crash: not again
         if self.replay:
             log.info("fed the detectors again %d readings (%d batches) stored after the "
                      "last checkpoint", n, len(self.replay))
         self.replay = []
-        return transitions
 
     async def replay_after_checkpoint(self) -> None:
         """After SIGKILL: the readings stored since the last checkpoint, to the detectors
-        (before any new message). Their alerts were never sent: an event transition saves
-        a checkpoint before its alert goes out, and the replay starts after it."""
+        (before any new message). An alert they raise again was committed before the crash
+        (sent or not): its key is in the spool, so it is not queued twice."""
         if not self.replay:
             return
-        transitions = await self._locked_in_thread(self._replay_sync)
+        await self._locked_in_thread(self._replay_sync)
         self.sink.wake.set()
-        await self._send_alerts(transitions, time.time())
-
-    async def _send_alerts(self, transitions: list[Transition], now: float) -> None:
-        """Queue the alerts of events that opened or closed, after saving a checkpoint."""
-        alerts = [t for t in transitions if t.kind in ("open", "close")]
-        if alerts:
-            if self.annotator is not None:  # queued first, so the checkpoint holds them
-                for t in alerts:
-                    self.annotator.submit(t, self.meters[(t.site, t.event.meter)].currency)
-            try:
-                await self.save_checkpoint()
-            except Exception:
-                # the batch is stored and its readings marked seen: a redelivery would not
-                # raise these alerts again, so they go out (a restart may repeat them)
-                self.stats.checkpoint_errors += 1
-                log.exception("checkpoint not saved; sending the alerts anyway")
-            for t in alerts:
-                self.stats.alerts += 1
-                cur = self.meters[(t.site, t.event.meter)].currency
-                self._queue_out(Outgoing(f"{ALERTS_ROOT}/{t.site}/{t.event.meter}",
-                                         alert_payload(t, cur, now), self.cfg.alerts.qos))
+        self._annotate()
+        await self._checkpoint_after_events()
 
     # ------------------------------------------------------------------ self-metrics
 
@@ -610,6 +644,7 @@ class DetectService:
             "partition": self.cfg.processing.partition.model_dump(),
             "readings_in": s.readings_in, "batches": s.batches, "duplicates": s.duplicates,
             "dead_letters": s.dead_letters, "alerts": s.alerts,
+            "alerts_waiting": sum(1 for o in self.outgoing if o.alert),
             "pipeline_errors": s.pipeline_errors, "checkpoint_errors": s.checkpoint_errors,
             "drops_announced": s.drops_announced,
             "points_written": self.sink.stats.written, "points_rejected":
@@ -819,7 +854,11 @@ class DetectService:
                                                   retain=msg.retain, timeout=math.inf),
                                    inbox, timeout, f"no PUBACK from the broker for {msg.topic}",
                                    most_messages=most)
-                self.outgoing.popleft()
+                if msg.alert:  # cancelled before this: sent again (at least once)
+                    await asyncio.to_thread(self.spool.alert_sent, msg.alert)
+                    self.stats.alerts += 1
+                if self.outgoing and self.outgoing[0] is msg:
+                    self.outgoing.popleft()
             if done.is_set():
                 return
             await wait_event(done, 0.05)

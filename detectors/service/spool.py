@@ -16,6 +16,11 @@ detectors since the last checkpoint (:class:`Replay` rows, numbered by batch): a
 SIGKILL the restarted service feeds them again, batch by batch, before taking new
 messages, so the detectors' state is what an uninterrupted run would have. A checkpoint
 records the last row it covers; rows up to it are then forgotten.
+
+And the alerts to publish (table ``alerts``, keyed by event id and open/close): committed
+before they are queued for the broker, marked sent after its PUBACK, sent again after a
+restart until then. A replay deriving the same transition again finds its key and adds
+nothing; sent rows are forgotten with the replay rows they came from.
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS replay (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "batch INTEGER NOT NULL, site TEXT, meter TEXT, resource TEXT, ts REAL, "
             "vals TEXT, feed INTEGER)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "key TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+            "qos INTEGER NOT NULL, replay INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0)"
         )
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM points").fetchone()[0])
         # the newest replay row ever committed (AUTOINCREMENT's counter: rows forgotten
@@ -140,9 +150,50 @@ class Spool:
             self.replay_last = max(last_id, self.replay_last)
 
     def forget_replay(self, through_id: int) -> None:
-        """Drop the replay rows a saved checkpoint covers (id <= ``through_id``)."""
+        """Drop the replay rows a saved checkpoint covers (id <= ``through_id``), and the
+        sent alerts derived from them (no replay can derive those again)."""
         with self._lock:
             self._db.execute("DELETE FROM replay WHERE id <= ?", (through_id,))
+            self._db.execute("DELETE FROM alerts WHERE sent = 1 AND replay <= ?",
+                             (through_id,))
+
+    def add_alerts(self, alerts: Sequence[tuple[str, str, bytes, int]]) -> list[int | None]:
+        """Commit alerts to publish, ``(key, topic, payload, qos)``; one whose key is known
+        (derived again by a replay) is left out. Each one's row id, None when left out."""
+        out: list[int | None] = []
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, topic, payload, qos in alerts:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO alerts(key, topic, payload, qos, replay) "
+                        "VALUES (?, ?, ?, ?, ?)", (key, topic, payload, qos, self.replay_last))
+                    out.append(int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid
+                               else None)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return out
+
+    def unsent_alerts(self) -> list[tuple[int, str, bytes, int]]:
+        """Alerts committed but not yet PUBACKed by the broker, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, topic, payload, qos FROM alerts "
+                                    "WHERE sent = 0 ORDER BY id").fetchall()
+        return [(int(i), str(t), bytes(p), int(q)) for i, t, p, q in rows]
+
+    def alert_sent(self, alert_id: int) -> None:
+        """The broker has the alert (PUBACK): not sent again."""
+        with self._lock:
+            self._db.execute("UPDATE alerts SET sent = 1 WHERE id = ?", (alert_id,))
+
+    def alert_keys(self) -> dict[str, bool]:
+        """Every alert kept, key -> sent (tests and diagnosis)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, sent FROM alerts ORDER BY id").fetchall()
+        return {str(k): bool(v) for k, v in rows}
 
     def marks(self) -> list[list[Any]]:
         """Every stream's dedup marks as last committed, in :meth:`SeqTracker.snapshot` form."""

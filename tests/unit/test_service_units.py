@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import sqlite3
@@ -585,6 +586,15 @@ def _alerts(svc: DetectService) -> list[tuple[str, str]]:
     return out
 
 
+def _deliver(svc: DetectService) -> list[tuple[str, str]]:
+    """What a session does with the queued alerts: publish, and on PUBACK mark sent."""
+    out = _alerts(svc)
+    for o in [o for o in svc.outgoing if o.alert]:
+        svc.spool.alert_sent(o.alert)
+        svc.outgoing.remove(o)
+    return out
+
+
 @pytest.mark.parametrize("died", ["between checkpoints", "before an event's checkpoint"])
 def test_readings_after_the_checkpoint_reach_the_detectors_after_sigkill(
     tmp_path: Path, died: str
@@ -608,18 +618,20 @@ def test_readings_after_the_checkpoint_reach_the_detectors_after_sigkill(
         asyncio.run(straight.handle(b))
 
     first = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
+    sent = []
     if died == "between checkpoints":
-        kill = spike + 6  # the spike has opened and closed (each saved a checkpoint)
+        kill = spike + 6  # the spike has opened and closed, alerts sent
         asyncio.run(first.handle([m for b in batches[:kill - 4] for m in b]))
         asyncio.run(first.save_checkpoint())  # then 4 batches stored, not checkpointed
         for b in batches[kill - 4 : kill]:
             asyncio.run(first.handle(b))
-    else:  # the opening batch is stored, the process dies before its checkpoint/alert
+            sent += _deliver(first)
+    else:  # the opening batch is stored, the process dies before its alert is published
         kill = spike + 1
         for b in batches[:spike]:
             asyncio.run(first.handle(b))
+            sent += _deliver(first)
         first._handle_sync(batches[spike], time.time())
-    sent = _alerts(first)
     first.spool.close()  # SIGKILL: no shutdown checkpoint
 
     second = DetectService(_spec(tmp_path / "b"), writer=FlakyWriter(0))
@@ -747,3 +759,84 @@ def test_replay_numbering_survives_a_clean_stop_and_a_new_spool_file(tmp_path: P
     svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
     assert sum(len(b) for b in svc.replay) == 50
     svc.spool.close()
+
+
+def _spike_batches() -> tuple[list[list[tuple[str, bytes]]], int]:
+    msgs = [(TOPIC, reading(seq=i + 1, ts=t, energy_kwh=v))
+            for i, (t, v) in enumerate(counter(5))]
+    batches = [msgs[i : i + 100] for i in range(0, len(msgs), 100)]
+    spike = next(i for i, b in enumerate(batches)  # the batch whose readings open it
+                 if any(json.loads(p)["ts"] >= "2026-01-04T10:3" for _, p in b))
+    return batches, spike
+
+
+def test_alerts_survive_a_session_cancelled_mid_batch(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 5: the broker lost while a batch that opened an event was being finished (its
+    checkpoint being saved) cancelled the batch after its readings were stored and marked
+    seen; the redelivery was then dropped as duplicates and the alert never sent. Now the
+    alert is committed with the batch and queued whatever happens to the session."""
+    batches, spike = _spike_batches()
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    for b in batches[:spike]:
+        asyncio.run(svc.handle(b))
+    real = checkpoint.save
+
+    def slow_save(path: Any, state: Any) -> int:
+        time.sleep(0.5)
+        return real(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+
+    async def lost_broker() -> None:
+        task = asyncio.create_task(svc.handle(batches[spike]))
+        await asyncio.sleep(0.05)
+        for _ in range(200):  # until the batch's thread is done (readings stored)
+            if svc.stats.batches or svc.dedup.done(("dairy", "m1", "s1")) >= 100 * (spike + 1):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        task.cancel()  # the session ends (broker connection dropped)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await svc.handle(batches[spike])  # the broker delivers the batch again
+
+    asyncio.run(lost_broker())
+    opened = f"dairy/m1/spike/{T0 + 3 * 86400 + 36000}"
+    assert _deliver(svc) == [("open", opened), ("close", opened)]  # the batch spans both
+    assert svc.spool.alert_keys() == {f"{opened}/open": True, f"{opened}/close": True}
+    svc.spool.close()
+
+
+def test_an_alert_sent_is_not_raised_again_by_a_replay_when_checkpoints_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 5: a checkpoint save failing after an alert was sent let the replay after a
+    restart raise it again. The spool knows the alerts committed: a replay adds none."""
+    batches, spike = _spike_batches()
+    svc = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    asyncio.run(svc.save_checkpoint())  # before the disk fills up
+
+    def full_disk(path: Any, state: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full_disk)
+    sent = []
+    for b in batches[: spike + 8]:
+        asyncio.run(svc.handle(b))
+        sent += _deliver(svc)
+    with pytest.raises(OSError):
+        asyncio.run(svc.save_checkpoint())
+    assert [e for e, _ in sent] == ["open", "close"]
+    svc.spool.close()  # SIGKILL
+    monkeypatch.undo()
+
+    again = DetectService(_spec(tmp_path), writer=FlakyWriter(0))
+    assert len(again.replay) >= spike  # the detectors are fed everything again
+    asyncio.run(again.replay_after_checkpoint())
+    for b in batches[spike + 8 :]:
+        asyncio.run(again.handle(b))
+    assert _deliver(again) == []
+    # once a checkpoint covers them, the sent alerts' keys are forgotten
+    asyncio.run(again.save_checkpoint())
+    assert again.spool.alert_keys() == {}
+    again.spool.close()
