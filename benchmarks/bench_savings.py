@@ -31,6 +31,7 @@ import numpy as np
 
 from detectors import mv
 from detectors.baseline import BaselineConfig, fit_baseline
+from detectors.caltrack_hourly import CaltrackHourlyModel, f_to_c, fit_caltrack_hourly, local_months
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -76,6 +77,16 @@ def fit_times() -> dict[int, float]:
         print(f"fit one meter-year, {name}: {1000 * seconds:.1f} ms wall, {1000 * cpu:.1f} ms CPU; "
               f"re-fit identical: {a == b}")  # fmt: skip
         out[interval] = seconds
+    t, temp, y = synthetic_year(3600)
+
+    def caltrack() -> CaltrackHourlyModel:
+        return fit_caltrack_hourly(t, y, temperature=temp)
+
+    seconds = best_of(caltrack)
+    cpu = best_of(caltrack, clock=time.process_time)
+    same = caltrack().to_json() == caltrack().to_json()
+    print(f"fit one meter-year, caltrack-hourly: {1000 * seconds:.1f} ms wall, {1000 * cpu:.1f} "
+          f"ms CPU; re-fit identical: {same}")  # fmt: skip
     return out
 
 
@@ -165,7 +176,11 @@ def compare(path: Path, result: dict) -> dict:
         if np.isfinite(mw[common]).all():
             seg = {"savings_pct": savings_pct(mw), "cv": seg_cv, "nmbe": seg_nmbe,
                    "shape_cv": shape_cv(mw)}  # fmt: skip
+    caltrack = (
+        caltrack_compare(t, y, temp, ee, b, r, (b0, b1), has_ee) if interval == 3600 else None
+    )
     return {
+        "caltrack": caltrack,
         "segmented": seg, "nosig_savings_pct": nosig,
         "ee_savings_pct": savings_pct(ee),
         "ee_unbiased_pct": savings_pct(ee * bias),
@@ -180,6 +195,109 @@ def compare(path: Path, result: dict) -> dict:
         "rows": int(common.sum()), "left_out": left_out,
         "model": model.describe().split(": ", 1)[1].split("; R2")[0],
     }  # fmt: skip
+
+
+def caltrack_compare(
+    t: np.ndarray, y: np.ndarray, temp: np.ndarray, ee: np.ndarray, b: np.ndarray,
+    r: np.ndarray, baseline: tuple[int, int], has_ee: np.ndarray,
+) -> dict:  # fmt: skip
+    """Our ``--method caltrack-hourly`` beside eemeter's CalTRACK hourly on the same rows.
+
+    The baseline hours are eemeter's but its last: eemeter's ``merge_features`` sets the
+    last row of its design matrix to NaN, so that hour is not in its fit (left in, it moves
+    the three winter months' models by up to 0.01 pp of savings). Savings over the
+    reporting hours both predict; also the largest difference of the two predictions per
+    hour (in % of the mean hourly consumption), in the baseline and the reporting year.
+    """
+    fit = b.copy()
+    fit[np.flatnonzero((t >= baseline[0]) & (t < baseline[1]))[-1]] = False
+
+    def run() -> CaltrackHourlyModel:
+        return fit_caltrack_hourly(t[fit], y[fit], temperature=temp[fit])
+
+    seconds = best_of(run, 3)
+    cpu = best_of(run, 3, clock=time.process_time)
+    model, again = run(), run()
+    ours = model.predict(t, temp)
+    common = r & np.isfinite(y) & np.isfinite(ours) & has_ee
+    left_out = int((r & np.isfinite(y) & (np.isfinite(ours) != has_ee)).sum())
+    fitted = b & np.isfinite(ours) & np.isfinite(ee)
+
+    def savings_pct(pred: np.ndarray) -> float:
+        total = float(np.sum(pred[common]))
+        return 100 * (total - float(np.sum(y[common]))) / total
+
+    def shape_cv(pred: np.ndarray) -> float:
+        k = float(np.sum(y[common])) / float(np.sum(pred[common]))
+        resid = y[common] - k * pred[common]
+        return 100 * float(np.sqrt(np.mean(resid**2))) / float(np.mean(y[common]))
+
+    ee_cv, ee_nmbe = _cv_nmbe(y[fitted], ee[fitted])
+    o_cv, o_nmbe = _cv_nmbe(y[fitted], ours[fitted])
+    bias = float(np.sum(y[fitted])) / float(np.sum(ee[fitted]))
+    adjusted = float(np.sum(ours[common]))
+    st = model.stats
+    u90 = mv.savings_halfwidth(
+        cv_rmse_pct=st.cv_rmse_pct or 0.0, n=st.n, n_params=st.n_params,
+        rho=st.residual_lag1, m=int(common.sum()), adjusted_total=adjusted, confidence=0.90,
+    )  # fmt: skip
+    mean = float(np.mean(y[fitted]))
+    rep = common
+    # the month that carries most of the difference in savings
+    months = local_months(t, "UTC")
+    gap = {int(m): float(np.sum(ours[rep & (months == m)] - ee[rep & (months == m)]))
+           for m in range(1, 13)}  # fmt: skip
+    worst = max(gap, key=lambda m: abs(gap[m]))
+    return {
+        "ee_savings_pct": savings_pct(ee), "ee_unbiased_pct": savings_pct(ee * bias),
+        "savings_pct": savings_pct(ours),
+        "u90_pp": None if u90 is None else 100 * u90 / adjusted,
+        "ee_cv": ee_cv, "cv": o_cv, "cv_g14": st.cv_rmse_pct, "ee_nmbe": ee_nmbe, "nmbe": o_nmbe,
+        "ee_shape_cv": shape_cv(ee), "shape_cv": shape_cv(ours),
+        "fit_s": seconds, "cpu_s": cpu, "identical": model.to_json() == again.to_json(),
+        "rows": int(common.sum()), "left_out": left_out,
+        "max_diff_fit_pct": 100 * float(np.max(np.abs(ours[fitted] - ee[fitted]))) / mean,
+        "max_diff_rep_pct": 100 * float(np.max(np.abs(ours[rep] - ee[rep]))) / mean,
+        "n_params": st.n_params, "worst_month": worst,
+        "worst_share": gap[worst] / (sum(gap.values()) or 1.0),
+        "month_model": model.months[worst - 1],
+        "model": model.describe().split(": ", 1)[1].split("; R2")[0],
+    }  # fmt: skip
+
+
+def month_beside(ours: object, ee_params: dict | None, month: int) -> list[str]:
+    """Both CalTRACK hourly models of one calendar month, in degC (eemeter's converted)."""
+    from detectors.caltrack_hourly import MONTHS, MonthModel
+
+    lines = [f"    ours    {ours.describe() if isinstance(ours, MonthModel) else 'no model'}"]
+    if not ee_params:
+        return [*lines, "    eemeter (its parameters were not saved by this run of eemeter_side)"]
+    prev, nxt = MONTHS[(month - 2) % 12], MONTHS[month % 12]
+    name = f"{prev}-{MONTHS[month - 1]}-{nxt}-weighted"
+    seg = ee_params.get(name)
+    if not seg or not seg.get("params"):
+        return [*lines, f"    eemeter {name}: no model"]
+    p = seg["params"]
+    levels = [v for k, v in p.items() if k.startswith("C(hour_of_week)")]
+    finite = [v for v in levels if v == v]
+    zero = sum(1 for v in finite if v == 0.0)
+
+    def slopes(kind: str) -> str:
+        vals = [1.8 * v for k, v in sorted(p.items()) if k.endswith(f"_{kind}")]
+        return ", ".join(f"{v:.3g}" for v in vals)
+
+    def edges(key: str) -> str:
+        return ", ".join(f"{f_to_c(e):.1f}" for e in seg.get(key) or [])
+
+    lines.append(
+        f"    eemeter {name}: {len(finite)} hour-of-week levels "
+        f"{min(finite):.4g}..{max(finite):.4g} ({zero} exactly 0), "
+        f"{len(seg.get('occupied_hours') or [])} occupied "
+        f"hours of week; occupied edges [{edges('occupied_bins_f')}] C, slopes "
+        f"[{slopes('occupied')}]/K; unoccupied edges [{edges('unoccupied_bins_f')}] C, slopes "
+        f"[{slopes('unoccupied')}]/K"
+    )
+    return lines
 
 
 def month_weighted(t: np.ndarray, y: np.ndarray, temp: np.ndarray, fit: np.ndarray,
@@ -290,23 +408,60 @@ def main() -> None:
     rows = []
     for res in results:
         c = compare(folder / f"{res['sample']}.csv", res)
-        rows.append((res, c))
-        d = c["savings_pct"] - c["ee_savings_pct"]
-        du = c["savings_pct"] - c["ee_unbiased_pct"]
-        print(
-            f"{res['sample']:40} {res['freq']:6} {c['ee_savings_pct']:8.2f}% "
-            f"{c['savings_pct']:5.2f}% {d:+6.2f} {c['ee_unbiased_pct']:5.2f}% {du:+6.2f} "
-            f"{c['u90_pp'] or float('nan'):6.2f}pp {c['ee_cv']:5.1f}/{c['cv']:<5.1f} "
-            f"{c['ee_nmbe']:+5.2f}/{c['nmbe']:<+5.2f} "
-            f"{c['ee_shape_cv']:7.1f}/{c['shape_cv']:<7.1f} "
-            f"{res['fit_s']:6.2f}s {1000 * c['fit_s']:5.1f}ms {res['fit_s'] / c['fit_s']:6.0f}x "
-            f"{c['rows']}" + (f" ({c['left_out']} left out)" if c["left_out"] else "")
-        )  # fmt: skip
+        todo = [(res, c)]
+        if c["caltrack"]:
+            todo.append(({**res, "kind": "caltrack-hourly"}, c["caltrack"]))
+        for res, c in todo:
+            rows.append((res, c))
+            print_row(res, c)
+    print_rest(rows)
+
+
+def print_row(res: dict, c: dict) -> None:
+    """One comparison's line of the table."""
+    if res.get("kind") == "caltrack-hourly":
+        res = {**res, "sample": f"{res['sample']} (caltrack-hourly)", "freq": "ct-h"}
+    d = c["savings_pct"] - c["ee_savings_pct"]
+    du = c["savings_pct"] - c["ee_unbiased_pct"]
+    print(
+        f"{res['sample']:40} {res['freq']:6} {c['ee_savings_pct']:8.2f}% "
+        f"{c['savings_pct']:5.2f}% {d:+6.2f} {c['ee_unbiased_pct']:5.2f}% {du:+6.2f} "
+        f"{c['u90_pp'] or float('nan'):6.2f}pp {c['ee_cv']:5.1f}/{c['cv']:<5.1f} "
+        f"{c['ee_nmbe']:+5.2f}/{c['nmbe']:<+5.2f} "
+        f"{c['ee_shape_cv']:7.1f}/{c['shape_cv']:<7.1f} "
+        f"{res['fit_s']:6.2f}s {1000 * c['fit_s']:5.1f}ms {res['fit_s'] / c['fit_s']:6.0f}x "
+        f"{c['rows']}" + (f" ({c['left_out']} left out)" if c["left_out"] else "")
+    )  # fmt: skip
+
+
+def print_rest(rows: list[tuple[dict, dict]]) -> None:
+    """Parameters, diagnostics, the Markdown table and the summary."""
+    ct_rows = [(res, c) for res, c in rows if res.get("kind") == "caltrack-hourly"]
+    if ct_rows:
+        print("our --method caltrack-hourly against eemeter's CalTRACK hourly: largest "
+              "difference of the hourly predictions (% of mean hourly use), fit time, "
+              "effective parameters")  # fmt: skip
+        for res, c in ct_rows:
+            print(f"  {res['sample']:40} baseline {c['max_diff_fit_pct']:.2g} %, reporting "
+                  f"{c['max_diff_rep_pct']:.2g} %; {1000 * c['fit_s']:.1f} ms wall, "
+                  f"{1000 * c['cpu_s']:.1f} ms CPU; p {c['n_params']}; re-fit identical: "
+                  f"{c['identical']}")  # fmt: skip
+            if abs(c["savings_pct"] - c["ee_savings_pct"]) >= 0.05:
+                from detectors.caltrack_hourly import MONTHS
+
+                print(f"    apart by {c['savings_pct'] - c['ee_savings_pct']:+.2f} pp; "
+                      f"{100 * c['worst_share']:.0f} % of it in {MONTHS[c['worst_month'] - 1]}, "
+                      "whose models are:")  # fmt: skip
+                for line in month_beside(c["month_model"], res.get("params"), c["worst_month"]):
+                    print(line)
+    rows = [(res, c) for res, c in rows if res.get("kind") != "caltrack-hourly"] + ct_rows
     print("the models' parameters (balance points in degC; eemeter's slopes per degF-day)")
     for res, c in rows:
+        if res.get("kind") == "caltrack-hourly":
+            continue
         print(f"  {res['sample']}: ours {c['model']}; re-fit identical: {c['identical']}; "
               f"sum of squared residuals e/o {c['ee_sse']:.5g} / {c['sse']:.5g}")  # fmt: skip
-        if res.get("params"):
+        if res.get("params") and res["freq"] == "daily":
             print(f"  {'':{len(res['sample'])}}  eemeter {ee_params(res['params'])}")
         if c["nosig_savings_pct"] is not None:
             print(f"  {'':{len(res['sample'])}}  ours without the p < 0.1 rule: "
@@ -314,7 +469,7 @@ def main() -> None:
     print("our hourly terms refitted per month, CalTRACK's way (diagnostic): savings, CV(RMSE), "
           "NMBE, out-of-sample CV(RMSE)")  # fmt: skip
     for res, c in rows:
-        g = c["segmented"]
+        g = c.get("segmented")
         if g:
             print(f"  {res['sample']:40} {g['savings_pct']:5.2f}% {g['cv']:6.1f} "
                   f"{g['nmbe']:+5.2f} {g['shape_cv']:6.1f}")  # fmt: skip
@@ -336,9 +491,10 @@ def main() -> None:
 
 def markdown(rows: list[tuple[dict, dict]]) -> str:
     """The comparison as a Markdown table, meter by meter (for docs/savings.md)."""
-    eemodel = {"hourly": "CalTRACK hourly", "caltrack": "CalTRACK daily",
-               "daily": "eemeter 4 daily"}  # fmt: skip
-    ours = {"hourly": "hourly", "caltrack": "daily", "daily": "daily"}
+    eemodel = {"hourly": "CalTRACK hourly", "caltrack-hourly": "CalTRACK hourly",
+               "caltrack": "CalTRACK daily", "daily": "eemeter 4 daily"}  # fmt: skip
+    ours = {"hourly": "hourly", "caltrack-hourly": "caltrack-hourly", "caltrack": "daily",
+            "daily": "daily"}  # fmt: skip
     out = [
         "| meter | ours | eemeter | eemeter % | ours % | diff pp | diff unbiased pp | our U90 pp "
         "| CV(RMSE) e / o | NMBE e / o | fit e | fit o | ratio |",
@@ -367,13 +523,17 @@ def markdown(rows: list[tuple[dict, dict]]) -> str:
 
 KINDS = {
     "hourly": "our hourly vs eemeter's CalTRACK hourly",
+    "caltrack-hourly": "our caltrack-hourly (CalTRACK 2.0 hourly) vs eemeter's CalTRACK hourly",
     "caltrack": "our daily (CalTRACK) vs eemeter's CalTRACK daily (legacy settings)",
     "daily": "our daily (CalTRACK) vs eemeter 4's daily model",
 }
 
 
 def kind_of(res: dict) -> str:
-    """Which comparison a side-script result is: hourly, caltrack (legacy daily) or daily."""
+    """Which comparison a side-script result is: hourly, caltrack (legacy daily) or daily;
+    caltrack-hourly for our CalTRACK hourly beside an hourly one."""
+    if res.get("kind"):
+        return str(res["kind"])
     if res["sample"].endswith("@caltrack"):
         return "caltrack"
     return "daily" if res["freq"] == "daily" else "hourly"

@@ -142,7 +142,7 @@ def run(sample: str, out: Path, first: bool) -> dict:
         "nmbe_pct": nmbe,
         "first_fit_s": times[0],
         "fit_s": min(times[1:]) if len(times) > 1 else times[0],
-        "params": params(model) if daily else None,
+        "params": params(model) if daily else hourly_params(model),
     }
     (out / f"{sample}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -154,6 +154,25 @@ def params(model) -> dict:
         name: sub.coefficients.model_dump(mode="json")
         for name, sub in model.params.submodels.items()
     }
+
+
+def hourly_params(model) -> dict:
+    """CalTRACK hourly's month models: per segment its coefficients (degF), occupied hours
+    of week and kept bin endpoints, so a month can be set beside ours."""
+    inner = model.model.model  # HourlyCaltrackModel -> results -> CalTRACKHourlyModel
+    out = {}
+    for seg in inner.segment_models:
+        name = seg.segment_name
+        occ = inner.occupancy_lookup.get(name)
+        occupied = inner.occupied_temperature_bins[name]
+        unoccupied = inner.unoccupied_temperature_bins[name]
+        out[name] = {
+            "params": seg.model_params,
+            "occupied_hours": None if occ is None else [int(h) for h in occ.index[occ == 1]],
+            "occupied_bins_f": [float(e) for e, keep in occupied.items() if keep],
+            "unoccupied_bins_f": [float(e) for e, keep in unoccupied.items() if keep],
+        }
+    return out
 
 
 def main() -> None:

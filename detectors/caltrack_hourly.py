@@ -325,7 +325,7 @@ def fit_caltrack_hourly(
         models.append(mm)
         if own.size:
             # fitted values of the month's own hours and their leverage in its model
-            sel = np.isin(rows, own)
+            sel = month[rows] == m
             contrib = np.where(kept, beta, 0.0)
             expected[own] = alpha[how[own]] + Z[sel] @ contrib
             leverage[own] = _leverage(how[rows], w[rows], Z, kept, S, how[own], Z[sel])
@@ -414,12 +414,16 @@ def merge_bins(temps: FloatArray, edges: tuple[float, ...], min_count: int) -> t
 def bin_features(T: FloatArray, edges: tuple[float, ...]) -> FloatArray:
     """Piecewise-linear temperature bins: column 0 min(T, e1), column k the part of T in
     (e_k, e_k+1] (0 below, the width above), the last T - e_k above e_k; they sum to T."""
-    lo = np.array([-np.inf, *edges])
-    hi = np.array([*edges, np.inf])
-    Tc = T[:, None]
-    out = np.clip(Tc, lo, hi) - np.where(np.isfinite(lo), lo, 0.0)
-    out[:, 1:] = np.maximum(out[:, 1:], 0.0)
-    return np.asarray(out, dtype=np.float64)
+    out = np.empty((T.size, len(edges) + 1))
+    if not edges:
+        out[:, 0] = T
+        return out
+    e = np.asarray(edges, dtype=np.float64)
+    out[:, 0] = np.minimum(T, e[0])
+    if e.size > 1:
+        out[:, 1:-1] = np.minimum(np.maximum(T[:, None] - e[:-1], 0.0), np.diff(e))
+    out[:, -1] = np.maximum(T - e[-1], 0.0)
+    return out
 
 
 def _design(
@@ -487,8 +491,12 @@ def _leverage(
         )  # fmt: skip
         zbar = Bz / np.where(D > 0, D, 1.0)[:, None]
         dz = Z_own[:, idx] - zbar[how_own]
-        Sinv = np.linalg.pinv(S[np.ix_(idx, idx)])
-        lev = lev + np.einsum("ij,jk,ik->i", dz, Sinv, dz)
+        Sk = S[np.ix_(idx, idx)]
+        try:  # the kept columns are independent: S is positive definite on them
+            sol = np.linalg.solve(Sk, dz.T)
+        except np.linalg.LinAlgError:  # pragma: no cover - numerically singular after all
+            sol = np.linalg.pinv(Sk) @ dz.T
+        lev = lev + np.sum(dz.T * sol, axis=0)
     return np.asarray(lev, dtype=np.float64)
 
 

@@ -679,8 +679,16 @@ def _months_without_model(
     months = local_months(t, model.timezone)
     missing = {mm for mm in range(1, 13) if model.months[mm - 1] is None}
     hit = r & np.isfinite(y) & np.isin(months, list(missing))
+    unseen = r & np.isfinite(y) & ~hit & ~rm
+    notes = []
+    if unseen.any():
+        notes.append(
+            f"{100 * unseen.sum() / max(int(r.sum()), 1):.0f} % of the reporting hours have "
+            "no baseline prediction (an hour of the week their month's model never saw, or "
+            "no temperature): left out"
+        )
     if not hit.any():
-        return []
+        return notes
     if not rm.any():
         raise SavingsError(
             f"the baseline period has no data in the reporting period's calendar months "
@@ -690,7 +698,8 @@ def _months_without_model(
         )
     return [
         f"{100 * hit.sum() / max(int(r.sum()), 1):.0f} % of the reporting hours are in "
-        f"calendar months without a baseline model ({month_names(months[hit])}): left out"
+        f"calendar months without a baseline model ({month_names(months[hit])}): left out",
+        *notes,
     ]
 
 
