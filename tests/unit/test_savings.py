@@ -231,6 +231,26 @@ def test_savings_match_the_truth_within_their_uncertainty(
         assert "PASS" in capsys.readouterr().out
 
 
+def test_caltrack_hourly_weather_only_on_the_plant(plant_dir: Path, tmp_path: Path) -> None:
+    """The plant's production follows a weekly schedule, which the hour-of-week levels
+    carry: CalTRACK hourly without production terms is still within the band and 5 %."""
+    code, s = run_savings(
+        plant_dir, tmp_path,
+        "--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
+        "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z",
+        "--temperature", "outdoor_temperature_c", "--timezone", "UTC",
+        "--method", "caltrack-hourly",
+    )  # fmt: skip
+    assert code == 0
+    truth = true_savings(plant_dir, ("2026-02-16T00:00:00Z", "2026-03-02T00:00:00Z"))
+    sv = s["savings"]
+    band = sv["uncertainty"]["90%"]
+    assert band["low"] <= truth <= band["high"]
+    assert abs(sv["avoided"] - truth) <= 0.05 * truth
+    assert all(m["production_coef"] is None for m in s["model"]["months"] if m)
+    assert "production terms" not in s["method_description"]
+
+
 def test_too_short_a_baseline_fails_the_verdict(plant_dir: Path, tmp_path: Path) -> None:
     code, s = run_savings(
         plant_dir, tmp_path,
