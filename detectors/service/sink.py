@@ -82,10 +82,9 @@ class SpoolSink:
 
     async def drain_once(self) -> bool:
         """Write one batch; True when something was written (or rejected)."""
-        rows = await asyncio.to_thread(self.spool.peek, self.batch)
-        if not rows:
+        last, lines = await asyncio.to_thread(self.spool.take, self.batch)
+        if not lines:
             return False
-        lines = [line for _, line in rows]
         try:
             await asyncio.to_thread(self.writer.write, lines)
         except Exception as exc:
@@ -99,7 +98,7 @@ class SpoolSink:
         else:
             self.stats.written += len(lines)
             self.stats.last_write_s = time.time()
-        await asyncio.to_thread(self.spool.delete_through, rows[-1][0])
+        await asyncio.to_thread(self.spool.delete_through, last)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fuzztargets import ITEM_KEYS, reference
@@ -162,13 +164,22 @@ def test_timestamps_the_fast_path_reads_match_pythons_and_the_rest_are_left_to_t
         assert ts_seconds(other) is None
 
 
+_SPOOL: list[Any] = []
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(["energy_kwh", "power_kw", "volume_m3"]),
                        st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False)),
                        max_size=3))
 def test_replay_rows_give_the_same_values_back(values: dict[str, float | None]) -> None:
-    from detectors.service.service import _values_json
+    from detectors.service.spool import PIPELINE, Spool
 
-    back = json.loads(_values_json(values))
-    assert back == values
-    assert all(type(v) is float for v in back.values() if v is not None)
+    if not _SPOOL:  # one spool for all examples (a fresh one each is most of the time)
+        _SPOOL.append(Spool(Path(tempfile.mkdtemp()) / "s.sqlite", cap=10, synchronous="NORMAL"))
+    sp = _SPOOL[0]
+    ts = 1790343200.123
+    before = sp.replay_last
+    sp.append([], replay=[("a", "m1", "water", ts, values, PIPELINE)])
+    ((row,),) = sp.replay_rows(before)
+    assert row == ("a", "m1", "water", ts, values, PIPELINE)
+    assert all(type(v) is float for v in row[4].values() if v is not None)

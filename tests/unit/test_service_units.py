@@ -150,6 +150,51 @@ def test_spool_is_bounded_dropping_oldest_counted(tmp_path: Path) -> None:
     assert [x for _, x in sp.peek(10)] == ["a2", "a3", "b0", "b1", "b2"]
 
 
+def test_spool_rows_of_a_batch_are_written_and_dropped_point_by_point(tmp_path: Path) -> None:
+    # a batch is one row; taking, deleting and the cap still count single points
+    sp = Spool(tmp_path / "s.sqlite", cap=12)
+    sp.append([f"a{i}" for i in range(5)])
+    sp.append([f"b{i}" for i in range(5)])
+    last, lines = sp.take(7)
+    assert lines == [f"a{i}" for i in range(5)] + ["b0", "b1"]
+    assert sp.delete_through(last) == 7 and sp.depth == 3
+    sp.append([f"c{i}" for i in range(11)])  # 14 > 12: the two oldest go
+    assert sp.dropped == 2 and sp.depth == 12
+    assert [x for _, x in sp.peek(3)] == ["b4", "c0", "c1"]
+    sp.close()
+    sp = Spool(tmp_path / "s.sqlite", cap=12)
+    assert sp.depth == 12
+    rows = sp.peek(100)
+    assert [x for _, x in rows] == ["b4"] + [f"c{i}" for i in range(11)]
+    assert [i for i, _ in rows] == list(range(rows[0][0], rows[0][0] + 12))
+    sp.append(["d0"])  # numbered after what is there, across the reopen
+    assert sp.peek(100)[-1][0] == rows[-1][0] + 1
+    assert sp.delete_through(sp.peek(100)[-1][0]) == 12 and sp.depth == 0
+
+
+def test_spool_reads_a_spool_of_one_row_per_point(tmp_path: Path) -> None:
+    # a spool file written before batches were packed (one row per point and per
+    # replayed reading): its points and replay rows come out as before, new ones after
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.executescript(
+        "CREATE TABLE points (id INTEGER PRIMARY KEY AUTOINCREMENT, line TEXT NOT NULL);"
+        "CREATE TABLE replay (id INTEGER PRIMARY KEY AUTOINCREMENT, batch INTEGER NOT NULL,"
+        " site TEXT, meter TEXT, resource TEXT, ts REAL, vals TEXT, feed INTEGER);"
+        "INSERT INTO points(line) VALUES ('p0'), ('p1'), ('p2');"
+        "INSERT INTO replay(batch, site, meter, resource, ts, vals, feed) VALUES"
+        " (1, 'a', 'm1', 'water', 1.5, '{\"volume_m3\": 2.0}', 1);")
+    db.commit()
+    db.close()
+    sp = Spool(tmp_path / "old.sqlite", cap=100)
+    assert sp.depth == 3
+    sp.append(["q0", "q1"], replay=[("a", "m1", "water", 2.5, {"volume_m3": 3.0}, 1)])
+    assert [x for _, x in sp.peek(10)] == ["p0", "p1", "p2", "q0", "q1"]
+    assert sp.replay_rows(0) == [[("a", "m1", "water", 1.5, {"volume_m3": 2.0}, 1)],
+                                 [("a", "m1", "water", 2.5, {"volume_m3": 3.0}, 1)]]
+    assert sp.delete_through(sp.peek(4)[-1][0]) == 4
+    assert [x for _, x in sp.peek(10)] == ["q1"]
+
+
 def test_spool_commits_dedup_marks_with_the_points_or_not_at_all(tmp_path: Path) -> None:
     d = SeqTracker(window=8)
     key = ("dairy", "m1", "s1")
@@ -158,10 +203,11 @@ def test_spool_commits_dedup_marks_with_the_points_or_not_at_all(tmp_path: Path)
     sp = Spool(tmp_path / "s.sqlite", cap=1000)
     sp.append(["p1", "p2"], d.marks([key, ("dairy", "m9", "never-seen")]))
     assert sp.marks() == [["dairy", "m1", "s1", 3, [5, 7], []]]
-    # a failing transaction (here a NULL line) commits neither its points nor its marks
+    # a failing transaction (here a mark without its high-water mark, after the points
+    # went in) commits neither its points nor its marks
     d.accept(key, 4)
     with pytest.raises(sqlite3.IntegrityError):
-        sp.append(["p3", None], d.marks([key]))  # type: ignore[list-item]
+        sp.append(["p3"], [*d.marks([key]), ("dairy", "m2", "s1", None, [], [])])  # type: ignore[list-item]
     assert sp.depth == 2 and sp.marks() == [["dairy", "m1", "s1", 3, [5, 7], []]]
     sp.append(["p3"], d.marks([key]))
     sp.close()
