@@ -66,6 +66,20 @@ class SeqTracker:
         self._done[key] = done
         return True
 
+    def accept_many(self, key: Key, seqs: list[int]) -> list[bool] | None:
+        """:meth:`accept` each of ``seqs`` (strictly increasing, as a ``readings`` message
+        has them) in order; None when all were new, else whether each was.
+
+        The usual case, the stream's next seqs without a hole, is one step."""
+        done = self._done.get(key)
+        first, last = seqs[0], seqs[-1]
+        if (last - first == len(seqs) - 1 and not self._above.get(key)
+                and (done is None or first == done + 1)):
+            self._done[key] = last
+            return None
+        got = [self.accept(key, s) for s in seqs]
+        return None if all(got) else got
+
     def _fill(self, key: Key, seq: int) -> bool:
         """A seq at or below ``done``: new only if it lies in a given-up range."""
         gaps = self._gaps.get(key)

@@ -122,12 +122,42 @@ def shared_ok(obj: Any) -> bool:
             and type(stream) is str and stream != "" and stream.isascii())
 
 
+class Rows(NamedTuple):
+    """The readings of one ``readings`` message, all valid, as columns (the service's
+    batch path: no object per reading)."""
+
+    site: str
+    meter: str
+    resource: str
+    stream: str
+    seqs: list[int]
+    ts_s: list[float]
+    qualities: list[str]
+    values: list[dict[str, float | None]]
+
+    def items(self) -> list[Item]:
+        """The same readings as :class:`Item` s."""
+        return [Item(self.site, self.meter, self.resource, self.stream, seq, ts, q, v)
+                for seq, ts, q, v in zip(self.seqs, self.ts_s, self.qualities, self.values,
+                                         strict=True)]
+
+
 def reading_item(obj: Any, shared: dict[str, Any] | None = None) -> Item | None:
     """``obj`` (with ``shared``'s fields, already checked by :func:`shared_ok`) as an
     :class:`Item` when it certainly is a valid Reading; None: ask the model."""
     base = obj if shared is None else shared
     if type(obj) is not dict or (shared is None and not shared_ok(obj)):
         return None
+    got = item_fields(obj)
+    if got is None:
+        return None
+    return Item(base["site"], base["meter"], base["resource"], base["stream"], *got)
+
+
+def item_fields(obj: dict[str, Any]) -> tuple[int, float, str, dict[str, float | None]] | None:
+    """A reading's own fields (seq, ts_s, quality, values as floats) when they certainly
+    are valid; None: ask the model. ``values`` is ``obj``'s own dict when it holds floats
+    and nulls only (the usual case), else a converted copy."""
     seq = obj.get("seq")
     if type(seq) is not int or not 1 <= seq <= _MAX_SEQ:
         return None
@@ -135,24 +165,23 @@ def reading_item(obj: Any, shared: dict[str, Any] | None = None) -> Item | None:
     quality = obj.get("quality")
     if ts is None or type(quality) is not str or quality not in _QUALITIES:
         return None
-    raw = obj.get("values")
-    if type(raw) is not dict:
+    values = obj.get("values")
+    if type(values) is not dict:
         return None
-    values: dict[str, float | None] = {}
-    for name, value in raw.items():
+    ints = False
+    for name, value in values.items():
         if name not in _NAMES:
             return None
         t = type(value)
         if t is float:
             if not _finite(value):
                 return None
-            values[name] = value
         elif t is int and -_EXACT_INT <= value <= _EXACT_INT:
-            values[name] = float(value)
-        elif value is None:
-            values[name] = None
-        else:
+            ints = True
+        elif value is not None:
             return None
+    if ints:
+        values = {k: float(v) if v is not None else None for k, v in values.items()}
     if "errors" in obj:
         errors = obj["errors"]
         if type(errors) is not dict:
@@ -170,5 +199,4 @@ def reading_item(obj: Any, shared: dict[str, Any] | None = None) -> Item | None:
         if not ((t is float and _finite(latency)) or
                 (t is int and abs(latency) <= _EXACT_INT)) or latency < 0:
             return None
-    return Item(base["site"], base["meter"], base["resource"], base["stream"], seq, ts,
-                quality, values)
+    return seq, ts, quality, values

@@ -43,14 +43,22 @@ from .annotations import Annotator, make_api
 from .config import AnalyticsSpec
 from .dedup import SeqTracker
 from .dedup import State as DedupState
-from .fastcheck import Item
+from .fastcheck import Item, Rows
 from .inputs import inputs_from_config
 from .lines import QUALITY_CODES, line, series
 from .lines import _tag as _key
 from .pipeline import Interval, MeterPipeline, Settings
 from .sink import InfluxWriter, SpoolSink
 from .spool import INPUT, PIPELINE, Replay, Spool
-from .validate import ALERTS_ROOT, DETECT_ROOT, DeadLetter, Limits, parse_message, parse_oldest
+from .validate import (
+    ALERTS_ROOT,
+    DETECT_ROOT,
+    DeadLetter,
+    Limits,
+    fast_rows,
+    parse_message,
+    parse_oldest,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -511,6 +519,63 @@ class DetectService:
         got.append((ts, item.values, item.resource))
         replay.append((item.site, item.meter, item.resource, ts, item.values, PIPELINE))
 
+    def _take_rows(self, rows: Rows, topic: str, payload: bytes, now: float, lines: list[str],
+                   by_meter: dict[MeterKey, list[tuple[float, dict[str, Any], str]]],
+                   touched: set[DKey], before: dict[DKey, DedupState],
+                   replay: list[Replay]) -> None:
+        """A ``readings`` message's valid readings: what :meth:`_take` does for each, once
+        per message where it can (partition, dedup of a run of seqs, the series text)."""
+        site, meter, resource = rows.site, rows.meter, rows.resource
+        key = (site, meter)
+        if (self.inputs and self.inputs.is_input(*key)) or (
+                self.cfg.processing.require_meta and key not in self.metas):
+            for item in rows.items():  # inputs and dead letters go reading by reading
+                self._take(item, topic, payload, now, lines, by_meter, touched, before,
+                           replay)
+            return
+        part = self.cfg.processing.partition
+        if part.count > 1 and not owns(site, meter, part.index, part.count):
+            self.stats.not_ours += len(rows.seqs)
+            return
+        dkey = (site, meter, rows.stream)
+        if dkey not in touched:
+            touched.add(dkey)
+            before[dkey] = self.dedup.state_of(dkey)
+        new = self.dedup.accept_many(dkey, rows.seqs)
+        seqs, times, qualities, values = rows.seqs, rows.ts_s, rows.qualities, rows.values
+        if new is not None:  # some were stored before: keep the others
+            self.stats.duplicates += new.count(False)
+            keep = [i for i, fresh in enumerate(new) if fresh]
+            if not keep:
+                return
+            seqs = [seqs[i] for i in keep]
+            times = [times[i] for i in keep]
+            qualities = [qualities[i] for i in keep]
+            values = [values[i] for i in keep]
+        self.stats.readings_in += len(seqs)
+        newest = max(times)
+        if newest > self.stats.newest_ts:
+            self.stats.newest_ts = newest
+        if newest > self.last_seen.get(key, 0.0):
+            self.last_seen[key] = newest
+        head = _READING_SERIES.get((site, meter, resource))
+        if head is None:
+            head = series("reading", (("site", site), ("meter", meter), ("resource", resource)))
+            if len(_READING_SERIES) < 100_000:
+                _READING_SERIES[(site, meter, resource)] = head
+        head += " "
+        field, codes = _FIELD, QUALITY_CODES
+        for seq, ts, quality, vals in zip(seqs, times, qualities, values, strict=True):
+            fields = ",".join([f"{field[k]}{v!r}" for k, v in vals.items() if v is not None])
+            lines.append(f"{head}{fields}{',' if fields else ''}quality={codes[quality]}i,"
+                         f"seq={seq}i {round(ts * 1000.0)}")
+        got = by_meter.get(key)
+        if got is None:
+            got = by_meter[key] = []
+        got += [(ts, vals, resource) for ts, vals in zip(times, values, strict=True)]
+        replay += [(site, meter, resource, ts, vals, PIPELINE)
+                   for ts, vals in zip(times, values, strict=True)]
+
     def _dropped(self, res: contract.Dropped, lines: list[str], touched: set[DKey],
                  before: dict[DKey, DedupState]) -> None:
         """The agent's announcement of readings its outbox dropped: dedup moves past them."""
@@ -539,6 +604,12 @@ class DetectService:
         before: dict[DKey, DedupState] = {}
         replay: list[Replay] = []  # what the detectors are fed, kept until a checkpoint
         for topic, payload in messages:
+            rows = (fast_rows(topic, payload, now, self.limits)
+                    if topic.endswith("/readings") else None)
+            if rows is not None:
+                self._take_rows(rows, topic, payload, now, lines, by_meter, touched, before,
+                                replay)
+                continue
             for res in parse_message(topic, payload, now, self.limits):
                 if type(res) is Item:
                     self._take(res, topic, payload, now, lines, by_meter, touched, before,

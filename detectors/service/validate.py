@@ -19,7 +19,7 @@ from pydantic_core import from_json
 
 from collector import contract
 
-from .fastcheck import Item, item_of, reading_item, shared_ok
+from .fastcheck import Item, Rows, item_fields, item_of, reading_item, shared_ok
 
 KEEP_BYTES = 4096
 DEADLETTER_ROOT = f"{contract.ROOT}/_deadletter"
@@ -186,32 +186,56 @@ def _parse_batch(topic: str, payload: bytes, now_s: float, limits: Limits, site:
                  meter: str) -> list[Parsed]:
     """A ``readings`` message: each item as the Reading the ``reading`` topic would have
     carried (shared fields + item); a bad item dead-lettered alone (reason: its index and
-    seq), a bad shared part the whole message. The fast path takes a message whose every
-    item it can prove valid; any other goes to :func:`collector.contract.split_readings`
-    (the models), which gives the verdict and the reasons."""
+    seq), a bad shared part the whole message. The fast path (:func:`fast_rows`) takes a
+    message whose every item it can prove valid; any other goes to
+    :func:`collector.contract.split_readings` (the models), which gives the verdict and
+    the reasons."""
+    rows = fast_rows(topic, payload, now_s, limits)
+    if rows is not None:
+        return list(rows.items())
     cap = max(limits.max_batch_payload_bytes, 1)
     if len(payload) > cap:
         return [DeadLetter(topic, payload, f"invalid readings: payload of {len(payload)} "
                            f"bytes exceeds {cap}", site)]
+    return _reference_batch(topic, payload, now_s, limits, site, meter)
+
+
+def fast_rows(topic: str, payload: bytes, now_s: float, limits: Limits) -> Rows | None:
+    """A ``readings`` message whose shared part and every item :mod:`.fastcheck` proves
+    valid (seqs increasing, times within the limits), as :class:`~.fastcheck.Rows`; None
+    for anything else (then :func:`parse_message` asks the models)."""
+    where = split_topic(topic)
+    if (where is None or where[2] != "readings" or where[1] == contract.AGENT
+            or len(payload) > max(limits.max_batch_payload_bytes, 1)):
+        return None
     try:
         obj = from_json(payload)
     except ValueError:
-        obj = None
+        return None
     items = obj.get("readings") if type(obj) is dict else None
-    if (type(items) is list and 1 <= len(items) <= contract.MAX_BATCH and shared_ok(obj)
-            and obj["site"] == site and obj["meter"] == meter):
-        out: list[Parsed] = []
-        last = 0
-        low, high = limits.oldest_s, now_s + limits.max_future_s
-        for raw in items:
-            item = reading_item(raw, obj)
-            if item is None or item.seq <= last or not low <= item.ts_s <= high:
-                break
-            last = item.seq
-            out.append(item)
-        else:
-            return out
-    return _reference_batch(topic, payload, now_s, limits, site, meter)
+    if not (type(items) is list and 1 <= len(items) <= contract.MAX_BATCH and shared_ok(obj)
+            and obj["site"] == where[0] and obj["meter"] == where[1]):
+        return None
+    seqs: list[int] = []
+    times: list[float] = []
+    qualities: list[str] = []
+    values: list[dict[str, float | None]] = []
+    last = 0
+    low, high = limits.oldest_s, now_s + limits.max_future_s
+    for raw in items:
+        got = item_fields(raw) if type(raw) is dict else None
+        if got is None:
+            return None
+        seq, ts, quality, vals = got
+        if seq <= last or not low <= ts <= high:
+            return None
+        last = seq
+        seqs.append(seq)
+        times.append(ts)
+        qualities.append(quality)
+        values.append(vals)
+    return Rows(obj["site"], obj["meter"], obj["resource"], obj["stream"], seqs, times,
+                qualities, values)
 
 
 def _reference_batch(topic: str, payload: bytes, now_s: float, limits: Limits, site: str,

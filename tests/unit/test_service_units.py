@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector import contract
 from collector.configfile import ConfigError
@@ -113,6 +115,29 @@ def test_dedup_drops_replays_and_out_of_order_duplicates() -> None:
         True, True, True, False, False, True, True, False, True]  # fmt: skip
     assert d.done(key) == 6
     assert d.accept(("dairy", "m1", "s2"), 1)  # a new stream starts afresh
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=30), st.integers(1, 45), st.integers(1, 12),
+       st.lists(st.integers(0, 3), min_size=12, max_size=12), st.integers(0, 45))
+def test_dedup_accept_many_is_accept_one_by_one(
+        before: list[int], first: int, n: int, steps: list[int], skip: int) -> None:
+    # a readings message's run of increasing seqs, on any tracker state (holes, repeats,
+    # a window giving up, an announced drop): the same answers and marks as one by one
+    key = ("dairy", "m1", "s1")
+    a, b = SeqTracker(window=6), SeqTracker(window=6)
+    for t in (a, b):
+        for seq in before:
+            t.accept(key, seq)
+        if skip:
+            t.skip_to(key, skip)
+    seqs = [first]
+    for step in steps[: n - 1]:
+        seqs.append(seqs[-1] + 1 + step * (step > 1))
+    one = [a.accept(key, seq) for seq in seqs]
+    many = b.accept_many(key, seqs)
+    assert (one if not all(one) else None) == many
+    assert a.snapshot() == b.snapshot()
 
 
 def test_dedup_window_gives_up_holes_and_round_trips() -> None:
