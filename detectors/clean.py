@@ -75,6 +75,9 @@ class Quality(IntFlag):
     IMPOSSIBLE_RATE = k.IMPOSSIBLE_RATE  # a reading implied more than the rated maximum
     PARTIAL = k.PARTIAL  # readings cover only part of the interval (series edge)
     NO_DATA = k.NO_DATA  # no readings cover the interval: consumption NaN
+    # set by the detector service (not by clean_counter): the edge clock stepped back, and
+    # the consumption of the readings stamped behind it landed here; kept, not scored
+    CLOCK_STEP = 2048
 
     @classmethod
     def unusable(cls) -> Quality:

@@ -10,12 +10,20 @@ service runs it in a worker thread. State is JSON-able for checkpoints.
 
 Readings older than the first open interval (late arrivals) are stored by the service but
 not counted again here: their interval is already closed.
+
+A backward step of the edge clock shows as readings stamped behind the newest one with a
+counter *above* it (a late arrival has a counter below). They are left out until the
+readings' time passes the newest one again; the consumption meanwhile is in the next
+reading's counter, so it lands in the interval(s) of that one reading pair: nothing is
+lost, and those intervals are flagged ``CLOCK_STEP`` and not scored or learned (the
+detectors and events see NaN), so the lump raises no false spike.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import math
 import zlib
 from collections.abc import Callable
@@ -28,10 +36,12 @@ from collector.contract import MeterMeta
 from collector.quantities import QUANTITIES, Kind
 
 from ..anomaly import DriftDetector, LevelShiftDetector, SpikeDetector, StuckDetector
-from ..clean import clean_counter
+from ..clean import Quality, clean_counter
 from ..meter import MeterInfo
 from ..streaming import KernelDetector, Point
 from .alerts import AlertSettings, EventTracker, Transition
+
+log = logging.getLogger(__name__)
 
 COUNTER_PREFERENCE: dict[str, tuple[str, ...]] = {
     "electricity": ("energy_kwh", "heat_kwh"),
@@ -194,6 +204,11 @@ class MeterPipeline:
         self.buf: list[tuple[int, float]] = []
         self.next_start: int | None = None
         self.late = 0
+        self.newest: tuple[int, float] | None = None  # newest reading taken (time, counter)
+        self.stepped = 0  # readings left out since the clock stepped back (0: no step)
+        self.clock_steps = 0  # backward clock steps seen
+        # reading pairs (from, to) carrying a clock step's consumption, not yet closed
+        self.step_spans: list[tuple[int, int]] = []
         self.detectors = make_detectors(settings)
         self.tracker = EventTracker(site, meter, settings.alerts)
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
@@ -269,13 +284,33 @@ class MeterPipeline:
         if value is None:
             return
         t = int(ts_s)
+        v = float(value)
         interval = self.settings.interval_s
+        newest = self.newest
+        if newest is not None and t <= newest[0] and (self.stepped or v > newest[1]):
+            # behind the newest reading with a higher counter: the clock stepped back
+            if not self.stepped:
+                self.clock_steps += 1
+                log.warning("%s/%s: a reading stamped %d s behind the newest one with a "
+                            "higher counter: the edge clock stepped back; its readings are "
+                            "stored, and counted once their time passes the newest one",
+                            self.site, self.meter, newest[0] - t)
+            self.stepped += 1
+            return
+        if self.stepped and newest is not None:  # past the step: this pair carries it
+            log.info("%s/%s: past the clock step (%d readings meanwhile); their consumption "
+                     "is in the interval of %d, flagged CLOCK_STEP and not scored",
+                     self.site, self.meter, self.stepped, newest[0])
+            self.step_spans.append((newest[0], t))
+            self.stepped = 0
         if self.next_start is None:
             self.next_start = -(-t // interval) * interval
         elif t < self.next_start and (not self.buf or t < self.buf[0][0]):
             self.late += 1
             return
-        self.buf.append((t, float(value)))
+        self.buf.append((t, v))
+        if newest is None or t > newest[0]:
+            self.newest = (t, v)
 
     def complete(self) -> tuple[list[Interval], list[Transition]]:
         """Close every interval the buffered readings have passed; score and track them."""
@@ -305,9 +340,14 @@ class MeterPipeline:
         if self.baseline is not None:
             exp = expected_per_interval(self.baseline, starts, interval, self.inputs)
         kinds = event_kinds(self.resource)
+        spans = self.step_spans
+        self.step_spans = [(a, b) for a, b in spans if b > boundary]  # not yet closed
         for i, (t, x, f) in enumerate(zip(starts, cons.consumption.tolist(),
                                           cons.flags.tolist(), strict=True)):
-            point = Point(int(t), float(x))
+            if spans and any(a < t + interval and b > t for a, b in spans):
+                f |= Quality.CLOCK_STEP  # a clock step's lump: stored, not scored
+            scored = math.nan if f & Quality.CLOCK_STEP else float(x)
+            point = Point(int(t), scored)
             scores: dict[str, float] = {}
             diags: dict[str, list[float]] = {}
             for kind, det in self.detectors.items():
@@ -318,12 +358,12 @@ class MeterPipeline:
                 # an event already open (a resource changed by its meta) may still close
                 if self.info.unit and (kind in kinds or kind in self.tracker.open):
                     transitions += self.tracker.step(
-                        kind, int(t), interval, float(x), score, diag, self.info,
+                        kind, int(t), interval, scored, score, diag, self.info,
                         self.resource, self.currency,
                     )  # fmt: skip
             if self.overspend is not None:  # on the baseline's grid: inputs line up
                 scores["overspend"] = self.overspend.update_one(Point(
-                    int(t), float(x), production=exp.production[i],
+                    int(t), scored, production=exp.production[i],
                     temperature=exp.temperature[i]))
                 diags["overspend"] = [self.overspend.cusum]
                 if "overspend" in kinds:
@@ -357,6 +397,9 @@ class MeterPipeline:
                      "co2": self.info.co2_kg_per_unit, "rollover": self.info.rollover},
             "buf": [[t, v if math.isfinite(v) else None] for t, v in self.buf],
             "next_start": self.next_start,
+            "newest": list(self.newest) if self.newest is not None else None,
+            "stepped": self.stepped, "clock_steps": self.clock_steps,
+            "step_spans": [list(x) for x in self.step_spans],
             "detectors": {k: _pack(d) for k, d in self.detectors.items()},
             "events": self.tracker.snapshot(),
             "overspend": self.overspend.snapshot() if self.overspend is not None else None,
@@ -374,6 +417,13 @@ class MeterPipeline:
                              rollover=info["rollover"])
         obj.buf = [(int(t), math.nan if v is None else float(v)) for t, v in state["buf"]]
         obj.next_start = state["next_start"]
+        newest = state.get("newest")  # older checkpoints: the newest buffered reading
+        if newest is None and obj.buf:
+            newest = max(obj.buf)
+        obj.newest = (int(newest[0]), float(newest[1])) if newest is not None else None
+        obj.stepped = int(state.get("stepped", 0))
+        obj.clock_steps = int(state.get("clock_steps", 0))
+        obj.step_spans = [(int(a), int(b)) for a, b in state.get("step_spans", [])]
         for kind, snap in state["detectors"].items():
             if kind in obj.detectors:
                 # a snapshot that does not fit (config change): that detector starts afresh
