@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -29,12 +30,18 @@ def test_edge_agent_never_imports_numba():
 
 
 def test_agent_help_is_fast():
+    """``recp agent --help`` imports little: under 1 s of the child's CPU time (about 0.2 s
+    here). CPU time, not wall time: on the shared 2-core machine at load 10 to 20 the
+    child waits for a core longer than it runs, and a wall-clock bound flaked."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "collector", "agent", "--help"], check=True,
                          cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     took = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert "--once" in out
-    assert took < 2.0, f"recp agent --help took {took:.2f} s"  # goal: < 1 s; CI is noisy
+    assert cpu < 1.0, f"recp agent --help took {cpu:.2f} s of CPU ({took:.2f} s wall)"
 
 
 @pytest.mark.parametrize(
