@@ -247,3 +247,68 @@ def test_every_shipped_profile_plans_into_reads_covering_each_point_once(path: P
                 assert s.offset >= 0 and s.offset + s.point.registers <= r.count
         if gap == 0:
             assert not any(r.has_gaps for r in reqs)
+
+
+# ------------------------------------------------------------ whole-block decoding
+
+
+def _per_point(req: ReadRequest, data: bytes) -> dict[str, float | None]:
+    """The reference: every point by its own raw decoder, non-finite values as None."""
+    out: dict[str, float | None] = {}
+    for slot in req.slots:
+        assert slot.raw_decoder is not None
+        v = slot.raw_decoder(data, slot.offset)
+        out[slot.point.name] = v if math.isfinite(v) else None
+    return out
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> list[ResolvedPoint]:
+    """Points of distinct names at non-overlapping addresses, with gaps, mixed types,
+    orders, scales and offsets."""
+    names = ["voltage_l1_v", "voltage_l2_v", "current_l1_a", "power_kw", "energy_kwh",
+             "frequency_hz", "power_factor"]
+    points, address = [], draw(st.integers(0, 3))
+    for name in names[: draw(st.integers(0, len(names)))]:
+        dtype = draw(st.sampled_from(list(DataType)))
+        points.append(pt(name, address, type=dtype.value,
+                         order=draw(st.sampled_from(list(WordOrder))).value,
+                         scale=draw(st.sampled_from([1.0, 0.1, -2.5, 1e-3])),
+                         offset=draw(st.sampled_from([0.0, -40.0, 1.5]))))
+        address += dtype.registers + draw(st.integers(0, 3))
+    return points
+
+
+@given(points=layouts(), seed=st.binary(min_size=0, max_size=400))
+def test_block_decoder_equals_point_by_point(points: list[ResolvedPoint], seed: bytes):
+    """One struct format for the whole request gives every point's value exactly as the
+    per-point decoders do: NaN and infinities (floats from random bytes) become None, an
+    empty plan has no requests, a too-short reply is refused before decoding."""
+    requests = plan_reads(points, 1, max_gap_registers=3)
+    assert sum(len(r.slots) for r in requests) == len(points)
+    for req in requests:
+        assert req.block is not None  # no overlaps in these layouts: always compiled
+        data = (seed * (2 * req.count // max(len(seed), 1) + 1))[: 2 * req.count]
+        data = data.ljust(2 * req.count, b"\x7f")
+        got, ref = req.decode(data), _per_point(req, data)
+        assert list(got) == list(ref)
+        assert got == ref  # None where non-finite, so == is exact
+        with pytest.raises(ValueError, match="expected"):
+            req.decode(data[:-1])
+
+
+def test_block_decoder_pinned_with_bytes_and_overlap_falls_back():
+    points = [pt("voltage_l1_v", 0), pt("current_l1_a", 4, type="uint16", scale=0.01),
+              pt("power_kw", 5, order="CDAB"), pt("frequency_hz", 7, type="int16",
+                                                   order="BADC", offset=-1.0)]
+    (req,) = plan_reads(points, 1)
+    assert req.block is not None
+    data = (b"\x43\x66\x80\x00" + b"\xff\xff" * 2 + (1234).to_bytes(2, "big")
+            + b"\x00\x00\x3f\x80" + b"\xfe\xff")
+    assert req.decode(data) == {"voltage_l1_v": 230.5, "current_l1_a": 1234 * 0.01,
+                                "power_kw": 1.0, "frequency_hz": -2 - 1.0}
+    assert req.decode(b"\x7f\xc0\x00\x00" + data[4:])["voltage_l1_v"] is None  # NaN
+    # two names on the same registers: no single format, decoded point by point
+    (both,) = plan_reads([pt("power_kw", 0), pt("power_l1_kw", 0)], 1)
+    assert both.block is None
+    assert both.decode(b"\x3f\x80\x00\x00") == {"power_kw": 1.0, "power_l1_kw": 1.0}
