@@ -240,6 +240,8 @@ class Agent:
         self._hurry = asyncio.Event()  # a meter waits for its commit: do not linger
         self.poll_waits = 0  # polls that waited for the meter's previous commit
         self._waited: dict[str, asyncio.Future[None]] = {}  # the commit each one waited for
+        # (meter, stream) -> (topic, its payload renderer)
+        self._renderers: dict[tuple[str, str], tuple[str, Callable[..., bytes]]] = {}
         self.started = time.time()
         self.readings = 0
         self.written = 0
@@ -249,19 +251,24 @@ class Agent:
     def _render(self, result: PollResult, trusted: bool | None, stream: str
                 ) -> Callable[[int], tuple[str, bytes]]:
         """The reading's message once numbered; ``trusted`` None: re-timed (corrected)."""
-        meter = self.meters[result.meter]
-        topic = contract.reading_topic(self.site, meter.id)
-        resource = meter.profile.resource.value
+        key = (result.meter, stream)
+        found = self._renderers.get(key)
+        if found is None:
+            meter = self.meters[result.meter]
+            found = self._renderers[key] = (
+                contract.reading_topic(self.site, meter.id),
+                contract.ReadingRenderer(site=self.site, meter=meter.id,
+                                         resource=meter.profile.resource.value,
+                                         stream=stream).render)
+        topic, render_payload = found
+        clock = (ClockState.CORRECTED if trusted is None
+                 else ClockState.SYNCED if trusted else ClockState.UNSYNCED)
+        latency_ms = None if result.latency_s is None else result.latency_s * 1000
 
         def render(seq: int) -> tuple[str, bytes]:
-            return topic, contract.dumps(contract.reading_payload(
-                site=self.site, meter=meter.id, resource=resource, stream=stream, seq=seq,
-                ts=result.ts, quality=result.quality, values=result.values,
-                errors=result.errors,
-                clock=(ClockState.CORRECTED if trusted is None
-                       else ClockState.SYNCED if trusted else ClockState.UNSYNCED),
-                latency_ms=None if result.latency_s is None else result.latency_s * 1000,
-            ))
+            return topic, render_payload(
+                seq=seq, ts=result.ts, quality=result.quality, values=result.values,
+                errors=result.errors, clock=clock, latency_ms=latency_ms)
 
         return render
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,10 +102,27 @@ class ClockState(str, Enum):
     UNSYNCED = "unsynced"  # taken before synchronisation and could not be re-timed
 
 
+_ts_second: tuple[int, str] = (-1, "")  # (epoch second, its "YYYY-MM-DDTHH:MM:SS.")
+
+
 def format_ts(epoch_s: float) -> str:
-    """UTC ISO 8601 with milliseconds and ``Z``: ``2026-01-05T10:00:00.123Z``."""
+    """UTC ISO 8601 with milliseconds and ``Z``: ``2026-01-05T10:00:00.123Z``.
+
+    The text up to the second is kept for the last second seen (readings of one poll
+    cycle share it), which saves two thirds of the cost per reading; the result is
+    ``datetime.isoformat`` to the byte (tested), microseconds rounded as ``fromtimestamp``
+    rounds them, then cut to milliseconds."""
+    global _ts_second
     t = dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    us = t.microsecond
+    second = math.floor(epoch_s)
+    if us == 0 and epoch_s - second > 0.5:  # .9999995 and up rounds into the next second
+        second += 1
+    cached, text = _ts_second
+    if cached != second:
+        text = t.isoformat(timespec="seconds")[:19] + "."
+        _ts_second = (second, text)  # one tuple: a reader in another thread sees a pair
+    return f"{text}{us // 1000:03d}Z"
 
 
 class _Payload(BaseModel):
@@ -429,6 +447,58 @@ def reading_payload(
     if latency_ms is not None:
         out["latency_ms"] = round(latency_ms, 3)
     return out
+
+
+class ReadingRenderer:
+    """One meter's reading payloads rendered straight to bytes, equal byte for byte to
+    ``dumps(reading_payload(...))`` (tested) at a fraction of its cost: the fields that
+    are the same for every reading of the meter are rendered once, values with
+    ``float.__repr__`` as :mod:`json` does. Anything unusual (a value that is not a finite
+    float or None) goes through :func:`dumps`, which also refuses NaN as before."""
+
+    def __init__(self, *, site: str, meter: str, resource: str, stream: str):
+        self.fixed = {"site": site, "meter": meter, "resource": resource, "stream": stream}
+        head = dumps({"v": VERSION, **self.fixed}).decode()
+        self._head = head[:-1] + ',"seq":'
+        self._keys: dict[str, str] = {}
+
+    def render(self, *, seq: int, ts: float, quality: Quality,
+               values: dict[str, float | None], errors: dict[str, str] | None = None,
+               clock: ClockState = ClockState.SYNCED, latency_ms: float | None = None
+               ) -> bytes:
+        keys = self._keys
+        parts = []
+        for name, v in values.items():
+            key = keys.get(name)
+            if key is None:
+                key = keys[name] = json.dumps(name) + ":"
+            if v is None:
+                parts.append(key + "null")
+            elif type(v) is float and v - v == 0.0:  # finite: inf - inf and NaN are NaN
+                parts.append(key + float.__repr__(v))
+            else:
+                return self._slow(seq, ts, quality, values, errors, clock, latency_ms)
+        if type(seq) is not int:
+            return self._slow(seq, ts, quality, values, errors, clock, latency_ms)
+        text = (f'{self._head}{seq},"ts":"{format_ts(ts)}","quality":"{quality.value}",'
+                f'"values":{{{",".join(parts)}}}')
+        if errors:
+            text += ',"errors":' + json.dumps(errors, separators=(",", ":"))
+        if clock is not ClockState.SYNCED:
+            text += f',"clock":"{clock.value}"'
+        if latency_ms is not None:
+            lat = round(latency_ms, 3)
+            if type(lat) is not float or lat - lat != 0.0:
+                return self._slow(seq, ts, quality, values, errors, clock, latency_ms)
+            text += ',"latency_ms":' + float.__repr__(lat)
+        return (text + "}").encode()
+
+    def _slow(self, seq: int, ts: float, quality: Quality, values: dict[str, float | None],
+              errors: dict[str, str] | None, clock: ClockState, latency_ms: float | None
+              ) -> bytes:
+        return dumps(reading_payload(**self.fixed, seq=seq, ts=ts, quality=quality,
+                                     values=values, errors=errors, clock=clock,
+                                     latency_ms=latency_ms))
 
 
 _SEQ_KEY = b',"seq":'

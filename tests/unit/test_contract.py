@@ -199,3 +199,52 @@ def test_pack_then_expand_is_the_identity_on_readings(seqs: list[int], power: fl
                for s in sorted(seqs)]
     expected = [c.Reading.model_validate_json(p) for p in singles]
     assert c.Readings.model_validate_json(c.pack_readings(singles)).expand() == expected
+
+
+def _iso_reference(epoch_s: float) -> str:
+    t = dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@given(st.lists(st.one_of(
+    st.floats(0, 4e9), st.integers(0, 4_000_000_000).map(float),
+    # just below a whole second: fromtimestamp rounds .9999995 up into the next one
+    st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995),
+    st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999994),
+    st.integers(0, 4_000_000_000).map(lambda s: s + 0.0005),
+), min_size=1, max_size=20))
+def test_format_ts_equals_isoformat_across_its_second_cache(stamps: list[float]):
+    """The cached text of the last second never leaks into another second."""
+    for s in stamps + stamps[::-1]:
+        assert c.format_ts(s) == _iso_reference(s), s
+
+
+_VALUES = st.dictionaries(
+    st.sampled_from(["energy_kwh", "power_kw", "voltage_l1_v", "flow_m3h", "ünit"]),
+    st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
+              st.integers(-(2**63), 2**64).map(float), st.integers(-5, 5)),
+    max_size=5)
+
+
+@given(seq=st.integers(1, c.MAX_SEQ), ts=st.floats(0, 4e9), values=_VALUES,
+       quality=st.sampled_from(list(c.Quality)), clock=st.sampled_from(list(c.ClockState)),
+       errors=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.text(max_size=8),
+                                                   max_size=2)),
+       latency_ms=st.one_of(st.none(), st.floats(0, 1e7)))
+def test_renderer_is_byte_identical_to_dumps_of_reading_payload(
+        seq, ts, values, quality, clock, errors, latency_ms):
+    fixed = dict(site="dairy", meter="el_main", resource="electricity", stream="a1b2c3")
+    r = c.ReadingRenderer(**fixed)
+    args = dict(seq=seq, ts=ts, quality=quality, values=values, errors=errors, clock=clock,
+                latency_ms=latency_ms)
+    assert r.render(**args) == c.dumps(c.reading_payload(**fixed, **args))
+    assert r.render(**args) == r.render(**args)  # key cache filled on the first call
+
+
+def test_renderer_refuses_nan_like_dumps():
+    r = c.ReadingRenderer(site="s", meter="m", resource="water", stream="x")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            r.render(seq=1, ts=0.0, quality=c.Quality.OK, values={"power_kw": bad})
+    with pytest.raises(ValueError):
+        r.render(seq=1, ts=0.0, quality=c.Quality.OK, values={}, latency_ms=float("nan"))
