@@ -5,8 +5,8 @@ before anything is polled, and on shutdown polling stops first, every reading al
 taken is committed, and the publisher drains the outbox (for at most ``drain_timeout_s``)
 before saying goodbye. Readings travel as:
 
-    Bus task -> PollResult -> asyncio queue -> writer task (one SQLite transaction per
-    batch, in a worker thread) -> outbox -> publisher task -> broker
+    Bus task -> PollResult -> pending list -> writer task (one SQLite transaction per
+    batch, in the outbox's thread) -> outbox -> publisher task -> broker
 
 A meter is polled again only once its previous reading is committed, so however slow the
 disk, a crash loses at most one poll per meter: the one taken but not yet numbered.
@@ -18,7 +18,6 @@ before it can are held in the outbox and re-timed from the monotonic clock once 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -44,7 +43,7 @@ from .site import ClockSettings, MeterSpec, SiteSpec, broker_url, credentials
 
 log = logging.getLogger("recp.agent")
 
-QUEUE_SIZE = 10_000  # readings between pollers and the outbox writer
+QUEUE_SIZE = 10_000  # readings between pollers and the outbox writer (then polls wait)
 WRITE_BATCH = 2_000  # readings per outbox transaction at most
 WRITE_LINGER_S = 0.05  # wait this long for more readings before a commit (one fsync each)
 TIME_ERROR = 5  # adjtimex(2): clock not synchronised
@@ -67,6 +66,11 @@ def kernel_clock_synchronised() -> bool | None:
     if state < 0:
         return None
     return bool(state != TIME_ERROR)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class DeviceClock:
@@ -234,10 +238,15 @@ class Agent:
         self.clock_meter = spec.clock_meter.id if spec.clock_meter else None
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
-        self.queue: asyncio.Queue[tuple[PollResult, bool, asyncio.Future[None]] | None] = (
-            asyncio.Queue(QUEUE_SIZE))
+        # readings not yet handed to the outbox, each with the commit its meter waits for
+        # (one future per batch of readings, not per reading)
+        self._pending: list[tuple[PollResult, bool, asyncio.Future[None]]] = []
+        self._batch_saved: asyncio.Future[None] | None = None  # the next batch's commit
+        self._writer_wake: asyncio.Future[None] | None = None  # the writer's current nap
+        self._writer_idle = False  # it naps until a reading arrives (not lingering)
+        self._closing = False  # no more readings: commit what is pending and end
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
-        self._hurry = asyncio.Event()  # a meter waits for its commit: do not linger
+        self._hurry = False  # a meter waits for its commit: do not linger
         self.poll_waits = 0  # polls that waited for the meter's previous commit
         self._waited: dict[str, asyncio.Future[None]] = {}  # the commit each one waited for
         # (meter, stream) -> (topic, its payload renderer)
@@ -292,7 +301,7 @@ class Agent:
 
     async def health(self) -> dict[str, Any]:
         assert self.outbox is not None and self.publisher is not None
-        stats = await asyncio.to_thread(self.outbox.stats)
+        stats = await self.outbox.call(self.outbox.stats)
         now = time.time()
         devices = {}
         for d in self.poller.devices:
@@ -325,9 +334,26 @@ class Agent:
             self.clock.device.observe(result)
             if result.meter not in self.meters:  # the time source is not published
                 return
-        saved = asyncio.get_running_loop().create_future()
+        if len(self._pending) >= QUEUE_SIZE:  # the disk cannot keep up: polls wait
+            self._kick_writer()
+            await asyncio.shield(self._pending[-1][2])
+        self.enqueue(*self.clock.stamp(result))
+
+    def enqueue(self, result: PollResult, trusted: bool) -> asyncio.Future[None]:
+        """Hand a (stamped) reading to the writer; the future is done once it is committed."""
+        saved = self._batch_saved
+        if saved is None or len(self._pending) % WRITE_BATCH == 0:
+            saved = self._batch_saved = asyncio.get_running_loop().create_future()
         self._unsaved[result.meter] = saved
-        await self.queue.put((*self.clock.stamp(result), saved))
+        self._pending.append((result, trusted, saved))
+        if self._writer_idle:
+            self._kick_writer()
+        return saved
+
+    def _kick_writer(self) -> None:
+        wake = self._writer_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _saved(self, meter: str) -> asyncio.Future[None] | None:
         """None once the meter's previous reading is committed (or failed to be), else its
@@ -338,34 +364,54 @@ class Agent:
         if self._waited.get(meter) is not saved:
             self._waited[meter] = saved
             self.poll_waits += 1
-        self._hurry.set()
+        self._hurry = True
+        self._kick_writer()
         return saved
 
+    async def _nap(self, timeout_s: float | None) -> None:
+        """Until kicked (a reading arrives, a meter waits, stopping) or ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        self._writer_wake = wake = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _resolve, wake)
+        try:
+            await wake
+        finally:
+            self._writer_wake = None
+            if timer is not None:
+                timer.cancel()
+
+    def close_writer(self) -> None:
+        """No more readings: the writer commits what is pending and ends."""
+        self._closing = True
+        self._kick_writer()
+
     async def _writer(self) -> None:
-        """Commit readings to the outbox in batches; stop at the None sentinel."""
-        done = False
-        while not done:
-            item = await self.queue.get()
-            if item is not None and self.queue.empty() and not self._hurry.is_set():
+        """Commit pending readings in batches until :meth:`close_writer` and nothing left."""
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._writer_idle = True
+                try:
+                    await self._nap(None)
+                finally:
+                    self._writer_idle = False
+                continue
+            if not self._hurry and not self._closing:
                 # readings of a poll cycle arrive within milliseconds: commit them together,
                 # unless a meter is already waiting to be polled again
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._hurry.wait(), WRITE_LINGER_S)
-            self._hurry.clear()
-            batch = []
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= WRITE_BATCH or self.queue.empty():
-                    break
-                item = self.queue.get_nowait()
-            done = item is None
-            if not batch:
-                continue
+                await self._nap(WRITE_LINGER_S)
+            self._hurry = False
+            batch = self._pending[:WRITE_BATCH]
+            del self._pending[:WRITE_BATCH]
+            if not self._pending:
+                self._batch_saved = None
             try:
                 await self._commit([(r, ok) for r, ok, _ in batch])
             finally:
+                later = {id(f) for *_, f in self._pending}
                 for *_, saved in batch:
-                    if not saved.done():
+                    if id(saved) not in later and not saved.done():
                         saved.set_result(None)
 
     async def _commit(self, batch: list[tuple[PollResult, bool]]) -> None:
@@ -389,7 +435,7 @@ class Agent:
                 log.info("clock trusted: released held readings count=%d", n)
             return len(box.append(entries))
 
-        self.written += await asyncio.to_thread(commit)
+        self.written += await box.call(commit)
         self.publisher.wake.set()
 
     async def _health(self) -> None:
@@ -440,7 +486,7 @@ class Agent:
                 poller_stop.set()  # a poll in progress finishes (bounded by its timeouts)
                 longest = max(m.timeout_s * (m.retries + 1) for m in self.spec.meters)
                 await stop_task(poller, longest * len(self.spec.meters) + 5)
-                await self.queue.put(None)
+                self.close_writer()
                 await writer
                 publisher_stop.set()
                 self.publisher.wake.set()
@@ -451,7 +497,7 @@ class Agent:
                 health.cancel()
         finally:
             depth = self.outbox.depth
-            await asyncio.to_thread(self.outbox.close)
+            await self.outbox.call(self.outbox.close)
             log.info("agent stopped readings=%d written=%d published=%d outbox_depth=%d "
                      "poll_waits=%d", self.readings, self.written,
                      self.publisher.stats.published, depth, self.poll_waits)

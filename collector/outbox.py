@@ -23,11 +23,14 @@ the publisher announces to consumers (``recp/v1/{site}/{meter}/dropped``), so th
 not wait for readings that will never come.
 
 All methods are synchronous and thread-safe (one connection behind a lock); the agent calls
-them through ``asyncio.to_thread`` so disk waits never block the event loop.
+them through :meth:`Outbox.call`, in the outbox's own worker thread, so disk waits never
+block the event loop (one thread: the lock serialises the calls anyway, and one thread
+costs fewer wake-ups and switches than the default pool).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -35,10 +38,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger("recp.outbox")
+T = TypeVar("T")
 
 DEFAULT_CAP = 500_000  # about 250 MB of typical readings; 6 days of 10 meters every second
 
@@ -153,6 +159,12 @@ class Outbox:
         self._held = self._db.execute("SELECT COUNT(*) FROM outbox WHERE held=1").fetchone()[0]
         self._unrecorded_drops: dict[str, int] = {}
         self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+
+    def call(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        """``fn(*args)`` (a method of this outbox) in the outbox's worker thread, awaitable
+        from the event loop; a future, not a task, so reading ahead costs little."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     # -- writing ------------------------------------------------------------------------
     def append(self, entries: Sequence[Entry]) -> list[int]:
@@ -351,6 +363,7 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._thread.shutdown(wait=False)  # may be called in that thread itself
 
     def __enter__(self) -> Outbox:
         return self

@@ -321,7 +321,7 @@ class Publisher:
         while True:
             changed = self.outbox.holes_changed
             if changed != seen:
-                holes = await asyncio.to_thread(self.outbox.holes)
+                holes = await self.outbox.call(self.outbox.holes)
                 for h in holes:
                     payload = contract.dumps({
                         "v": contract.VERSION, "site": self.site, "meter": h.meter,
@@ -350,7 +350,7 @@ class Publisher:
             except ValueError as exc:
                 log.warning("bad ack topic=%s error=%s", message.topic, exc)
                 continue
-            n = await asyncio.to_thread(self.outbox.confirm, meter, ack.stream, ack.seq)
+            n = await self.outbox.call(self.outbox.confirm, meter, ack.stream, ack.seq)
             if n:
                 log.debug("confirmed meter=%s seq=%d deleted=%d", meter, ack.seq, n)
 
@@ -381,8 +381,8 @@ class Publisher:
         last_flush = time.monotonic()
         stats = self.stats
         # the outbox is read ahead and cleaned up in worker threads while publishing goes on
-        peeking: asyncio.Task[list[Row]] | None = None
-        deleting: asyncio.Task[int] | None = None
+        peeking: asyncio.Future[list[Row]] | None = None
+        deleting: asyncio.Future[int] | None = None
 
         async def flush(wait: bool = False) -> None:
             nonlocal last_flush, deleting
@@ -393,7 +393,7 @@ class Publisher:
             if acked and delete and deleting is None:
                 ids = list(acked)
                 acked.clear()
-                deleting = asyncio.ensure_future(asyncio.to_thread(self.outbox.delete, ids))
+                deleting = self.outbox.call(self.outbox.delete, ids)
                 if wait:
                     await deleting
                     deleting = None
@@ -405,8 +405,7 @@ class Publisher:
                 if (peeking is None and len(packer) + len(ready) < limit
                         and (more or self.wake.is_set())):
                     self.wake.clear()
-                    peeking = asyncio.ensure_future(
-                        asyncio.to_thread(self.outbox.peek, cursor, page))
+                    peeking = self.outbox.call(self.outbox.peek, cursor, page)
                 if peeking is not None and (peeking.done() or not ready):
                     rows = await peeking
                     peeking = None

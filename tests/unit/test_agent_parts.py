@@ -212,10 +212,8 @@ def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Pa
         agent.outbox = Outbox(tmp_path / "o.db")
         agent.publisher = SimpleNamespace(wake=asyncio.Event())  # type: ignore[assignment]
         before, after = poll(1_000_000_000), poll(2_000_000_000)
-        loop = asyncio.get_running_loop()
-        saved = [loop.create_future(), loop.create_future()]
-        for item in ((before, False, saved[0]), (*agent.clock.stamp(after), saved[1]), None):
-            agent.queue.put_nowait(item)
+        saved = [agent.enqueue(before, False), agent.enqueue(*agent.clock.stamp(after))]
+        agent.close_writer()
         await agent._writer()
         assert all(f.done() for f in saved)  # their meter may be polled again
         rows = [json.loads(r.payload) for r in agent.outbox.peek()]
