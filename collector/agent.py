@@ -254,6 +254,7 @@ class Agent:
         self.started = time.time()
         self.readings = 0
         self.written = 0
+        self.commits = 0  # outbox transactions of readings
         self.polling = asyncio.Event()
 
     # -- messages -----------------------------------------------------------------------
@@ -346,7 +347,12 @@ class Agent:
             saved = self._batch_saved = asyncio.get_running_loop().create_future()
         self._unsaved[result.meter] = saved
         self._pending.append((result, trusted, saved))
-        if self._writer_idle:
+        if len(self._pending) >= len(self.meters):
+            # every meter has a reading waiting (a meter is polled again only once its
+            # last one is committed): nothing more can come, commit without lingering
+            self._hurry = True
+            self._kick_writer()
+        elif self._writer_idle:
             self._kick_writer()
         return saved
 
@@ -436,6 +442,7 @@ class Agent:
             return len(box.append(entries))
 
         self.written += await box.call(commit)
+        self.commits += 1
         self.publisher.wake.set()
 
     async def _health(self) -> None:
@@ -498,8 +505,8 @@ class Agent:
         finally:
             depth = self.outbox.depth
             await self.outbox.call(self.outbox.close)
-            log.info("agent stopped readings=%d written=%d published=%d outbox_depth=%d "
-                     "poll_waits=%d", self.readings, self.written,
+            log.info("agent stopped readings=%d written=%d commits=%d published=%d "
+                     "outbox_depth=%d poll_waits=%d", self.readings, self.written, self.commits,
                      self.publisher.stats.published, depth, self.poll_waits)
 
 

@@ -271,13 +271,11 @@ class Device:
     last_error: str = ""
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     points: int = 0  # values per poll (splitting a request keeps them)
+    id: str = field(init=False)  # the meter's id (asked on every poll: not a property)
 
     def __post_init__(self) -> None:
         self.points = sum(len(r.slots) for r in self.requests)
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
+        self.id = self.spec.id
 
     @property
     def state(self) -> str:
@@ -338,9 +336,15 @@ class Bus:
         stopped = asyncio.ensure_future(stop.wait())
         stopped.add_done_callback(wake)
         try:
+            single = self.devices[0] if len(self.devices) == 1 else None
             while not stop.is_set():
-                dev = min(self.devices, key=lambda d: max(d.next_due, held.get(d.id, 0.0)))
-                delay = max(dev.next_due, held.get(dev.id, 0.0)) - time.monotonic()
+                if single is not None:  # one meter on the link (the usual TCP case)
+                    dev = single
+                    delay = dev.next_due - time.monotonic()
+                else:
+                    dev = min(self.devices,
+                              key=lambda d: max(d.next_due, held.get(d.id, 0.0)))
+                    delay = max(dev.next_due, held.get(dev.id, 0.0)) - time.monotonic()
                 if delay > 0:
                     nap = loop.create_future()
                     timer = loop.call_later(delay, wake)
@@ -353,11 +357,21 @@ class Bus:
                         break
                 pending = ready(dev.id) if ready is not None else None
                 if pending is not None:
-                    if len(self.devices) > 1:  # serve the others meanwhile
+                    if single is None:  # serve the others meanwhile
                         held[dev.id] = time.monotonic() + READY_RECHECK_S
                         continue
-                    await asyncio.shield(pending)
-                held.pop(dev.id, None)
+                    if not pending.done():  # wait for the commit (or stop), never cancel it
+                        nap = loop.create_future()
+                        pending.add_done_callback(wake)
+                        try:
+                            await nap
+                        finally:
+                            pending.remove_done_callback(wake)
+                            nap = None
+                        if stop.is_set():
+                            break
+                else:
+                    held.pop(dev.id, None)
                 result = await self.poll(dev)
                 if stop.is_set():  # polled while stopping: still a reading, keep it
                     await emit(result)
@@ -381,7 +395,7 @@ class Bus:
         if dev.offline and not once and now < dev.next_probe:
             reason = f"offline; next probe in {dev.next_probe - now:.0f} s"
             return self._failed(dev, ts, mono, reason, None, count=False)
-        if not await self.link.ensure():
+        if not (self.link.connected or await self.link.ensure()):
             reason = f"no connection to {self.link}: {self.link.last_error}"
             return self._failed(dev, ts, mono, reason, None, count=False)
         probing = dev.offline and not once
@@ -452,9 +466,15 @@ class Bus:
 
     async def _read(self, req: ReadRequest, dev: Device, retries: int
                     ) -> Sequence[int] | Sequence[bool] | bytes:
+        link = self.link
         for attempt in range(retries + 1):
             try:
-                return await self.link.read(req, dev.spec.timeout_s)
+                tcp = link.tcp
+                if tcp is not None:  # our own client: straight to it, one coroutine less
+                    link.requests += 1
+                    return await tcp.read(req.function_code, req.address, req.count,
+                                          req.unit_id, dev.spec.timeout_s)
+                return await link.read(req, dev.spec.timeout_s)
             except NoAnswer:
                 if attempt == retries:
                     raise
