@@ -33,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ from typing import TypeVar
 log = logging.getLogger("recp.outbox")
 T = TypeVar("T")
 
+TAIL_MAX = 10_000  # rows kept in memory for peek_fresh at most (a publisher far behind reads
+# the database)
 DEFAULT_CAP = 500_000  # about 250 MB of typical readings; 6 days of 10 meters every second
 
 _SCHEMA = """
@@ -160,6 +164,12 @@ class Outbox:
         self._unrecorded_drops: dict[str, int] = {}
         self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        # The rows of the latest commits, kept in memory for the publisher (peek_fresh):
+        # every publishable row with id >= _tail_from is in _tail, in id order. Cleared
+        # whenever that could stop being true (cap drops, released or confirmed rows).
+        self._tail_lock = threading.Lock()  # never held across disk I/O
+        self._tail: deque[Row] = deque()
+        self._tail_from = math.inf
 
     def call(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         """``fn(*args)`` (a method of this outbox) in the outbox's worker thread, awaitable
@@ -194,6 +204,8 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+                # one writer, one transaction: AUTOINCREMENT gives consecutive ids
+                last_id = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
                 self._db.executemany(
                     "INSERT INTO sequences VALUES (?, ?) "
                     "ON CONFLICT (meter) DO UPDATE SET last_seq=excluded.last_seq",
@@ -218,6 +230,10 @@ class Outbox:
                 log.error("outbox write failed dropped=%d error=%s", len(rows), exc)
                 return []
             if over > 0:
+                self._forget_tail()
+            else:
+                self._remember(last_id - len(rows) + 1, rows)
+            if over > 0:
                 self.holes_changed += 1
                 log.warning("outbox full cap=%d dropped_oldest=%d", self.cap, over)
                 self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -227,6 +243,37 @@ class Outbox:
                 self._count += len(rows)
                 self._held += sum(r[5] for r in rows)
             return seqs
+
+    def _remember(self, first_id: int, rows: list[tuple]) -> None:
+        """Keep just-committed publishable rows for :meth:`peek_fresh`."""
+        fresh = [Row(first_id + i, r[0], r[1], r[2], r[3]) for i, r in enumerate(rows)
+                 if not r[5]]
+        with self._tail_lock:
+            if len(self._tail) + len(fresh) > TAIL_MAX:
+                self._tail.clear()
+                self._tail_from = math.inf
+            if self._tail_from == math.inf and not self._tail:
+                self._tail_from = first_id  # complete from here on
+            self._tail.extend(fresh)
+
+    def _forget_tail(self) -> None:
+        with self._tail_lock:
+            self._tail.clear()
+            self._tail_from = math.inf
+
+    def peek_fresh(self, after_id: int, limit: int) -> list[Row] | None:
+        """What :meth:`peek` would return, from memory, when every publishable row after
+        ``after_id`` was committed since the publisher caught up (the steady state: it
+        reads what the writer has just committed); None when the database must be asked.
+        Never waits for the disk, so the event loop may call it directly."""
+        with self._tail_lock:
+            if after_id + 1 < self._tail_from:
+                return None
+            tail = self._tail
+            while tail and tail[0].id <= after_id:  # taken already: not asked for again
+                tail.popleft()
+            self._tail_from = max(self._tail_from, after_id + 1)
+            return [tail[i] for i in range(min(limit, len(tail)))]
 
     def _record_drop(self, reason: str, n: int, now: float) -> None:
         self._db.execute(
@@ -278,6 +325,11 @@ class Outbox:
         ranges = _ranges(sorted(set(ids)))
         if not ranges:
             return 0
+        with self._tail_lock:  # below the highest deleted id, peek_fresh() says "ask the db"
+            hi = ranges[-1][1]
+            while self._tail and self._tail[0].id <= hi:
+                self._tail.popleft()
+            self._tail_from = max(self._tail_from, hi + 1)
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -300,6 +352,7 @@ class Outbox:
         """Forget readings of ``meter`` up to ``seq`` that a consumer has stored."""
         if stream != self.stream:
             return 0
+        self._forget_tail()  # it may delete rows the tail still holds
         with self._lock:
             n: int = self._db.execute(
                 "DELETE FROM outbox WHERE meter = ? AND seq <= ? AND held = 0", (meter, seq)
@@ -317,6 +370,7 @@ class Outbox:
         with self._lock:
             if not self._held:
                 return 0
+            self._forget_tail()  # rows become publishable below the tail's start
             rows = self._db.execute(
                 "SELECT id, payload, mono_ns, boot FROM outbox WHERE held = 1 ORDER BY id"
             ).fetchall()

@@ -405,7 +405,16 @@ class Publisher:
                 if (peeking is None and len(packer) + len(ready) < limit
                         and (more or self.wake.is_set())):
                     self.wake.clear()
-                    peeking = self.outbox.call(self.outbox.peek, cursor, page)
+                    # the latest commits straight from memory when the cursor has caught up
+                    # with them (no thread, no query); else from the database
+                    fresh = self.outbox.peek_fresh(cursor, page)
+                    if fresh is None:
+                        peeking = self.outbox.call(self.outbox.peek, cursor, page)
+                    else:
+                        more = len(fresh) == page
+                        if fresh:
+                            packer.add(fresh)
+                            cursor = fresh[-1].id
                 if peeking is not None and (peeking.done() or not ready):
                     rows = await peeking
                     peeking = None

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.outbox import Entry, Outbox
 
@@ -209,3 +211,62 @@ def test_sigkill_mid_write_loses_no_committed_reading(tmp_path: Path, kill_after
         depth = box.depth
         assert box.append([entry("a")]) == [last["a"] + 1]
         assert box.depth == depth + 1
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.lists(st.tuples(st.sampled_from("abc"), st.booleans()),
+                                          min_size=1, max_size=6)),
+    st.tuples(st.just("peek"), st.integers(0, 40), st.integers(1, 8)),
+    st.tuples(st.just("take"), st.integers(1, 8)),  # the publisher: from its cursor on
+    st.tuples(st.just("ack"), st.integers(0, 10)),  # delete some taken rows
+    st.tuples(st.just("reconnect"), st.just(0)),  # a new session starts at cursor 0
+    st.tuples(st.just("confirm"), st.sampled_from("abc"), st.integers(0, 10)),
+    st.tuples(st.just("release"), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS, cap=st.sampled_from([5, 12, 1000]))
+def test_peek_fresh_is_peek_or_says_ask_the_database(tmp_path_factory, ops, cap):
+    """Whatever happens (held rows, cap drops, deletes, consumer confirms, releases, a
+    publisher starting over), the in-memory peek either returns exactly what the database
+    query returns or None."""
+    with Outbox(tmp_path_factory.mktemp("o") / "o.db", cap=cap) as box:
+        cursor, taken = 0, []
+        for op in ops:
+            if op[0] == "append":
+                box.append([entry(m, held=h) for m, h in op[1]])
+            elif op[0] == "peek":
+                fresh = box.peek_fresh(op[1], op[2])
+                assert fresh is None or fresh == box.peek(op[1], op[2])
+            elif op[0] == "take":
+                fresh = box.peek_fresh(cursor, op[1])
+                rows = box.peek(cursor, op[1])
+                assert fresh is None or fresh == rows
+                if rows:
+                    cursor = rows[-1].id
+                    taken += [r.id for r in rows]
+            elif op[0] == "ack":
+                box.delete(taken[: op[1]])
+                del taken[: op[1]]
+            elif op[0] == "reconnect":
+                cursor, taken = 0, []
+            elif op[0] == "confirm":
+                box.confirm(op[1], box.stream, op[2])
+            else:
+                box.release(lambda payload, when: payload, time.time(), time.monotonic_ns())
+        fresh = box.peek_fresh(cursor, 1000)
+        assert fresh is None or fresh == box.peek(cursor, 1000)
+
+
+def test_peek_fresh_serves_the_steady_state_from_memory(tmp_path: Path):
+    with Outbox(tmp_path / "o.db") as box:
+        box.append([entry("a"), entry("b")])
+        rows = box.peek_fresh(0, 100)  # a fresh outbox: complete from id 1
+        assert rows is not None and [r.seq for r in rows] == [1, 1]
+        box.append([entry("a")])
+        more = box.peek_fresh(rows[-1].id, 100)
+        assert more is not None and [(r.meter, r.seq) for r in more] == [("a", 2)]
+        box.delete([r.id for r in rows])
+        assert box.peek_fresh(0, 100) is None  # below the deleted ids: ask the database
+        assert box.peek_fresh(more[-1].id, 100) == []
