@@ -83,6 +83,35 @@ class _AckingClient(aiomqtt.Client):
         self._loop.call_soon_threadsafe(self._fail_pending, f"disconnected ({reason_code})")
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """aiomqtt's, but the socket's descriptor is taken when the loop gets to it, not
+        when paho asks: a broker that goes away closes the socket in between, and aiomqtt's
+        ``loop.add_writer(stale_fd)`` then logged an ``OSError: Bad file descriptor``
+        traceback under uvloop (or watched whatever socket reused the number)."""
+
+        def on_writable() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken pipe: the connection is lost
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            fd = sock.fileno()
+            if fd < 0:
+                log.debug("mqtt socket closed before its write was scheduled")
+                return  # paho has closed it; the session ends through on_disconnect
+            try:
+                self._loop.add_writer(fd, on_writable)
+            except (OSError, ValueError) as exc:
+                log.warning("mqtt connection lost: its socket cannot be written (%s)", exc)
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(aiomqtt.MqttError(
+                        f"socket cannot be written: {exc}"))
+
+        # paho may call this from the thread that runs connect(): hand it to the loop
+        self._loop.call_soon_threadsafe(register)
+
     def _fail_pending(self, why: str) -> None:
         acks, self._acks = self._acks, {}
         for fut in acks.values():

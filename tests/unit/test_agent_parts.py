@@ -226,3 +226,56 @@ def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Pa
     # the clock runs 100 s per second from 2026-01-05 00:00 at monotonic 1.5 s
     assert rows[0]["ts"] == "2026-01-04T23:59:10.000Z"
     assert rows[1]["ts"] == "2026-01-05T00:00:50.000Z"
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_write_registered_on_a_closed_mqtt_socket_is_one_line_not_a_traceback(
+        loop_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """paho asks for a write while the broker is going away: by the time the loop gets to
+    it the socket is closed (fileno -1: nothing to do) or its number is no longer open (one
+    warning, the session ends). aiomqtt's own handler passed the stale number to
+    ``loop.add_writer``, and uvloop logged an ``OSError: Bad file descriptor`` traceback."""
+    import asyncio
+    import logging
+    import os
+    import socket
+
+    import aiomqtt
+
+    from collector import aio
+    from collector.publisher import _AckingClient
+
+    monkeypatch.setenv("RECP_EVENT_LOOP", loop_name)
+    if aio.event_loop_name() != loop_name:
+        pytest.skip("uvloop is not installed")  # the dev environment has it (make venv)
+
+    class Stale:  # a socket whose descriptor number was closed under it
+        def __init__(self) -> None:
+            r, w = os.pipe()
+            os.close(r)
+            os.close(w)
+            self.fd = w
+
+        def fileno(self) -> int:
+            return self.fd
+
+    async def main() -> tuple[list[dict], BaseException | None]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        client = _AckingClient("127.0.0.1", port=1)
+        closed = socket.socket()
+        closed.close()
+        client._on_socket_register_write(client._client, None, closed)
+        client._on_socket_register_write(client._client, None, Stale())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        done = client._disconnected
+        return errors, done.exception() if done.done() else None
+
+    with caplog.at_level(logging.DEBUG, logger="recp.publisher"):
+        errors, lost = aio.run(main())
+    assert errors == []  # nothing reached the loop's exception handler (no traceback)
+    assert isinstance(lost, aiomqtt.MqttError)  # the session ends and reconnects
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "mqtt connection lost" in warnings[0]
