@@ -37,6 +37,7 @@ Choices, in the order the readings meet them:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from enum import IntFlag
 
@@ -152,23 +153,49 @@ def order_readings(
 
 
 _NO_FLAGS = np.zeros(0, dtype=np.int32)
+# Readings up to this many per call are sorted into a per-thread buffer kept between calls
+# (20 bytes a reading, 21 MB at most): fresh arrays of that size are new pages from the
+# kernel on every call, and faulting them in cost more than the sort itself.
+_KEEP_BUFFER_READINGS = 1 << 20
+_buffers = threading.local()
+
+
+def _sort_buffers(n: int) -> tuple[IntArray, FloatArray, NDArray[np.int32]]:
+    """This thread's sort buffers, at least ``n`` long (fresh ones beyond the kept size)."""
+    t: IntArray | None = getattr(_buffers, "t", None)
+    if t is not None and t.size >= n:
+        return t, _buffers.v, _buffers.f
+    size = max(n, 1024)
+    bufs = (np.empty(size, np.int64), np.empty(size, np.float64), np.empty(size, np.int32))
+    if size <= _KEEP_BUFFER_READINGS:
+        _buffers.t, _buffers.v, _buffers.f = bufs
+    return bufs
 
 
 def _ordered(
-    timestamps_s: ArrayLike, values: ArrayLike
+    timestamps_s: ArrayLike, values: ArrayLike, *, scratch: bool = False
 ) -> tuple[IntArray, FloatArray, NDArray[np.int32]]:
     """:func:`order_readings`, with an empty flag array when no reading needs a flag.
 
     Readings already in order (the usual case) are used as they are; a few out of place
-    are sorted by insertion; only badly shuffled ones pay for a full sort.
+    are sorted by insertion; only badly shuffled ones pay for a full sort. With
+    ``scratch`` the sorted readings may live in this thread's reused buffers: valid only
+    until the thread's next call.
     """
     ts = as_timestamps("timestamps_s", timestamps_s)
     vs = as_values("values", values, ts.shape[0])
     if k._in_order(ts):
         return ts, vs, _NO_FLAGS
-    t, v, flags, done = k._sort_nearly(ts, vs, 8 * ts.size + 64)
-    if done:
-        return t, v, flags
+    budget = 8 * ts.size + 64
+    if scratch:
+        t, v, flags = _sort_buffers(ts.size)
+        m, done = k._sort_nearly_into(ts, vs, budget, t, v, flags)
+        if done:
+            return t[:m], v[:m], flags[:m]
+    else:
+        t, v, flags, done = k._sort_nearly(ts, vs, budget)
+        if done:
+            return t, v, flags
     return k._ordered(ts, vs, np.argsort(ts, kind="stable"))
 
 
@@ -285,7 +312,8 @@ def clean_counter(
     readings. See the module docstring for every choice made on the way.
     """
     interval = _interval(interval_s)
-    ts_in, vs, reading_flags = _ordered(timestamps_s, values)
+    # the sorted readings are only used inside this call
+    ts_in, vs, reading_flags = _ordered(timestamps_s, values, scratch=True)
     if gap_s is None:
         # the typical sampling period, from at most ~10,000 evenly spread steps
         every = max(1, ts_in.size // 10_000)

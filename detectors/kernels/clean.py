@@ -186,133 +186,12 @@ def _counter_segments(
 
     Returns (t0, t1, delta, flags, before, level): one segment per accepted reading after
     the first, ``delta`` the consumption over [t0, t1) (NaN when unknown), ``before`` the
-    reference reading it starts from and ``level`` the reading at t1. Per reading, in order:
-
-    * NaN/inf value: skipped, the next segment is flagged INVALID.
-    * rise within the rated maximum (plus one ``resolution`` step): ordinary consumption.
-    * rise above it (IMPOSSIBLE_RATE): the reading is held back. If the next reading fits
-      the old level it was a glitch and is dropped; if it fits the new level the jump is
-      accepted with unknown consumption (NaN); otherwise the newer reading is held instead.
-    * drop up to ``max(jitter_abs, jitter_rel * |level|, resolution)``: JITTER, zero
-      consumption, the higher level stays the reference (no double counting on recovery).
-    * larger drop that a register wrap explains: ROLLOVER.
-    * any other drop: RESET; the new reading is the consumption since the reset when
-      plausible at the rated maximum, otherwise UNKNOWN (NaN).
-
-    A segment longer than ``gap_s`` is flagged GAP; its delta is still exact.
+    reference reading it starts from and ``level`` the reading at t1. The rules are
+    :func:`_clean_pass`'s (this is that pass keeping every segment, with an empty grid).
     """
-    n = ts.shape[0]
-    t0 = np.empty(n, dtype=np.int64)
-    t1 = np.empty(n, dtype=np.int64)
-    delta = np.empty(n, dtype=np.float64)
-    flags = np.empty(n, dtype=np.int32)
-    level = np.empty(n, dtype=np.float64)
-    before = np.empty(n, dtype=np.float64)
-    m = 0
-    have_ref = False
-    ref_t = np.int64(0)
-    ref_v = 0.0
-    held = False
-    held_t = np.int64(0)
-    held_v = 0.0
-    held_f = 0
-    pending = 0
-    for i in range(n):
-        t = ts[i]
-        v = values[i]
-        f = in_flags[i] | pending
-        if not math.isfinite(v):
-            pending = f | INVALID
-            continue
-        pending = 0
-        if not have_ref:
-            have_ref = True
-            ref_t = t
-            ref_v = v
-            pending = f
-            continue
-        dt = float(t - ref_t)
-        d = v - ref_v
-        if d >= 0.0:
-            if _plausible(d, dt, max_rate_per_s, resolution):
-                if held:  # the held reading was a glitch
-                    f |= held_f | IMPOSSIBLE_RATE
-                    held = False
-                seg_d = d
-            elif held and _plausible(v - held_v, float(t - held_t), max_rate_per_s, resolution):
-                # the level really jumped at held_t: unknown consumption up to there
-                t0[m] = ref_t
-                t1[m] = held_t
-                delta[m] = math.nan
-                flags[m] = held_f | IMPOSSIBLE_RATE | UNKNOWN
-                if float(held_t - ref_t) > gap_s:
-                    flags[m] |= GAP
-                before[m] = ref_v
-                level[m] = held_v
-                m += 1
-                ref_t = held_t
-                ref_v = held_v
-                held = False
-                dt = float(t - ref_t)
-                seg_d = v - ref_v
-            else:
-                if held:
-                    pending = held_f | IMPOSSIBLE_RATE
-                held = True
-                held_t = t
-                held_v = v
-                held_f = f | pending
-                pending = 0
-                continue
-        else:
-            if held:
-                f |= held_f | IMPOSSIBLE_RATE
-                held = False
-            drop = -d
-            if drop <= max(jitter_abs, jitter_rel * abs(ref_v), resolution):
-                t0[m] = ref_t
-                t1[m] = t
-                delta[m] = 0.0
-                flags[m] = f | JITTER | (GAP if dt > gap_s else 0)
-                before[m] = ref_v
-                level[m] = v
-                m += 1
-                ref_t = t  # keep ref_v: the higher reading stays the reference
-                continue
-            wrapped = _wrap(ref_v, v, dt, rollover, max_rate_per_s, resolution)
-            if math.isfinite(wrapped):
-                seg_d = wrapped
-                f |= ROLLOVER
-            else:
-                f |= RESET
-                if max_rate_per_s > 0.0 and _plausible(v, dt, max_rate_per_s, resolution):
-                    seg_d = v
-                elif v == 0.0:
-                    seg_d = 0.0
-                else:
-                    seg_d = math.nan
-                    f |= UNKNOWN
-        if dt > gap_s:
-            f |= GAP
-        t0[m] = ref_t
-        t1[m] = t
-        delta[m] = seg_d
-        flags[m] = f
-        before[m] = ref_v
-        level[m] = v
-        m += 1
-        ref_t = t
-        ref_v = v
-    if held:  # the series ends on an implausible reading: glitch or jump, we cannot tell
-        t0[m] = ref_t
-        t1[m] = held_t
-        delta[m] = math.nan
-        gap = GAP if float(held_t - ref_t) > gap_s else 0
-        flags[m] = held_f | IMPOSSIBLE_RATE | UNKNOWN | gap
-        before[m] = ref_v
-        level[m] = held_v
-        m += 1
-    return t0[:m], t1[:m], delta[:m], flags[:m], before[:m], level[:m]
+    out = _clean_pass(ts, values, in_flags, rollover, max_rate_per_s, resolution, gap_s,
+                      jitter_abs, jitter_rel, 0, 1, 0, True)  # fmt: skip
+    return out[2], out[3], out[4], out[5], out[6], out[7]
 
 
 @njit
@@ -412,69 +291,61 @@ def _in_order(ts: np.ndarray) -> bool:
 def _sort_nearly(
     ts: np.ndarray, values: np.ndarray, budget: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    """:func:`_ordered` for readings only a little out of order: (ts, values, flags, done).
-
-    A stable insertion sort of copies (time proportional to how far readings are out of
-    place), then the repeated timestamps are folded as :func:`_order_readings` does. When
-    more than ``budget`` moves are needed it gives up (``done`` False): the caller sorts
-    with numpy instead.
-    """
+    """:func:`_sort_nearly_into` fresh arrays: (ts, values, flags, done)."""
     n = ts.shape[0]
     t = np.empty(n, dtype=np.int64)
     v = np.empty(n, dtype=np.float64)
-    f = np.zeros(n, dtype=np.int32)
-    latest = np.int64(0)
-    for i in range(n):
-        t[i] = ts[i]
-        v[i] = values[i]
-        if i > 0 and ts[i] < latest:
-            f[i] = OUT_OF_ORDER
-        if i == 0 or ts[i] > latest:
-            latest = ts[i]
+    f = np.empty(n, dtype=np.int32)
+    m, done = _sort_nearly_into(ts, values, budget, t, v, f)
+    return t[:m], v[:m], f[:m], done
+
+
+@njit
+def _sort_nearly_into(
+    ts: np.ndarray, values: np.ndarray, budget: int, t: np.ndarray, v: np.ndarray, f: np.ndarray
+) -> tuple[int, bool]:
+    """:func:`_ordered` for readings only a little out of order, into ``t``, ``v``, ``f``.
+
+    One pass of a stable insertion sort into the buffers (at least as long as ``ts``; time
+    proportional to how far readings are out of place) that folds each repeated timestamp
+    into the reading already kept, as :func:`_order_readings` does: the last finite one
+    wins. Returns (readings kept, done); when more than ``budget`` moves are needed it
+    gives up (``done`` False): the caller sorts with numpy instead.
+    """
+    n = ts.shape[0]
     moves = 0
-    for i in range(1, n):
-        ti = t[i]
-        if ti >= t[i - 1]:
+    m = 0
+    for i in range(n):
+        ti = ts[i]
+        vi = values[i]
+        if m == 0 or ti > t[m - 1]:  # the usual case: later than every reading so far
+            t[m] = ti
+            v[m] = vi
+            f[m] = 0
+            m += 1
             continue
-        vi = v[i]
-        fi = f[i]
-        j = i - 1
+        # t[m - 1] is the latest timestamp received so far
+        fi = OUT_OF_ORDER if ti < t[m - 1] else 0
+        j = m - 1
         while j >= 0 and t[j] > ti:
-            t[j + 1] = t[j]
-            v[j + 1] = v[j]
-            f[j + 1] = f[j]
             j -= 1
-        moves += i - 1 - j
+        moves += m - 1 - j
+        if moves > budget:
+            return 0, False
+        if j >= 0 and t[j] == ti:  # a repeated timestamp: the last finite reading wins
+            if math.isfinite(vi) or not math.isfinite(v[j]):
+                v[j] = vi
+            f[j] |= fi | DUPLICATE
+            continue
+        for q in range(m, j + 1, -1):
+            t[q] = t[q - 1]
+            v[q] = v[q - 1]
+            f[q] = f[q - 1]
         t[j + 1] = ti
         v[j + 1] = vi
         f[j + 1] = fi
-        if moves > budget:
-            return t[:0], v[:0], f[:0], False
-    m = 0
-    i = 0
-    while i < n:
-        j = i
-        while j + 1 < n and t[j + 1] == t[i]:
-            j += 1
-        if j == i:
-            t[m] = t[i]
-            v[m] = v[i]
-            f[m] = f[i]
-        else:  # equal timestamps keep their input order: the last finite one wins
-            chosen = j
-            for k in range(j, i - 1, -1):
-                if math.isfinite(v[k]):
-                    chosen = k
-                    break
-            flag = DUPLICATE
-            for k in range(i, j + 1):
-                flag |= f[k]
-            t[m] = t[i]
-            v[m] = v[chosen]
-            f[m] = flag
         m += 1
-        i = j + 1
-    return t[:m], v[:m], f[:m], True
+    return m, True
 
 
 @njit
@@ -493,14 +364,53 @@ def _clean(
     n: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
            np.ndarray, np.ndarray]:  # fmt: skip
-    """:func:`_counter_segments` and :func:`_resample_segments` in one pass over the readings.
+    """Consumption and flags per grid interval, then the NOTABLE segments (:func:`_clean_pass`)."""
+    return _clean_pass(ts, values, in_flags, rollover, max_rate_per_s, resolution, gap_s,
+                       jitter_abs, jitter_rel, grid_start, interval_s, n, False)  # fmt: skip
 
-    Each reading pair's consumption goes straight onto the grid, so the per-reading segment
-    arrays (fresh memory, faulted in page by page) are never written: returns (consumption,
-    flags) per interval, then (t0, t1, delta, flags, before, level) of the NOTABLE
-    segments only (the ones events are made of). ``in_flags`` may be empty: no reading
-    flags. Same rules and the same arithmetic in the same order as the two kernels it
-    fuses (tested against their twins).
+
+@njit
+def _clean_pass(
+    ts: np.ndarray,
+    values: np.ndarray,
+    in_flags: np.ndarray,
+    rollover: float,
+    max_rate_per_s: float,
+    resolution: float,
+    gap_s: float,
+    jitter_abs: float,
+    jitter_rel: float,
+    grid_start: int,
+    interval_s: int,
+    n: int,
+    keep_all: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray, np.ndarray]:  # fmt: skip
+    """The counter's reading pairs (segments), spread onto a grid, in one pass.
+
+    Returns (consumption, flags) per interval of the grid (``n`` intervals of
+    ``interval_s`` from ``grid_start``; intervals covered in part are PARTIAL, not at all
+    NO_DATA and NaN), then (t0, t1, delta, flags, before, level) of the NOTABLE segments,
+    or of every segment with ``keep_all``. Readings are sorted and deduplicated;
+    ``in_flags`` (may be empty: none) are their flags. Per reading, in order:
+
+    * NaN/inf value: skipped, the next segment is flagged INVALID.
+    * rise within the rated maximum (plus one ``resolution`` step): ordinary consumption.
+    * rise above it (IMPOSSIBLE_RATE): the reading is held back. If the next reading fits
+      the old level it was a glitch and is dropped; if it fits the new level the jump is
+      accepted with unknown consumption (NaN); otherwise the newer reading is held instead.
+    * drop up to ``max(jitter_abs, jitter_rel * |level|, resolution)``: JITTER, zero
+      consumption, the higher level stays the reference (no double counting on recovery).
+    * larger drop that a register wrap explains: ROLLOVER.
+    * any other drop: RESET; the new reading is the consumption since the reset when
+      plausible at the rated maximum, otherwise UNKNOWN (NaN).
+
+    A segment longer than ``gap_s`` is flagged GAP; its delta is still exact. Each
+    segment's consumption is spread over the intervals it spans by time, the current
+    interval summed in registers; the per-reading segments are never stored (fresh
+    memory, faulted in page by page, cost more than the arithmetic). The usual reading,
+    an ordinary rise inside the interval being summed, takes a short path with the same
+    arithmetic. Tested against the plain-Python twins of segments and resampling.
     """
     cons = np.zeros(n, dtype=np.float64)
     flags = np.zeros(n, dtype=np.int32)
@@ -534,6 +444,8 @@ def _clean(
     acc_c = 0.0
     acc_f = 0
     acc_cov = 0
+    acc_lo = 1  # [acc_lo, acc_hi]: the summed interval (empty until there is one)
+    acc_hi = 0
     has_flags = in_flags.shape[0] > 0
     n_in = ts.shape[0]
     have_ref = False
@@ -545,6 +457,27 @@ def _clean(
     held_f = 0
     pending = 0
     for i in range(n_in + 1):
+        if i < n_in and have_ref and not held and not keep_all:
+            # the usual reading: an ordinary rise inside the interval being summed
+            t = ts[i]
+            f = (in_flags[i] if has_flags else 0) | pending
+            if acc_lo <= ref_t and ref_t < t and t <= acc_hi and not f & NOTABLE:
+                v = values[i]
+                dt = float(t - ref_t)
+                d = v - ref_v
+                if (
+                    math.isfinite(v)
+                    and d >= 0.0
+                    and dt <= gap_s
+                    and _plausible(d, dt, max_rate_per_s, resolution)
+                ):
+                    acc_c += d
+                    acc_f |= f
+                    acc_cov += t - ref_t
+                    pending = 0
+                    ref_t = t
+                    ref_v = v
+                    continue
         ne = 0
         if i == n_in:  # past the last reading: a held one ends the series unresolved
             if not held:
@@ -655,7 +588,7 @@ def _clean(
                 level = s_level
             if float(s1 - s0) > gap_s:
                 sf |= GAP
-            if sf & NOTABLE:
+            if keep_all or sf & NOTABLE:
                 nt0[m] = s0
                 nt1[m] = s1
                 nd[m] = sd
@@ -683,6 +616,8 @@ def _clean(
                             flags[acc_j] = acc_f
                             covered[acc_j] = acc_cov
                         acc_j = jj
+                        acc_lo = lo
+                        acc_hi = hi
                         acc_c = 0.0
                         acc_f = 0
                         acc_cov = 0

@@ -396,3 +396,27 @@ def test_rate_units_convert_to_counter_units() -> None:
     assert meter.max_rate_per_h == pytest.approx(7.05)
     with pytest.raises(ValueError, match="max_rate_per_h"):
         rate_to_counter_factor("kW", "m3")
+
+
+def test_clean_counter_reusing_its_sort_buffers_gives_the_same_result() -> None:
+    """Shuffled readings are sorted into per-thread buffers kept between calls."""
+    rng = np.random.default_rng(3)
+
+    def meter(n: int) -> tuple[np.ndarray, np.ndarray]:
+        ts = np.arange(n, dtype=np.int64) * 60
+        vs = np.cumsum(rng.random(n))
+        swap = rng.integers(1, n - 1, 5)
+        ts[swap], ts[swap + 1] = ts[swap + 1].copy(), ts[swap].copy()
+        ts[swap[:2] + 3] = ts[swap[:2] + 2]  # repeated timestamps
+        return ts, vs
+
+    a, b = meter(5000), meter(20000)
+    first = clean_counter(*a, interval_s=900)
+    clean_counter(*b, interval_s=900)  # larger: the buffers grow
+    again = clean_counter(*a, interval_s=900)
+    assert same(again.consumption, first.consumption)
+    assert again.flags.tolist() == first.flags.tolist()
+    assert np.any(first.flags & Quality.DUPLICATE) and np.any(first.flags & Quality.OUT_OF_ORDER)
+    ts, vs, _, done = k._sort_nearly(*a, 10**9)
+    assert done
+    assert same(clean_counter(ts, vs, interval_s=900).consumption, first.consumption)
