@@ -93,7 +93,7 @@ class SpikeDetector(KernelDetector):
     name = "spike"
     version = 2  # 2: rows per kind of day and a recent row in the time-of-day rings
     n_out = k.SP_NOUT
-    _step = k._spike_step
+    _kind = k.SPIKE
     _batch = k._spike_batch
     columns: ClassVar[tuple[str, ...]] = ("expected", "scale", "source")
 
@@ -158,7 +158,7 @@ class StuckDetector(KernelDetector):
 
     name = "stuck"
     n_out = k.ST_NOUT
-    _step = k._stuck_step
+    _kind = k.STUCK
     _batch = k._stuck_batch
     columns: ClassVar[tuple[str, ...]] = ("run_start_s", "unmetered", "expected")
 
@@ -235,7 +235,7 @@ class LevelShiftDetector(KernelDetector):
 
     name = "level_shift"
     n_out = k.LS_NOUT
-    _step = k._ls_step
+    _kind = k.LEVEL_SHIFT
     _batch = k._ls_batch
     columns: ClassVar[tuple[str, ...]] = (
         "alarm",
@@ -340,7 +340,7 @@ class DriftDetector(KernelDetector):
 
     name = "drift"
     n_out = k.DR_NOUT
-    _step = k._dr_step
+    _kind = k.DRIFT
     _batch = k._dr_batch
     columns: ClassVar[tuple[str, ...]] = ("alarm", "deviation", "reference", "day", "day_start_s")
 
@@ -442,7 +442,7 @@ def _inputs(
     t = as_timestamps("t_s", t_s)
     n = t.shape[0]
     x = as_values("consumption", consumption, n)
-    if n > 1 and np.any(np.diff(t) != interval_s):
+    if n > 1 and not k._on_grid(t, int(interval_s)):
         raise ValueError(
             f"t_s must be a regular grid of interval starts {interval_s} s apart; resample "
             "with detectors.clean.clean_counter (or pass the grid's interval_s)"
@@ -488,8 +488,23 @@ def _event(
 
 def _runs(mask: np.ndarray) -> Iterable[tuple[int, int]]:
     """[start, stop) index pairs of the True runs in ``mask``."""
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    return zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
+    starts, stops = k._true_runs(np.ascontiguousarray(mask, dtype=np.bool_))
+    return zip(starts.tolist(), stops.tolist(), strict=True)
+
+
+def _median_finite(values: Iterable[float]) -> float:
+    """Median of the finite values (NaN when none); for the few values beside a run."""
+    v = sorted(x for x in values if math.isfinite(x))
+    if not v:
+        return math.nan
+    half = len(v) // 2
+    return v[half] if len(v) % 2 else (v[half - 1] + v[half]) / 2
+
+
+def _ratios(x: FloatArray, expected: FloatArray) -> list[float]:
+    """x / expected where expected > 0, else NaN."""
+    pairs = zip(x.tolist(), expected.tolist(), strict=True)
+    return [a / b if b > 0 else math.nan for a, b in pairs]
 
 
 def detect_spikes(
@@ -520,24 +535,23 @@ def detect_spikes(
     det = detector or SpikeDetector()
     scores, diag = det.process(inp.t, inp.x, inp.active, inp.production)
     expected = diag[:, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore"):
         high = (scores >= threshold) & (inp.x >= (1.0 + min_rel) * expected)
-        ratio = np.where(expected > 0, inp.x / expected, np.nan)
     events = []
     for i0, i1 in _runs(high):
         n = i1 - i0
-        sides = (ratio[max(0, i0 - context) : i0], ratio[i1 : i1 + context])
+        if n > max_intervals:
+            continue
+        sides = ((max(0, i0 - context), i0), (i1, i1 + context))
         raised = any(
-            np.median(side[np.isfinite(side)]) > 1.0 + 0.5 * min_rel
-            for side in sides
-            if np.isfinite(side).any()
-        )
-        if n > max_intervals or raised:
+            _median_finite(_ratios(inp.x[a:b], expected[a:b])) > 1.0 + 0.5 * min_rel
+            for a, b in sides
+        )  # NaN (no finite ratio beside the run) is no rise
+        if raised:
             continue
         if np.any(diag[i0:i1, 2] == k.SOURCE_RECENT):
-            after = inp.x[i1 : i1 + context]
-            after = after[np.isfinite(after)]
-            if not after.size or np.median(after) > (1.0 + 0.5 * min_rel) * expected[i0]:
+            after = _median_finite(inp.x[i1 : i1 + context].tolist())
+            if not math.isfinite(after) or after > (1.0 + 0.5 * min_rel) * expected[i0]:
                 continue
         excess = float(np.sum(inp.x[i0:i1] - expected[i0:i1]))
         top = i0 + int(np.argmax(scores[i0:i1]))

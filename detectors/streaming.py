@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import numpy as np
 
 from .arrays import FloatArray, IntArray, as_timestamps, optional_values
+from .kernels import anomaly as kernels
 
 D = TypeVar("D", bound="StreamingDetector")
 
@@ -61,20 +62,21 @@ class StreamingDetector(ABC):
         """A number of intervals from the start that always score 0."""
 
 
-Step = Callable[..., float]
 Batch = Callable[..., tuple[FloatArray, FloatArray]]
 
 
 class KernelDetector(StreamingDetector):
     """A streaming detector whose state is three float arrays stepped by a numba kernel.
 
-    Subclasses set ``name``, ``_step``, ``_batch``, ``n_out`` and build the parameter vector
-    and initial state from their config in ``__init__`` (calling :meth:`_setup`).
+    Subclasses set ``name``, ``_kind``, ``_batch``, ``n_out`` and build the parameter vector
+    and initial state from their config in ``__init__`` (calling :meth:`_setup`). One
+    streaming step is ``_step(_kind, ...)``; its input and output buffers are allocated
+    once per detector, not per call.
     """
 
     version: ClassVar[int] = 1
     n_out: ClassVar[int]
-    _step: ClassVar[Step]
+    _kind: ClassVar[int]
     _batch: ClassVar[Batch]
 
     _p: FloatArray
@@ -82,27 +84,31 @@ class KernelDetector(StreamingDetector):
     _ra: FloatArray
     _rb: FloatArray
     _out: FloatArray
+    _out_row: FloatArray
     _work: FloatArray
+    _io_t: IntArray
+    _io: FloatArray
 
     def _setup(self, p: FloatArray, fs: FloatArray, ra: FloatArray, rb: FloatArray) -> None:
         self._p = np.ascontiguousarray(p, dtype=np.float64)
         self._fs = np.ascontiguousarray(fs, dtype=np.float64)
         self._ra = np.ascontiguousarray(ra, dtype=np.float64)
         self._rb = np.ascontiguousarray(rb, dtype=np.float64)
-        self._out = np.empty(self.n_out)
+        self._out_row = np.full((1, self.n_out), np.nan)
+        self._out = self._out_row[0]  # the last step's diagnostics (a view of the row)
         self._work = np.empty(max(self._ra.shape[1], self._rb.shape[1]))
+        self._io_t = np.zeros(1, dtype=np.int64)
+        self._io = np.zeros(kernels.IO_SIZE)
 
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """The constructor's arguments, JSON-able."""
 
     def _run_step(self, x: Point, fs: FloatArray, ra: FloatArray, rb: FloatArray) -> float:
-        step = type(self)._step
-        return float(
-            step(
-                self._p, fs, ra, rb, int(x.t_s), float(x.value), float(x.active),
-                float(x.production), float(x.temperature), self._out, self._work,
-            )
+        return kernels._step(
+            self._kind, self._p, fs, ra, rb, int(x.t_s), float(x.value), float(x.active),
+            float(x.production), float(x.temperature), self._io_t, self._io, self._out_row,
+            self._work,
         )  # fmt: skip
 
     def learn_one(self, x: Point) -> None:

@@ -5,8 +5,8 @@ rings) and has one kernel ``_X_run(p, fs, ra, rb, t, x, active, prod, temp, scor
 outs, work)`` that, interval by interval, scores the interval starting at ``t[i]`` against
 what was learned before it, then learns it, writing ``scores[i]`` and diagnostics
 ``outs[i]`` (``work`` is scratch space of ``_work_size`` floats, so it allocates nothing).
-``_X_batch`` runs it over arrays, ``_X_step`` over one interval (the streaming form): one
-loop body, so batch and streaming are the same maths. The body is written inside the loop
+``_X_batch`` runs it over arrays, ``_step`` any of them over one interval (the streaming
+form): one loop body, so batch and streaming are the same maths. The body is written inside the loop
 rather than in a per-interval function inlined into it: passing the state arrays to such a
 function costs numba a reference count increment and decrement per array per interval,
 which was most of the detectors' time. Public wrappers, parameters and events live in
@@ -173,17 +173,32 @@ def _sorted_row(ring: np.ndarray, row: int, work: np.ndarray) -> int:
 
 
 @njit
-def _one_int(v: int) -> np.ndarray:
-    a = np.empty(1, dtype=np.int64)
-    a[0] = v
-    return a
+def _on_grid(t: np.ndarray, step: int) -> bool:
+    """Whether ``t`` runs in steps of exactly ``step`` (a regular grid; empty and one: yes)."""
+    for i in range(1, t.shape[0]):  # noqa: SIM110 - numba compiles no generator in all()
+        if t[i] - t[i - 1] != step:
+            return False
+    return True
 
 
 @njit
-def _one(v: float) -> np.ndarray:
-    a = np.empty(1)
-    a[0] = v
-    return a
+def _true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops): the [start, stop) index pairs of the runs of True in ``mask``."""
+    n = mask.shape[0]
+    count = 0
+    for i in range(n):
+        if mask[i] and (i == 0 or not mask[i - 1]):
+            count += 1
+    starts = np.empty(count, dtype=np.int64)
+    stops = np.empty(count, dtype=np.int64)
+    r = 0
+    for i in range(n):
+        if mask[i] and (i == 0 or not mask[i - 1]):
+            starts[r] = i
+        if mask[i] and (i == n - 1 or not mask[i + 1]):
+            stops[r] = i + 1
+            r += 1
+    return starts, stops
 
 
 # ---------------------------------------------------------------------------------- spikes
@@ -297,29 +312,6 @@ def _spike_run(
 
 
 @njit
-def _spike_step(
-    p: np.ndarray,
-    fs: np.ndarray,
-    ra: np.ndarray,
-    rb: np.ndarray,
-    t: int,
-    x: float,
-    active: float,
-    prod: float,
-    temp: float,
-    out: np.ndarray,
-    work: np.ndarray,
-) -> float:
-    """One interval through :func:`_spike_run` (the streaming form): its score."""
-    score = np.empty(1)
-    _spike_run(
-        p, fs, ra, rb, _one_int(t), _one(x), _one(active), _one(prod), _one(temp), score,
-        out.reshape((1, out.shape[0])), work,
-    )  # fmt: skip
-    return score[0]
-
-
-@njit
 def _spike_batch(
     p: np.ndarray,
     fs: np.ndarray,
@@ -403,29 +395,6 @@ def _stuck_run(
         _ring_push(rb, tod, x)
         fs[ST_N] += 1.0
         scores[r] = score
-
-
-@njit
-def _stuck_step(
-    p: np.ndarray,
-    fs: np.ndarray,
-    ra: np.ndarray,
-    rb: np.ndarray,
-    t: int,
-    x: float,
-    active: float,
-    prod: float,
-    temp: float,
-    out: np.ndarray,
-    work: np.ndarray,
-) -> float:
-    """One interval through :func:`_stuck_run` (the streaming form): its score."""
-    score = np.empty(1)
-    _stuck_run(
-        p, fs, ra, rb, _one_int(t), _one(x), _one(active), _one(prod), _one(temp), score,
-        out.reshape((1, out.shape[0])), work,
-    )  # fmt: skip
-    return score[0]
 
 
 @njit
@@ -751,29 +720,6 @@ def _ls_run(
 
 
 @njit
-def _ls_step(
-    p: np.ndarray,
-    fs: np.ndarray,
-    ra: np.ndarray,
-    rb: np.ndarray,
-    t: int,
-    x: float,
-    active: float,
-    prod: float,
-    temp: float,
-    out: np.ndarray,
-    work: np.ndarray,
-) -> float:
-    """One interval through :func:`_ls_run` (the streaming form): its score."""
-    score = np.empty(1)
-    _ls_run(
-        p, fs, ra, rb, _one_int(t), _one(x), _one(active), _one(prod), _one(temp), score,
-        out.reshape((1, out.shape[0])), work,
-    )  # fmt: skip
-    return score[0]
-
-
-@njit
 def _ls_batch(
     p: np.ndarray,
     fs: np.ndarray,
@@ -919,29 +865,6 @@ def _dr_run(
 
 
 @njit
-def _dr_step(
-    p: np.ndarray,
-    fs: np.ndarray,
-    ra: np.ndarray,
-    rb: np.ndarray,
-    t: int,
-    x: float,
-    active: float,
-    prod: float,
-    temp: float,
-    out: np.ndarray,
-    work: np.ndarray,
-) -> float:
-    """One interval through :func:`_dr_run` (the streaming form): its score."""
-    score = np.empty(1)
-    _dr_run(
-        p, fs, ra, rb, _one_int(t), _one(x), _one(active), _one(prod), _one(temp), score,
-        out.reshape((1, out.shape[0])), work,
-    )  # fmt: skip
-    return score[0]
-
-
-@njit
 def _dr_batch(
     p: np.ndarray,
     fs: np.ndarray,
@@ -959,3 +882,54 @@ def _dr_batch(
     outs = np.empty((n, DR_NOUT))
     _dr_run(p, fs, ra, rb, t, x, active, prod, temp, scores, outs, np.empty(_work_size(ra, rb)))
     return scores, outs
+
+
+# ---------------------------------------------------------------------------------- streaming
+
+SPIKE, STUCK, LEVEL_SHIFT, DRIFT = 0, 1, 2, 3  # detector kinds for _step
+IO_X, IO_ACTIVE, IO_PROD, IO_TEMP, IO_SCORE = 0, 1, 2, 3, 4
+IO_SIZE = 5
+
+
+@njit
+def _step(
+    kind: int,
+    p: np.ndarray,
+    fs: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    t: int,
+    x: float,
+    active: float,
+    prod: float,
+    temp: float,
+    io_t: np.ndarray,
+    io: np.ndarray,
+    out: np.ndarray,
+    work: np.ndarray,
+) -> float:
+    """One interval through detector ``kind``'s run kernel (the streaming form): its score.
+
+    The interval goes in as one-element views of the caller's buffers ``io_t`` (1 int)
+    and ``io`` (``IO_SIZE`` floats), so a step allocates nothing; ``out`` is the (1,
+    n_out) row of diagnostics.
+    """
+    io_t[0] = t
+    io[IO_X] = x
+    io[IO_ACTIVE] = active
+    io[IO_PROD] = prod
+    io[IO_TEMP] = temp
+    xs = io[IO_X : IO_X + 1]
+    acts = io[IO_ACTIVE : IO_ACTIVE + 1]
+    prods = io[IO_PROD : IO_PROD + 1]
+    temps = io[IO_TEMP : IO_TEMP + 1]
+    score = io[IO_SCORE : IO_SCORE + 1]
+    if kind == SPIKE:
+        _spike_run(p, fs, ra, rb, io_t, xs, acts, prods, temps, score, out, work)
+    elif kind == STUCK:
+        _stuck_run(p, fs, ra, rb, io_t, xs, acts, prods, temps, score, out, work)
+    elif kind == LEVEL_SHIFT:
+        _ls_run(p, fs, ra, rb, io_t, xs, acts, prods, temps, score, out, work)
+    else:
+        _dr_run(p, fs, ra, rb, io_t, xs, acts, prods, temps, score, out, work)
+    return io[IO_SCORE]

@@ -236,6 +236,52 @@ def test_streaming_equals_batch(name: str, month: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_update_one_gives_the_batch_diagnostics_in_its_own_buffers(
+    name: str, month: dict[str, Any]
+) -> None:
+    """One streaming step allocates nothing: the same buffers every call, the batch's rows."""
+    det = FACTORIES[name]()
+    buffers = (det._io_t, det._io, det._out_row, det._work)
+    rows = []
+    for p in points(month):
+        det.update_one(p)
+        rows.append(det.diagnostics)
+    assert all(a is b for a, b in zip(buffers, (det._io_t, det._io, det._out_row, det._work),
+                                      strict=True))  # fmt: skip
+    _, want = FACTORIES[name]().process(
+        month["t"], month["x"], month["active"], month["production"], month["temperature"]
+    )
+    assert np.array_equal(np.array(rows), want, equal_nan=True)
+
+
+@SETTINGS
+@given(st.lists(st.booleans(), max_size=30))
+def test_true_runs_match_plain_python(mask: list[bool]) -> None:
+    starts, stops = k._true_runs(np.array(mask, dtype=np.bool_))
+    want = []
+    i = 0
+    while i < len(mask):
+        if mask[i]:
+            j = i
+            while j < len(mask) and mask[j]:
+                j += 1
+            want.append((i, j))
+            i = j
+        else:
+            i += 1
+    assert list(zip(starts.tolist(), stops.tolist(), strict=True)) == want
+
+
+@SETTINGS
+@given(st.lists(st.integers(-5, 5), max_size=20), st.integers(0, 3))
+def test_on_grid_matches_plain_python(steps: list[int], step: int) -> None:
+    t = np.cumsum([0, *steps]).astype(np.int64) * 900 if steps else np.zeros(0, np.int64)
+    want = all(b - a == step * 900 for a, b in itertools.pairwise(t.tolist()))
+    assert k._on_grid(t, step * 900) == want
+    assert k._on_grid(900 * step * np.arange(len(steps) + 1, dtype=np.int64), step * 900)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_contract_deterministic(name: str, month: dict[str, Any]) -> None:
     assert np.array_equal(batch(FACTORIES[name](), month), batch(FACTORIES[name](), month))
 
