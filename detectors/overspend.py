@@ -134,6 +134,7 @@ class OverspendDetector(StreamingDetector):
         self.config = config or OverspendConfig()
         self._params = self.config.vector()
         self._state = kern._new_state()
+        self._io = np.zeros(5)  # one streaming step's interval (kern._step)
         self._events: list[Event] = []
 
     @property
@@ -159,7 +160,9 @@ class OverspendDetector(StreamingDetector):
     def update_one(self, x: Point) -> float:
         """learn_one, returning the score score_one would have given."""
         e, scale = self._inputs(x)
-        code = kern._step(self._state, float(x.t_s), float(x.value), e, scale, self._params)
+        code = kern._step(
+            self._state, float(x.t_s), float(x.value), e, scale, self._params, self._io
+        )
         st = self._state
         if code == kern.CLOSED:
             self._events.append(

@@ -1,8 +1,8 @@
 """Overspend kernels: a tabular CUSUM of residuals with hysteresis, one step at a time.
 
 The whole detector state is a small float64 vector, so the streaming detector can snapshot
-it and the batch run is nothing but the same step in a loop (same events, by
-construction). Per interval with residual r = actual - expected and its expected spread
+it, and the batch run and the streaming step are the same loop (:func:`_advance`; same
+events, by construction). Per interval with residual r = actual - expected and its expected spread
 ``scale`` (the baseline's prediction std for that interval), with k and h in units of it
 and the allowance at least ``k_rel`` of the expected consumption (a shift smaller than a
 few per cent of the load is a model bias, not a loss worth an alert):
@@ -92,71 +92,118 @@ def _peek(
 
 @njit
 def _step(
-    st: np.ndarray, t: float, actual: float, expected: float, scale: float, params: np.ndarray
+    st: np.ndarray,
+    t: float,
+    actual: float,
+    expected: float,
+    scale: float,
+    params: np.ndarray,
+    io: np.ndarray,
 ) -> int:
-    """Advance the state by one interval starting at ``t``; returns NOTHING/OPENED/CLOSED."""
-    r = actual - expected
-    if not (scale > 0.0 and math.isfinite(r) and math.isfinite(scale)):
-        st[SCORE] = st[S]
-        return NOTHING
-    z = min(r / scale, params[CLIP])
-    k = max(params[K], params[K_REL] * expected / scale)
-    st[SEEN] += 1.0
-    s_new = min(params[CAP], max(0.0, st[S] + z - k))
-    st[SCORE] = s_new
-    if st[OPEN] == 0.0:
-        if s_new == 0.0:
-            st[RUN_T] = np.nan
-            st[RUN_R] = 0.0
-            st[RUN_E] = 0.0
+    """Advance the state by one interval starting at ``t``; returns NOTHING/OPENED/CLOSED.
+
+    The streaming form of :func:`_advance`: the interval goes through ``io`` (5 floats,
+    the caller's buffer), so a step allocates nothing.
+    """
+    io[0] = t
+    io[1] = actual
+    io[2] = expected
+    io[3] = scale
+    _, code = _advance(st, io[0:1], io[1:2], io[2:3], io[3:4], params, io[4:5], 0)
+    return code
+
+
+@njit
+def _advance(
+    st: np.ndarray,
+    t: np.ndarray,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    scale: np.ndarray,
+    params: np.ndarray,
+    cusum: np.ndarray,
+    start: int,
+) -> tuple[int, int]:
+    """Step through the intervals from ``start`` until an alert closes or the data ends.
+
+    Writes each step's CUSUM into ``cusum``; returns (index after the last step, that
+    step's result NOTHING/OPENED/CLOSED). The step is written inside the loop: calling a
+    per-interval function with the state arrays costs numba a reference count update per
+    array per interval, most of the CUSUM's time.
+    """
+    code = NOTHING
+    i = start
+    n = t.shape[0]
+    while i < n:
+        code = NOTHING
+        e = expected[i]
+        sc = scale[i]
+        r = actual[i] - e
+        if not (sc > 0.0 and math.isfinite(r) and math.isfinite(sc)):
+            st[SCORE] = st[S]
         else:
-            if st[S] == 0.0:
-                st[RUN_T] = t
-                st[RUN_R] = 0.0
-                st[RUN_E] = 0.0
-            st[RUN_R] += r
-            st[RUN_E] += expected
-        st[S] = s_new
-        if s_new > params[H]:
-            st[OPEN] = 1.0
-            st[ALARM_T] = t
-            st[PEAK_S] = s_new
-            st[PEAK_T] = t
-            st[PEAK_R] = st[RUN_R]
-            st[PEAK_E] = st[RUN_E]
-            st[BELOW] = 0.0
-            return OPENED
-        return NOTHING
-    st[RUN_R] += r
-    st[RUN_E] += expected
-    st[S] = s_new
-    if s_new >= st[PEAK_S]:
-        st[PEAK_S] = s_new
-        st[PEAK_T] = t
-        st[PEAK_R] = st[RUN_R]
-        st[PEAK_E] = st[RUN_E]
-    if s_new < params[H_LOW]:
-        st[BELOW] += 1.0
-    else:
-        st[BELOW] = 0.0
-    if st[BELOW] >= params[MIN_CLOSE]:
-        st[DONE_START] = st[RUN_T]
-        st[DONE_ALARM] = st[ALARM_T]
-        st[DONE_END] = st[PEAK_T]
-        st[DONE_R] = st[PEAK_R]
-        st[DONE_E] = st[PEAK_E]
-        st[DONE_PEAK] = st[PEAK_S]
-        st[OPEN] = 0.0
-        st[S] = 0.0
-        st[RUN_T] = np.nan
-        st[RUN_R] = 0.0
-        st[RUN_E] = 0.0
-        st[ALARM_T] = np.nan
-        st[PEAK_S] = 0.0
-        st[PEAK_T] = np.nan
-        st[BELOW] = 0.0
-        return CLOSED
-    return NOTHING
+            z = min(r / sc, params[CLIP])
+            k = max(params[K], params[K_REL] * e / sc)
+            st[SEEN] += 1.0
+            s_new = min(params[CAP], max(0.0, st[S] + z - k))
+            st[SCORE] = s_new
+            if st[OPEN] == 0.0:
+                if s_new == 0.0:
+                    st[RUN_T] = np.nan
+                    st[RUN_R] = 0.0
+                    st[RUN_E] = 0.0
+                else:
+                    if st[S] == 0.0:
+                        st[RUN_T] = t[i]
+                        st[RUN_R] = 0.0
+                        st[RUN_E] = 0.0
+                    st[RUN_R] += r
+                    st[RUN_E] += e
+                st[S] = s_new
+                if s_new > params[H]:
+                    st[OPEN] = 1.0
+                    st[ALARM_T] = t[i]
+                    st[PEAK_S] = s_new
+                    st[PEAK_T] = t[i]
+                    st[PEAK_R] = st[RUN_R]
+                    st[PEAK_E] = st[RUN_E]
+                    st[BELOW] = 0.0
+                    code = OPENED
+            else:
+                st[RUN_R] += r
+                st[RUN_E] += e
+                st[S] = s_new
+                if s_new >= st[PEAK_S]:
+                    st[PEAK_S] = s_new
+                    st[PEAK_T] = t[i]
+                    st[PEAK_R] = st[RUN_R]
+                    st[PEAK_E] = st[RUN_E]
+                if s_new < params[H_LOW]:
+                    st[BELOW] += 1.0
+                else:
+                    st[BELOW] = 0.0
+                if st[BELOW] >= params[MIN_CLOSE]:
+                    st[DONE_START] = st[RUN_T]
+                    st[DONE_ALARM] = st[ALARM_T]
+                    st[DONE_END] = st[PEAK_T]
+                    st[DONE_R] = st[PEAK_R]
+                    st[DONE_E] = st[PEAK_E]
+                    st[DONE_PEAK] = st[PEAK_S]
+                    st[OPEN] = 0.0
+                    st[S] = 0.0
+                    st[RUN_T] = np.nan
+                    st[RUN_R] = 0.0
+                    st[RUN_E] = 0.0
+                    st[ALARM_T] = np.nan
+                    st[PEAK_S] = 0.0
+                    st[PEAK_T] = np.nan
+                    st[BELOW] = 0.0
+                    code = CLOSED
+        cusum[i] = st[SCORE]
+        i += 1
+        if code == CLOSED:
+            break
+    return i, code
 
 
 @njit
@@ -177,8 +224,10 @@ def _run(
     cusum = np.empty(n)
     done = np.empty((8, 6))
     count = 0
-    for i in range(n):
-        if _step(st, t[i], actual[i], expected[i], scale[i], params) == CLOSED:
+    i = 0
+    while i < n:
+        i, code = _advance(st, t, actual, expected, scale, params, cusum, i)
+        if code == CLOSED:
             if count == done.shape[0]:
                 bigger = np.empty((2 * count, 6))
                 bigger[:count] = done
@@ -190,5 +239,4 @@ def _run(
             done[count, 4] = st[DONE_E]
             done[count, 5] = st[DONE_PEAK]
             count += 1
-        cusum[i] = st[SCORE]
     return cusum, done[:count].copy()
