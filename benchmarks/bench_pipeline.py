@@ -301,6 +301,7 @@ def first_call(cache_dir: str) -> dict[str, float]:
 
 def measure(meters: int, readings: int, river_n: int) -> dict[str, Any]:
     """Everything timed, in this process (call it pinned to one core)."""
+    load = [os.getloadavg()[0]]
     site = site_readings(readings)
     lo, hi = grid(site)
     # load the compiled kernels (from numba's cache) before the clock runs
@@ -330,7 +331,7 @@ def measure(meters: int, readings: int, river_n: int) -> dict[str, Any]:
         "meters": meters, "readings": meters * readings, "intervals": intervals,
         "ours_cpu": ours.cpu, "ours_wall": ours.wall, "numpy_cpu": numpy_.cpu,
         "numpy_wall": numpy_.wall, "river_cpu": river_cpu, "river_n": river_n_done,
-        "found": found,
+        "found": found, "load": [*load, os.getloadavg()[0]],
     }  # fmt: skip
 
 
@@ -350,6 +351,9 @@ def report(r: dict[str, Any], reuse: dict[str, Any],
 
     print(f"{r['meters']} meters, {points / 1e6:.1f} M one-minute readings -> "
           f"{r['intervals'] / 1e6:.2f} M 15-minute intervals; one process on one core")
+    loads = [*r["load"], *reuse["load"]]
+    print(f"load average (1 min, {os.cpu_count()} cores) from {min(loads):.1f} to "
+          f"{max(loads):.1f} during the timed runs, {time.strftime('%H:%M UTC', time.gmtime())}")
     print("| pipeline | malloc | CPU s | M readings/s/core | wall M/s | vs numpy |")
     print("| --- | --- | --- | --- | --- | --- |")
     for run, how in ((r, "default"), (reuse, "reuse")):
