@@ -681,6 +681,18 @@ def _months_without_model(
     hit = r & np.isfinite(y) & np.isin(months, list(missing))
     unseen = r & np.isfinite(y) & ~hit & ~rm
     notes = []
+    used = set(months[rm].tolist())
+    thin = [
+        mm for mm in model.months
+        if mm is not None and mm.month in used
+        and mm.hours < sum(a is not None for a in mm.intercepts) + 2
+    ]  # fmt: skip
+    if thin:
+        notes.append(
+            "month models fitted on about one hour per hour of the week ("
+            + ", ".join(f"{month_names([mm.month])}: {mm.hours} h" for mm in thin)
+            + "): their temperature slopes cannot be told from the hour-of-week levels"
+        )
     if unseen.any():
         notes.append(
             f"{100 * unseen.sum() / max(int(r.sum()), 1):.0f} % of the reporting hours have "

@@ -240,3 +240,7 @@ def test_savings_over_a_year_and_reporting_months_without_a_model() -> None:
     april = Period(int(t[(mon == 3) & ~year][0]), int(t[(mon == 4) & ~year][-1]) + 3600)
     s = compute_savings(series, jan_feb, april, method="caltrack-hourly")
     assert any("calendar months without a baseline model (apr)" in w for w in s.verdict.warnings)
+    # January and three days of February: March's model has 72 hours for 72 levels
+    short = Period(T0, T0 + 34 * 86400)
+    s = compute_savings(series, short, april, method="caltrack-hourly")
+    assert any("one hour per hour of the week (mar: 72 h)" in w for w in s.verdict.warnings)
