@@ -9,15 +9,17 @@ Baselines, measured in the same run against the same server:
   back (its polling mode sleeps 10 ms between rounds);
 - bare pymodbus 3.16 (AsyncModbusTcpClient.read_holding_registers in a loop), what the
   agent's poll path used before it got its own Modbus TCP client (collector/modbus/tcp.py).
-The agent's poll path (planning done once; per poll: the request, the checks, the decoding
-of every value, the result record) runs on asyncio's own event loop and on uvloop (the
-optional extra `recp agent` uses when installed); so does bare pymodbus.
+The agent's poll path (Bus.run as the agent runs it, planning done once; per poll: the
+request, the checks, the decoding of every value, the result record, the schedule) runs on
+asyncio's own event loop and on uvloop (the optional extra `recp agent` uses when
+installed); so does bare pymodbus.
 Goal (issue 3): the agent's single-device rate at least half of mbpoll's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -30,7 +32,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from collector.modbus.poller import Bus, Device, Link, plan_device
+from collector.modbus.poller import Bus, Device, Link, PollResult, plan_device
 from collector.site import MeterSpec, Polling, load_site
 
 N_ONE = 5000  # polls of one device
@@ -127,22 +129,30 @@ async def bare_pymodbus(ports: list[int], seconds: float | None, n: int
 
 async def agent_path(specs: list[MeterSpec], seconds: float | None, n: int
                      ) -> tuple[int, list[float]]:
+    """Bus.run as the agent runs it (for a lone meter on our own TCP client: the callback
+    fast path), every poll due at once (interval 1 us), readings handed to a callback."""
     lat: list[float] = []
     count = 0
 
     async def one(spec: MeterSpec) -> None:
         nonlocal count
+        spec = dataclasses.replace(spec, interval_s=1e-6)  # back to back
         link = Link(spec.meter.connection, timeout_s=2)
-        bus = Bus(link, [dev := Device(spec, plan_device(spec))], Polling())
+        bus = Bus(link, [Device(spec, plan_device(spec))], Polling())
+        stop = asyncio.Event()
         end = time.perf_counter() + seconds if seconds else None
         i = 0
-        while (end is None and i < n) or (end is not None and time.perf_counter() < end):
-            r = await bus.poll(dev)
+
+        def emit(r: PollResult) -> None:
+            nonlocal i
             assert r.quality.value == "ok" and len(r.values) == 10
             lat.append(r.latency_s or 0.0)
             i += 1
+            if (end is None and i >= n) or (end is not None and time.perf_counter() >= end):
+                stop.set()
+
+        await bus.run(emit, stop)
         count += i
-        link.close()
 
     await asyncio.gather(*(one(s) for s in specs))
     return count, lat

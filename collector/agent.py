@@ -325,7 +325,9 @@ class Agent:
         }
 
     # -- tasks --------------------------------------------------------------------------
-    async def _emit(self, result: PollResult) -> None:
+    def _emit(self, result: PollResult) -> asyncio.Future[None] | None:
+        """Take a poll's reading (called by the poller, in the loop); a future to await
+        before polling on when the writer is QUEUE_SIZE readings behind."""
         self.readings += 1
         self.polling.set()  # the watchdog pings only while polls keep coming
         if result.quality is not Quality.OK:
@@ -334,11 +336,12 @@ class Agent:
         if result.meter == self.clock_meter and self.clock.device is not None:
             self.clock.device.observe(result)
             if result.meter not in self.meters:  # the time source is not published
-                return
+                return None
+        saved = self.enqueue(*self.clock.stamp(result))
         if len(self._pending) >= QUEUE_SIZE:  # the disk cannot keep up: polls wait
             self._kick_writer()
-            await asyncio.shield(self._pending[-1][2])
-        self.enqueue(*self.clock.stamp(result))
+            return asyncio.shield(saved)
+        return None
 
     def enqueue(self, result: PollResult, trusted: bool) -> asyncio.Future[None]:
         """Hand a (stamped) reading to the writer; the future is done once it is committed."""

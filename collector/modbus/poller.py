@@ -23,6 +23,10 @@ Failure handling, from cheapest to dearest:
   capped delay, and meanwhile every due device yields an error reading at no cost.
 
 Only read function codes 1-4 are ever sent (see :data:`READ_FUNCTION_CODES`).
+
+A meter alone on a plain Modbus TCP connection (the usual case) is polled from callbacks
+while all is well (:class:`_FastLoop`: no task wake-up, future or coroutine per request);
+the first thing that is not a good reply hands the poll to the coroutine path above.
 """
 
 from __future__ import annotations
@@ -302,14 +306,155 @@ def plan_device(spec: MeterSpec) -> list[ReadRequest]:
     )
 
 
-Emit = Callable[[PollResult], Awaitable[None]]
+# takes a reading; returns None, or what to await before polling on (the agent's queue
+# is full) -- an ``async def`` works too
+Emit = Callable[[PollResult], "Awaitable[None] | None"]
 # None when a meter may be polled again, else what to await first (its last reading's commit)
 Ready = Callable[[str], "asyncio.Future[None] | None"]
 READY_RECHECK_S = 0.005  # a meter not ready yet is asked again after this long
 
 
+@dataclass(frozen=True)
+class Resume:
+    """A poll the fast path began and a request of which failed: the slow path finishes it
+    (retries, splitting, marking the link down) exactly as if it had begun it."""
+
+    ts: float
+    mono: int
+    t0: float
+    values: dict[str, float | None]  # of the requests before ``index``
+    index: int  # the request that failed
+    exc: Exception  # how it failed, on its first try
+
+
+class _FastLoop:
+    """One meter alone on our own Modbus TCP client, polled from callbacks: a timer at its
+    due time sends the request, the reply's ``data_received`` decodes it and sends the
+    next one, the last one's completes the reading, hands it to ``emit`` and sets the
+    timer again. No task wakes, no future or coroutine is made per request or poll.
+
+    It serves only the happy path: connected, the device up, every reply good. Anything
+    else ends :meth:`run` and :meth:`Bus.run` takes over with the careful coroutine path
+    (a failed request's poll is finished there through :class:`Resume`)."""
+
+    def __init__(self, bus: Bus, dev: Device, emit: Emit, ready: Ready | None,
+                 stop: asyncio.Event):
+        self.bus, self.dev, self.emit, self.ready, self.stop = bus, dev, emit, ready, stop
+        self.loop = asyncio.get_running_loop()
+        self.exit: asyncio.Future[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting: asyncio.Future[None] | None = None  # the commit it waits for
+        self.busy = False  # a request is out
+        self.ts, self.mono, self.t0, self.index = 0.0, 0, 0.0, 0
+        self.values: dict[str, float | None] = {}
+
+    def usable(self) -> bool:
+        tcp, dev = self.bus.link.tcp, self.dev
+        return (tcp is not None and tcp.connected and not dev.offline
+                and not dev.consecutive_failures)
+
+    async def run(self) -> Resume | Awaitable[None] | None:
+        """Poll until something needs the slow path; what it needs, or None (stopping,
+        or no longer usable)."""
+        self.exit = exit_ = self.loop.create_future()
+        self._arm()
+        try:
+            return await exit_
+        finally:
+            self.exit = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.waiting is not None:
+                self.waiting.remove_done_callback(self._committed)
+                self.waiting = None
+
+    def on_stop(self, _: object = None) -> None:
+        if not self.busy:  # a poll under way finishes and is emitted first
+            self._leave(None)
+
+    def _leave(self, outcome: Resume | Awaitable[None] | None) -> None:
+        if self.exit is not None and not self.exit.done():
+            self.exit.set_result(outcome)
+
+    def _arm(self) -> None:
+        delay = self.dev.next_due - time.monotonic()
+        if delay > 0:
+            self.timer = self.loop.call_later(delay, self._due)
+        else:  # due already (a slow device, a short interval): no trip through the loop
+            self._due()
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.stop.is_set() or not self.usable():
+            return self._leave(None)
+        if self.ready is not None:
+            pending = self.ready(self.dev.id)
+            if pending is not None and not pending.done():
+                self.waiting = pending
+                pending.add_done_callback(self._committed)
+                return None
+        self.ts, self.mono = time.time(), time.monotonic_ns()
+        self.t0 = time.perf_counter()
+        self.values = {}
+        self.index = 0
+        self._send()
+        return None
+
+    def _committed(self, _: object) -> None:
+        self.waiting = None
+        if self.exit is not None and not self.exit.done():
+            self._due()
+
+    def _send(self) -> None:
+        req = self.dev.requests[self.index]
+        link = self.bus.link
+        tcp = link.tcp
+        link.requests += 1
+        self.busy = True
+        try:
+            if tcp is None:
+                raise LinkDown(link.last_error or "not connected")
+            tcp.send(req.function_code, req.address, req.count, req.unit_id,
+                     self.dev.spec.timeout_s, self._reply)
+        except LinkDown as exc:
+            self._reply(None, exc)
+
+    def _reply(self, value: bytes | list[bool] | None, exc: Exception | None) -> None:
+        self.busy = False
+        if self.exit is None or self.exit.done():
+            return  # left meanwhile (cancelled): nobody wants it
+        try:
+            if exc is not None or value is None:
+                return self._leave(Resume(self.ts, self.mono, self.t0, self.values, self.index,
+                                          exc or BadResponse("empty response")))
+            dev = self.dev
+            self.bus.link.silent = 0
+            self.values.update(dev.requests[self.index].decode(value))
+            self.index += 1
+            if self.index < len(dev.requests):
+                return self._send()
+            values = self.values
+            errors = ({n: "not a number" for n, v in values.items() if v is None}
+                      if None in values.values() else {})
+            result = self.bus._finish(dev, self.ts, self.mono, self.t0, values, errors, True)
+            waiting = self.emit(result)
+            if self.stop.is_set():
+                return self._leave(waiting)
+            self.bus.schedule(dev)
+            if waiting is not None:
+                return self._leave(waiting)
+            self._arm()
+        except Exception as exc:  # a bug: let Bus.run raise it
+            if self.exit is not None and not self.exit.done():
+                self.exit.set_exception(exc)
+        return None
+
+
 class Bus:
     """A link and the devices behind it, polled one at a time on their schedules."""
+
+    fast_path = True  # a lone meter on our own TCP client is polled by _FastLoop
 
     def __init__(self, link: Link, devices: list[Device], polling: Polling):
         self.link = link
@@ -337,7 +482,24 @@ class Bus:
         stopped.add_done_callback(wake)
         try:
             single = self.devices[0] if len(self.devices) == 1 else None
+            fast = (_FastLoop(self, single, emit, ready, stop)
+                    if self.fast_path and single is not None and self.link.own_tcp else None)
+            if fast is not None:
+                stopped.add_done_callback(fast.on_stop)
             while not stop.is_set():
+                if fast is not None and fast.usable():
+                    outcome = await fast.run()
+                    if isinstance(outcome, Resume):  # a request failed: finish carefully
+                        result = await self.poll(fast.dev, resume=outcome)
+                        waiting = emit(result)
+                        if waiting is not None:
+                            await waiting
+                        if stop.is_set():
+                            break
+                        self.schedule(fast.dev)
+                    elif outcome is not None:  # the reading waits for room
+                        await outcome
+                    continue
                 if single is not None:  # one meter on the link (the usual TCP case)
                     dev = single
                     delay = dev.next_due - time.monotonic()
@@ -373,42 +535,69 @@ class Bus:
                 else:
                     held.pop(dev.id, None)
                 result = await self.poll(dev)
-                if stop.is_set():  # polled while stopping: still a reading, keep it
-                    await emit(result)
+                waiting = emit(result)
+                if waiting is not None:
+                    await waiting
+                if stop.is_set():  # polled while stopping: still a reading, kept
                     break
-                await emit(result)
-                interval = dev.spec.interval_s
-                dev.next_due += interval
-                late = time.monotonic() - dev.next_due
-                if late >= 0:  # skip missed slots instead of bursting to catch up
-                    missed = math.floor(late / interval) + 1
-                    dev.next_due += missed * interval
-                    dev.overruns += missed
+                self.schedule(dev)
         finally:
             stopped.cancel()
             self.link.close()
 
-    async def poll(self, dev: Device, *, once: bool = False) -> PollResult:
-        """Poll one device now (or report why not); update its health."""
-        ts, mono = time.time(), time.monotonic_ns()
-        now = mono / 1e9
-        if dev.offline and not once and now < dev.next_probe:
-            reason = f"offline; next probe in {dev.next_probe - now:.0f} s"
-            return self._failed(dev, ts, mono, reason, None, count=False)
-        if not (self.link.connected or await self.link.ensure()):
-            reason = f"no connection to {self.link}: {self.link.last_error}"
-            return self._failed(dev, ts, mono, reason, None, count=False)
-        probing = dev.offline and not once
-        retries = 0 if probing else dev.spec.retries
-        t0 = time.perf_counter()
-        values: dict[str, float | None] = {}
-        errors: dict[str, str] = {}
-        answered = False
-        pending = list(dev.requests)
+    @staticmethod
+    def schedule(dev: Device) -> None:
+        """The device's next due time: one interval on, missed slots skipped (counted as
+        overruns), not caught up in a burst."""
+        interval = dev.spec.interval_s
+        dev.next_due += interval
+        late = time.monotonic() - dev.next_due
+        if late >= 0:
+            missed = math.floor(late / interval) + 1
+            dev.next_due += missed * interval
+            dev.overruns += missed
+
+    async def poll(self, dev: Device, *, once: bool = False, resume: Resume | None = None
+                   ) -> PollResult:
+        """Poll one device now (or report why not); update its health. ``resume``: finish
+        a poll the fast path (:class:`_FastLoop`) began, from the request that failed."""
+        failed: tuple[ReadRequest, Exception] | None = None
+        if resume is None:
+            ts, mono = time.time(), time.monotonic_ns()
+            now = mono / 1e9
+            if dev.offline and not once and now < dev.next_probe:
+                reason = f"offline; next probe in {dev.next_probe - now:.0f} s"
+                return self._failed(dev, ts, mono, reason, None, count=False)
+            if not (self.link.connected or await self.link.ensure()):
+                reason = f"no connection to {self.link}: {self.link.last_error}"
+                return self._failed(dev, ts, mono, reason, None, count=False)
+            probing = dev.offline and not once
+            retries = 0 if probing else dev.spec.retries
+            t0 = time.perf_counter()
+            values: dict[str, float | None] = {}
+            errors: dict[str, str] = {}
+            answered = False
+            pending = list(dev.requests)
+        else:  # the fast path polls only devices that are up: no probing
+            ts, mono, t0, values, errors = resume.ts, resume.mono, resume.t0, resume.values, {}
+            for name, value in values.items():
+                if value is None:
+                    errors[name] = "not a number"
+            retries = dev.spec.retries
+            answered = bool(values) or resume.index > 0
+            pending = list(dev.requests[resume.index:])
+            failed = (pending[0], resume.exc)
         while pending:
             req = pending.pop(0)
             try:
-                words = await self._read(req, dev, retries)
+                if failed is not None:  # the fast path's first try of this request
+                    exc0, failed = failed[1], None
+                    if not isinstance(exc0, NoAnswer) or retries == 0:
+                        raise exc0
+                    await asyncio.sleep(self.polling.retry_backoff_s)
+                    words = await self._read(req, dev, retries, first=1)
+                else:
+                    words = await self._read(req, dev, retries)
             except ReplyError as exc:
                 answered = True
                 if exc.code == 2 and req.has_gaps:
@@ -446,6 +635,12 @@ class Bus:
                 values[name] = value
                 if value is None:
                     errors[name] = "not a number"
+        return self._finish(dev, ts, mono, t0, values, errors, answered)
+
+    def _finish(self, dev: Device, ts: float, mono: int, t0: float,
+                values: dict[str, float | None], errors: dict[str, str], answered: bool
+                ) -> PollResult:
+        """The reading of a poll whose requests are done; the device's health updated."""
         latency = time.perf_counter() - t0
         good = len(values) - list(values.values()).count(None)
         total = dev.points
@@ -464,10 +659,10 @@ class Bus:
         dev.consecutive_failures, dev.offline, dev.offline_delay = 0, False, 0.0
         return PollResult(dev.id, ts, mono, values, errors, quality, latency, True)
 
-    async def _read(self, req: ReadRequest, dev: Device, retries: int
+    async def _read(self, req: ReadRequest, dev: Device, retries: int, first: int = 0
                     ) -> Sequence[int] | Sequence[bool] | bytes:
         link = self.link
-        for attempt in range(retries + 1):
+        for attempt in range(first, retries + 1):
             try:
                 tcp = link.tcp
                 if tcp is not None:  # our own client: straight to it, one coroutine less

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import struct
 from collections import deque
+from collections.abc import Callable
 
 log = logging.getLogger("recp.modbus.tcp")
 
@@ -68,12 +69,17 @@ def _bits(data: bytes, start: int, count: int) -> list[bool]:
     return [bool(data[start + (i >> 3)] >> (i & 7) & 1) for i in range(count)]
 
 
-class _Pending:
-    __slots__ = ("count", "deadline", "fc", "future", "tid", "timeout_s", "unit")
+# (registers as bytes or bits, None) or (None, the exception): a request's outcome
+Done = Callable[["bytes | list[bool] | None", "Exception | None"], None]
 
-    def __init__(self, future: asyncio.Future[bytes | list[bool]], tid: int,
-                 unit: int, fc: int, count: int, timeout_s: float, deadline: float):
-        self.future = future
+
+class _Pending:
+    __slots__ = ("count", "deadline", "done", "fc", "future", "tid", "timeout_s", "unit")
+
+    def __init__(self, future: asyncio.Future[bytes | list[bool]] | None, done: Done | None,
+                 tid: int, unit: int, fc: int, count: int, timeout_s: float, deadline: float):
+        self.future = future  # read(): the awaiting coroutine's
+        self.done = done  # send(): called once with the outcome instead
         self.tid = tid
         self.unit = unit
         self.fc = fc
@@ -150,19 +156,39 @@ class ModbusTcpClient(asyncio.Protocol):
             raise LinkDown(self.closed_reason or "not connected")
         if self._pending is not None:
             raise RuntimeError("one request at a time on a Modbus TCP link")
-        self._tid = tid = (self._tid + 1) & 0xFFFF
-        loop = self.loop
-        fut: asyncio.Future[bytes | list[bool]] = loop.create_future()
-        deadline = loop.time() + timeout_s
-        p = self._pending = _Pending(fut, tid, unit, fc, count, timeout_s, deadline)
-        transport.write(_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
-        if self._timer is None or self._timer_at > deadline:
-            self._arm(deadline)
+        fut: asyncio.Future[bytes | list[bool]] = self.loop.create_future()
+        p = self._start(transport, fut, None, fc, address, count, unit, timeout_s)
         try:
             return await fut
         finally:
             if self._pending is p:
                 self._pending = None
+
+    def send(self, fc: int, address: int, count: int, unit: int, timeout_s: float,
+             done: Done) -> None:
+        """:meth:`read` without a coroutine or future: ``done(value, None)`` or ``done(None,
+        exc)`` is called once, from the event loop (inside ``data_received`` for a reply),
+        and may send the next request. Raises at once what ``read`` would raise before
+        sending (not connected, a request already pending, not a read)."""
+        if fc not in READ_FUNCTION_CODES:
+            raise ValueError(f"refusing to send function code {fc}")
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise LinkDown(self.closed_reason or "not connected")
+        if self._pending is not None:
+            raise RuntimeError("one request at a time on a Modbus TCP link")
+        self._start(transport, None, done, fc, address, count, unit, timeout_s)
+
+    def _start(self, transport: asyncio.Transport,
+               fut: asyncio.Future[bytes | list[bool]] | None, done: Done | None, fc: int,
+               address: int, count: int, unit: int, timeout_s: float) -> _Pending:
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        deadline = self.loop.time() + timeout_s
+        p = self._pending = _Pending(fut, done, tid, unit, fc, count, timeout_s, deadline)
+        transport.write(_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
+        return p
 
     def close(self) -> None:
         if self._timer is not None:
@@ -191,19 +217,39 @@ class ModbusTcpClient(asyncio.Protocol):
         else:
             self._arm(p.deadline)
 
+    @staticmethod
+    def _ok(p: _Pending, value: bytes | list[bool]) -> None:
+        if p.done is not None:
+            done, p.done = p.done, None
+            done(value, None)
+        elif p.future is not None and not p.future.done():
+            p.future.set_result(value)
+
+    @staticmethod
+    def _err(p: _Pending, exc: Exception) -> None:
+        if p.done is not None:
+            done, p.done = p.done, None
+            done(None, exc)
+        elif p.future is not None and not p.future.done():
+            p.future.set_exception(exc)
+
+    @staticmethod
+    def _open(p: _Pending) -> bool:
+        return p.done is not None or (p.future is not None and not p.future.done())
+
     def _expire(self, p: _Pending, timeout_s: float) -> None:
-        if self._pending is p and not p.future.done():
+        if self._pending is p and self._open(p):
             self._abandoned.append(p.tid)
             self._pending = None
             if self._buf:  # a reply cut short: its tail would shift every later frame
                 log.debug("dropping %d bytes of an incomplete reply", len(self._buf))
                 self._buf = b""
-            p.future.set_exception(NoAnswer(f"no answer within {timeout_s:g} s"))
+            self._err(p, NoAnswer(f"no answer within {timeout_s:g} s"))
 
     def _fail(self, exc: Exception) -> None:
         p, self._pending = self._pending, None
-        if p is not None and not p.future.done():
-            p.future.set_exception(exc)
+        if p is not None:
+            self._err(p, exc)
 
     def _garbage(self, why: str) -> None:
         """Framing lost: fail the request and close, so the next one starts clean."""
@@ -221,35 +267,33 @@ class ModbusTcpClient(asyncio.Protocol):
                 return
             self._pending = None
             self._abandoned.append(p.tid)  # its own reply may still come: drop it then
-            p.future.set_exception(BadResponse(
-                f"reply has transaction id {tid}, expected {p.tid}"))
+            self._err(p, BadResponse(f"reply has transaction id {tid}, expected {p.tid}"))
             return
         self._pending = None
-        fut = p.future
-        if fut.done():
+        if not self._open(p):
             return
         if unit != p.unit:
-            fut.set_exception(BadResponse(f"reply from unit {unit}, asked unit {p.unit}"))
+            self._err(p, BadResponse(f"reply from unit {unit}, asked unit {p.unit}"))
         elif fc == p.fc | 0x80:
             if end < 9:
-                fut.set_exception(BadResponse("exception reply without an exception code"))
+                self._err(p, BadResponse("exception reply without an exception code"))
             else:
-                fut.set_exception(ReplyError(buf[8]))
+                self._err(p, ReplyError(buf[8]))
         elif fc != p.fc:
-            fut.set_exception(BadResponse(
+            self._err(p, BadResponse(
                 f"reply has function code {fc}, asked function code {p.fc}"))
         elif end < 9 or (nbytes := buf[8]) != end - 9:
-            fut.set_exception(BadResponse(
+            self._err(p, BadResponse(
                 f"byte count {buf[8] if end >= 9 else 'missing'} does not match the frame "
                 f"length ({end - 9} data bytes)"))
         elif fc >= 3:
             if nbytes != 2 * p.count:
-                fut.set_exception(BadResponse(
+                self._err(p, BadResponse(
                     f"{nbytes // 2} registers in the answer, asked for {p.count}"))
             else:
-                fut.set_result(buf[9:end])
+                self._ok(p, buf[9:end])
         elif nbytes != (p.count + 7) >> 3:
-            fut.set_exception(BadResponse(
+            self._err(p, BadResponse(
                 f"{nbytes} bytes of bits in the answer, asked for {p.count} bits"))
         else:
-            fut.set_result(_bits(buf, 9, p.count))
+            self._ok(p, _bits(buf, 9, p.count))
