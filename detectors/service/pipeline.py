@@ -312,6 +312,29 @@ class MeterPipeline:
         if newest is None or t > newest[0]:
             self.newest = (t, v)
 
+    def add_many(self, times: list[float], values: list[dict[str, float | None]]) -> None:
+        """:meth:`add` each reading of a run, in order (one call per meter and batch)."""
+        i, n = 0, len(times)
+        while self.counter is None and i < n:  # up to the first reading naming a counter
+            self.add(times[i], values[i])
+            i += 1
+        counter = self.counter
+        if counter is None:
+            return
+        interval = self.settings.interval_s
+        buf = self.buf
+        for k in range(i, n):
+            value = values[k].get(counter)
+            if value is None:
+                continue
+            t = int(times[k])
+            if self.next_start is None:
+                self.next_start = -(-t // interval) * interval
+            elif t < self.next_start and (not buf or t < buf[0][0]):
+                self.late += 1
+                continue
+            buf.append((t, float(value)))
+
     def complete(self) -> tuple[list[Interval], list[Transition]]:
         """Close every interval the buffered readings have passed; score and track them."""
         if self.next_start is None or not self.buf:
@@ -436,3 +459,16 @@ class MeterPipeline:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 obj.overspend = OverspendDetector.restore(state["overspend"])
         return obj
+
+
+def warm_up(settings: Settings | None = None) -> None:
+    """Run a throwaway meter through two intervals, so that numba's compiled kernels (and
+    the modules they pull in, about a second from numba's cache on the development VM) are
+    loaded before the first batch instead of while it holds the broker's messages."""
+    s = settings or Settings()
+    pipe = MeterPipeline("warm", "up", "electricity", s)
+    t0 = 1_767_225_600
+    step = max(s.interval_s // 10, 1)
+    pipe.add_many([float(t0 + step * k) for k in range(25)],
+                  [{"energy_kwh": 1.0 + k} for k in range(25)])
+    pipe.complete()

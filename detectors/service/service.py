@@ -47,7 +47,7 @@ from .fastcheck import Item, Rows
 from .inputs import inputs_from_config
 from .lines import QUALITY_CODES, line, series
 from .lines import _tag as _key
-from .pipeline import Interval, MeterPipeline, Settings
+from .pipeline import Interval, MeterPipeline, Settings, warm_up
 from .sink import InfluxWriter, SpoolSink
 from .spool import INPUT, PIPELINE, Replay, Spool
 from .validate import (
@@ -460,8 +460,7 @@ class DetectService:
         for (site, meter), readings in batch.items():
             pipe = self.pipeline(site, meter, readings[0][2])
             try:
-                for ts, values, _ in readings:
-                    pipe.add(ts, values)
+                pipe.add_many([r[0] for r in readings], [r[1] for r in readings])
                 intervals, trans = pipe.complete()
             except Exception:
                 # the readings are stored; one meter's analysis failing stops nothing else
@@ -949,6 +948,7 @@ class DetectService:
                 tg.create_task(self._checkpoints(stop), name="checkpoints")
                 if self.annotator is not None:
                     tg.create_task(self.annotator.run(stop), name="grafana-annotations")
+                await asyncio.to_thread(warm_up, self.settings_for(""))
                 await self.replay_after_checkpoint()
                 await self._mqtt_loop(stop)
                 await self.save_checkpoint()
