@@ -58,6 +58,7 @@ from .validate import (
     fast_rows,
     parse_message,
     parse_oldest,
+    split_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -575,6 +576,20 @@ class DetectService:
         replay += [(site, meter, resource, ts, vals, PIPELINE)
                    for ts, vals in zip(times, values, strict=True)]
 
+    def _ours(self, topic: str) -> bool:
+        """Whether this partition takes a ``reading``/``readings`` message, by its topic
+        (before validating it): its meter is ours, or an input our meters' baselines
+        need. Other topics: decided after validation."""
+        if not topic.endswith(("/reading", "/readings")):
+            return True
+        where = split_topic(topic)
+        if where is None or where[1] == contract.AGENT:
+            return True
+        site, meter = where[0], where[1]
+        part = self.cfg.processing.partition
+        return (owns(site, meter, part.index, part.count)
+                or bool(self.inputs and self.inputs.is_input(site, meter)))
+
     def _dropped(self, res: contract.Dropped, lines: list[str], touched: set[DKey],
                  before: dict[DKey, DedupState]) -> None:
         """The agent's announcement of readings its outbox dropped: dedup moves past them."""
@@ -603,6 +618,9 @@ class DetectService:
         before: dict[DKey, DedupState] = {}
         replay: list[Replay] = []  # what the detectors are fed, kept until a checkpoint
         for topic, payload in messages:
+            if part.count > 1 and not self._ours(topic):
+                self.stats.not_ours += 1  # another partition validates and stores it
+                continue
             rows = (fast_rows(topic, payload, now, self.limits)
                     if topic.endswith("/readings") else None)
             if rows is not None:

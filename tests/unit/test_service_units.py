@@ -409,6 +409,35 @@ def test_partitions_split_meters_exactly_once() -> None:
     assert {o[0] for o in owners} == {0, 1, 2}
 
 
+def test_a_partition_leaves_other_meters_messages_unread(tmp_path: Path) -> None:
+    # readings and batches of 20 meters (a malformed one each for m3 and m4) to two
+    # partitions: each meter's readings stored by its owner alone, each dead letter once
+    msgs = []
+    for i in range(20):
+        topic = f"recp/v1/dairy/m{i}/reading"
+        msgs += [(topic, reading(seq=1, meter=f"m{i}")),
+                 (topic + "s", contract.pack_readings([reading(seq=s, ts=T0 + 10 * s,
+                                                               meter=f"m{i}")
+                                                       for s in (2, 3)]))]
+    msgs += [("recp/v1/dairy/m3/reading", b"{trunc"), ("recp/v1/dairy/m4/readings", b"[]")]
+    stored: list[str] = []
+    dead = 0
+    for index in (0, 1):
+        part = tmp_path / f"p{index}"
+        part.mkdir()
+        svc = DetectService(_spec(part, f"processing: {{partition: {{index: {index}, "
+                                        "count: 2}}\n"), writer=FlakyWriter(0))
+        asyncio.run(svc.handle(msgs))
+        mine = [x for _, x in svc.spool.peek(1000) if x.startswith("reading,")]
+        assert {x.split("meter=")[1].split(",")[0] for x in mine} == {
+            f"m{i}" for i in range(20) if owns("dairy", f"m{i}", index, 2)}
+        stored += mine
+        dead += svc.stats.dead_letters
+        assert svc.stats.not_ours > 0
+        svc.spool.close()
+    assert len(stored) == len(set(stored)) == 60 and dead == 2
+
+
 def test_config_rejects_inline_secrets_and_bad_partition(tmp_path: Path) -> None:
     for bad in ("mqtt: {password: x}\n", "influx: {token: x}\n",
                 "processing: {partition: {index: 2, count: 2}}\n",
