@@ -314,26 +314,9 @@ class MeterPipeline:
 
     def add_many(self, times: list[float], values: list[dict[str, float | None]]) -> None:
         """:meth:`add` each reading of a run, in order (one call per meter and batch)."""
-        i, n = 0, len(times)
-        while self.counter is None and i < n:  # up to the first reading naming a counter
-            self.add(times[i], values[i])
-            i += 1
-        counter = self.counter
-        if counter is None:
-            return
-        interval = self.settings.interval_s
-        buf = self.buf
-        for k in range(i, n):
-            value = values[k].get(counter)
-            if value is None:
-                continue
-            t = int(times[k])
-            if self.next_start is None:
-                self.next_start = -(-t // interval) * interval
-            elif t < self.next_start and (not buf or t < buf[0][0]):
-                self.late += 1
-                continue
-            buf.append((t, float(value)))
+        add = self.add
+        for ts_s, vals in zip(times, values, strict=True):
+            add(ts_s, vals)
 
     def complete(self) -> tuple[list[Interval], list[Transition]]:
         """Close every interval the buffered readings have passed; score and track them."""
