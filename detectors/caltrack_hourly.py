@@ -136,6 +136,8 @@ class MonthModel:
             f"{sum(self.occupied)} occupied hours of week; hour-of-week levels "
             f"{min(known):.4g}..{max(known):.4g}; occupied {bins(self.occupied_bins_c, self.occupied_slopes)}; "  # noqa: E501
             f"unoccupied {bins(self.unoccupied_bins_c, self.unoccupied_slopes)}"
+            + ("" if self.production_coef is None else f"; {self.production_coef:.4g} per unit")
+            + ("" if self.running_coef is None else f", {self.running_coef:.4g} while producing")
         )
 
 
