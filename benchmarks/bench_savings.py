@@ -2,8 +2,9 @@
 
 1. Fit time of ``detectors.baseline.fit_baseline`` (what ``recp savings`` fits) on one
    synthetic meter-year, hourly (8,760 intervals, hour of week + degree terms) and daily
-   (CalTRACK's daily method),
-   best of five after a warm-up, and whether a re-fit gives the identical model.
+   (CalTRACK's daily method), and of ``detectors.caltrack_hourly.fit_caltrack_hourly``
+   (``--method caltrack-hourly``), best of five after a warm-up, wall clock and CPU, and
+   whether a re-fit gives the identical model.
 2. Side by side with eemeter (OpenEEmeter, CalTRACK): ``benchmarks/eemeter_side.py`` runs in
    eemeter's own environment (as released it needs pytz, pandas < 3 and scikit-learn 1.5.2)
    and writes the series it fitted plus its results; here the same series and periods are
@@ -12,7 +13,10 @@
    wrote. Without either, part 2 is skipped with a note.
 
 Printed: savings as % of the adjusted baseline for both and the difference in percentage
-points, CV(RMSE) and NMBE beside each other, fit times and their ratio.
+points, CV(RMSE) and NMBE beside each other, fit times and their ratio; for the hourly
+samples both our hourly model and our CalTRACK hourly beside eemeter's CalTRACK hourly,
+with the largest difference of the hourly predictions and, where the savings differ, both
+models of the month that carries the difference.
 """
 
 from __future__ import annotations
