@@ -139,11 +139,11 @@ def dense_month_fit(
         bin_features(T, e_occ) * occ[:, None],
         bin_features(T, e_un) * (~occ)[:, None],
     ])  # fmt: skip
-    sw = np.sqrt(w[use])
-    Xw = X[use] * sw[:, None]
-    beta = np.linalg.lstsq(Xw, y[use] * sw, rcond=None)[0]
+    Xu = X[use]
+    G_inv = np.linalg.pinv(Xu.T @ (Xu * w[use][:, None]))  # (X' W X)^+
+    beta = G_inv @ (Xu.T @ (w[use] * y[use]))
     own = mon == month
-    lev = np.einsum("ij,jk,ik->i", X[own], np.linalg.pinv(Xw.T @ Xw), X[own])
+    lev = np.sum((X[own] @ G_inv) * X[own], axis=1)
     return X[own] @ beta, lev, own
 
 
