@@ -287,7 +287,9 @@ class MeterPipeline:
         v = float(value)
         interval = self.settings.interval_s
         newest = self.newest
-        if newest is not None and t <= newest[0] and (self.stepped or v > newest[1]):
+        # (several readings a second share one whole second: only an earlier one steps)
+        if newest is not None and (t < newest[0] or (self.stepped and t == newest[0])) and (
+                self.stepped or v > newest[1]):
             # behind the newest reading with a higher counter: the clock stepped back
             if not self.stepped:
                 self.clock_steps += 1

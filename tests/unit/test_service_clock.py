@@ -100,3 +100,11 @@ def test_late_arrival_with_a_lower_counter_is_no_clock_step() -> None:
         pipe.add(t, {"energy_kwh": v})
     assert pipe.clock_steps == 0 and pipe.step_spans == []
     assert [t for t, _ in sorted(pipe.buf)] == [T0 + 60 * i for i in range(5)]
+
+
+def test_several_readings_in_one_second_are_no_clock_step() -> None:
+    """An agent polling every 0.1 s stamps several readings within one whole second."""
+    pipe = MeterPipeline("dairy", "m1", "electricity", Settings())
+    for i in range(60):
+        pipe.add(T0 + 0.1 * i, {"energy_kwh": 10.0 + i})
+    assert pipe.clock_steps == 0 and pipe.stepped == 0 and len(pipe.buf) == 60
