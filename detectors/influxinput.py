@@ -11,15 +11,15 @@ measurement (``outdoor_temperature_c``), averaged per hour by the database.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from .arrays import FloatArray, IntArray
+from .history import Row
 from .meter import MeterInfo
 from .savings import DAY_S, HOUR_S, SavingsError, Series, _to_local_days
-from .service.baselines import Row, to_interval
+from .service.baselines import to_interval
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -30,39 +30,6 @@ def parse_target(text: str) -> tuple[str, str]:
         raise SavingsError(f"{text!r}: an InfluxDB input is influx:SITE/METER, e.g. "
                            "influx:dairy/steam_main")  # fmt: skip
     return site, meter
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def temperature_flux(bucket: str, site: str, field: str, start: dt.datetime,
-                     end: dt.datetime, meters: Iterable[str] = ()) -> str:  # fmt: skip
-    """Hourly means of one ``reading`` field of a site (every meter that has it, or
-    ``meters``)."""
-    pick = list(meters)
-    meter_filter = (" and (" + " or ".join(f"r.meter == {_q(m)}" for m in pick) + ")"
-                    if pick else "")
-    return (
-        f"from(bucket: {_q(bucket)})\n"
-        f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
-        f'  |> filter(fn: (r) => r._measurement == "reading" and r._field == {_q(field)}'
-        f" and r.site == {_q(site)}{meter_filter})\n"
-        "  |> group()\n"
-        '  |> aggregateWindow(every: 1h, fn: mean, createEmpty: false, timeSrc: "_start")\n'
-    )
-
-
-def gauge_from_records(records: Iterable[Any]) -> tuple[IntArray, FloatArray]:
-    """(UTC epoch seconds, values) of FluxRecords (anything with ``.values``)."""
-    ts, vs = [], []
-    for rec in records:
-        v = rec.values
-        if v.get("_value") is None:
-            continue
-        ts.append(int(v["_time"].timestamp()))
-        vs.append(float(v["_value"]))
-    return np.asarray(ts, dtype=np.int64), np.asarray(vs, dtype=np.float64)
 
 
 def _place(t: IntArray, v: FloatArray, lo: int, n: int, how: str) -> FloatArray:
@@ -138,22 +105,18 @@ def query_series(
     price: float | None = None,
     co2: float | None = None,
 ) -> Series:
-    """Query the analytics file's InfluxDB (``spec``: an ``AnalyticsSpec``) for one meter."""
-    from influxdb_client import InfluxDBClient
-
-    from .service.baselines import query_rows
+    """Read one meter from the analytics file's database (``spec``: an ``AnalyticsSpec``;
+    InfluxDB 2 or VictoriaMetrics by ``influx.flavor``)."""
+    from .history import open_history
 
     start = dt.datetime.fromtimestamp(start_s, dt.timezone.utc)
     end = dt.datetime.fromtimestamp(end_s, dt.timezone.utc)
     wanted = [meter] + ([production] if production else [])
-    rows = query_rows(spec, site, start, end, wanted)
+    history = open_history(spec)
+    rows = history.consumption(site, start, end, wanted)
     temperature = None
     if temperature_field:
-        cfg = spec.config.influx
-        with InfluxDBClient(url=spec.influx_url, token=spec.influx_token or "", org=cfg.org,
-                            timeout=int(cfg.timeout_s * 1000)) as client:  # fmt: skip
-            text = temperature_flux(cfg.bucket, site, temperature_field, start, end)
-            temperature = gauge_from_records(client.query_api().query_stream(text, org=cfg.org))
+        temperature = history.hourly_means(site, temperature_field, start, end)
     unit = next((r.unit for r in rows if r.meter == meter), "")
     settings = spec.site(site)
     info = MeterInfo(

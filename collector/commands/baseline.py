@@ -7,10 +7,11 @@ import datetime as dt
 from pathlib import Path
 
 NAME = "baseline"
-HELP = "fit or refit meters' baselines from the consumption stored in InfluxDB"
+HELP = "fit or refit meters' baselines from the consumption stored in InfluxDB/VictoriaMetrics"
 DESCRIPTION = """\
 Read one site's interval consumption (measurement consumption, field actual) between
---start and --end from the InfluxDB of an analytics file, fit a baseline per meter
+--start and --end from the InfluxDB 2 or VictoriaMetrics of an analytics file
+(influx.flavor), fit a baseline per meter
 (time of week; docs/detector-service.md) and write <baselines.dir>/<site>/<meter>.json,
 which recp detect loads (restart it to use a refit baseline).
 
@@ -46,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detectors.baseline import BaselineConfig
+    from detectors.history import HistoryError
     from detectors.service.baselines import fit_site, query_rows, query_temperatures, save
     from detectors.service.config import load_analytics
     from detectors.service.inputs import inputs_from_config
@@ -72,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
                    if ln.temperature is not None}
         temperatures = query_temperatures(spec, args.site, sources.values(), args.start,
                                           args.end)
-    except Exception as exc:  # the database's own errors (HTTP, connection, timeout)
-        print(f"error: could not read consumption from {spec.influx_url}: "
-              f"{type(exc).__name__}: {str(exc)[:300]}")
+    except HistoryError as exc:  # the database's own errors (HTTP, connection, timeout)
+        print(f"error: could not read consumption from "
+              f"{spec.config.influx.query_url or spec.influx_url}: {exc}")
         return 1
     if not rows:
         print(f"no consumption of site {args.site} stored between {args.start} and {args.end}")

@@ -19,15 +19,16 @@ and a pass/fail verdict (CV(RMSE), NMBE, savings uncertainty, data sufficiency).
 
 INPUT is a CSV file: timestamp_utc, then value columns (the layout recp simulate --csv
 writes), or SITE/METER with --store FILE (the embedded store of recp detect or recp demo),
-or influx:SITE/METER: the interval consumption recp detect stored in the InfluxDB
-of --analytics FILE (then --production names a production meter and --temperature a
-reading field such as outdoor_temperature_c; prices from the site's settings or --price).
-For a CSV, the consumption column is a counter by default (--values interval: quantity per
-row). --temperature and --production name columns; a column not in INPUT is taken from
---temperature-csv / --production-csv, or else from the one other CSV file in INPUT's folder
-that has it. A production column is a counter of units produced, or a rate per hour when
-its name ends in _h. With a meters.json beside INPUT (recp simulate output) the meter's
-counter column, unit, price and CO2 factor come from it.
+or influx:SITE/METER: the interval consumption recp detect stored in the InfluxDB 2 or
+VictoriaMetrics (influx.flavor) of --analytics FILE (then --production names a production
+meter and --temperature a reading field such as outdoor_temperature_c; prices from the
+site's settings or --price). For a CSV, the consumption column is a counter by default
+(--values interval: quantity per row). --temperature and --production name columns; a
+column not in INPUT is taken from --temperature-csv / --production-csv, or else from the
+one other CSV file in INPUT's folder that has it. A production column is a counter of
+units produced, or a rate per hour when its name ends in _h. With a meters.json beside
+INPUT (recp simulate output) the meter's counter column, unit, price and CO2 factor come
+from it.
 
 Periods are START..END with ISO dates or date-times; a date-only END includes that day;
 times without Z or an offset are local in --timezone.
@@ -142,14 +143,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(series, baseline, reporting) from the InfluxDB of an analytics file."""
+    from detectors.history import HistoryError
     from detectors.influxinput import parse_target, query_series
-    from detectors.savings import Period
+    from detectors.savings import Period, SavingsError
     from detectors.service.config import load_analytics
 
     site, meter_id = parse_target(str(args.input))
     if args.analytics is None:
-        raise _problem(str(args.input), None, "an InfluxDB input needs --analytics FILE "
-                       "(the analytics file of recp detect: URL, bucket, token)")  # fmt: skip
+        raise _problem(str(args.input), None, "an InfluxDB input needs --analytics FILE (the "
+                       "analytics file of recp detect: URL, bucket, token, flavor)")  # fmt: skip
     spec = load_analytics(args.analytics)
     tz = args.timezone or "UTC"
     baseline = Period.parse(args.baseline, "baseline", tz)
@@ -161,27 +163,10 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             production=args.production, temperature_field=args.temperature,
             price=args.price, co2=args.co2_factor,
         )  # fmt: skip
-    except Exception as exc:
-        raise _problem(spec.influx_url, None, _influx_error(exc)) from None
+    except (HistoryError, SavingsError) as exc:
+        url = spec.config.influx.query_url or spec.influx_url
+        raise _problem(url, None, str(exc)) from None
     return series, baseline, reporting
-
-
-def _influx_error(exc: Exception) -> str:
-    """One line for a failed InfluxDB query: the HTTP status and message, or the cause."""
-    from detectors.savings import SavingsError
-
-    if isinstance(exc, SavingsError):
-        return str(exc)
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        body = getattr(exc, "body", "") or ""
-        try:
-            message = json.loads(body).get("message", body)
-        except (ValueError, AttributeError):
-            message = str(body) or getattr(exc, "reason", "")
-        return f"InfluxDB answered {status}: {str(message).strip()[:200]}"
-    reason = getattr(exc, "reason", None) or exc
-    return f"could not query InfluxDB: {type(reason).__name__}: {str(reason)[:200]}"
 
 
 def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:

@@ -23,55 +23,21 @@ import datetime as dt
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..baseline import BaselineConfig, BaselineModel, fit_baseline
+from ..history import Row, open_history
+from ..history.flux import flux, rows_from_records
 from .config import AnalyticsSpec
 from .inputs import Links
 
+__all__ = ["Row", "fit_site", "flux", "query_rows", "query_temperatures", "rows_from_records",
+           "save"]
+
 HOUR_S = 3600
-
-
-@dataclass(frozen=True)
-class Row:
-    meter: str
-    t_s: int
-    value: float
-    unit: str
-
-
-def flux(bucket: str, site: str, start: dt.datetime, end: dt.datetime,
-         meters: Iterable[str] = ()) -> str:
-    """The Flux query for one site's interval consumption in [start, end)."""
-    def q(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    pick = list(meters)
-    meter_filter = (" and (" + " or ".join(f"r.meter == {q(m)}" for m in pick) + ")"
-                    if pick else "")
-    return (
-        f"from(bucket: {q(bucket)})\n"
-        f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
-        f'  |> filter(fn: (r) => r._measurement == "consumption" and r._field == "actual"'
-        f" and r.site == {q(site)}{meter_filter})\n"
-    )
-
-
-def rows_from_records(records: Iterable[Any]) -> list[Row]:
-    """FluxRecords (or anything with ``.values`` like them) -> rows."""
-    out = []
-    for rec in records:
-        v = rec.values
-        value = v.get("_value")
-        if value is None:
-            continue
-        t = v["_time"]
-        out.append(Row(str(v["meter"]), int(t.timestamp()), float(value), str(v.get("unit", ""))))
-    return out
 
 
 def to_interval(rows: list[Row], interval_s: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,29 +138,15 @@ def save(spec: AnalyticsSpec, site: str, model: BaselineModel) -> Path:
 def query_temperatures(spec: AnalyticsSpec, site: str, sources: Iterable[Any],
                        start: dt.datetime, end: dt.datetime
                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Hourly means of each temperature source's ``reading`` field, per source meter."""
-    from influxdb_client import InfluxDBClient
-
-    from ..influxinput import gauge_from_records, temperature_flux
-
-    cfg = spec.config.influx
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with InfluxDBClient(url=spec.influx_url, token=spec.influx_token or "", org=cfg.org,
-                        timeout=int(cfg.timeout_s * 1000)) as client:
-        for src in sources:
-            text = temperature_flux(cfg.bucket, site, src.value, start, end, [src.meter])
-            out[src.meter] = gauge_from_records(
-                client.query_api().query_stream(text, org=cfg.org))
-    return out
+    """Hourly means of each temperature source's ``reading`` field, per source meter
+    (from the analytics file's database: ``influx.flavor``)."""
+    history = open_history(spec)
+    return {src.meter: history.hourly_means(site, src.value, start, end, [src.meter])
+            for src in sources}
 
 
 def query_rows(spec: AnalyticsSpec, site: str, start: dt.datetime, end: dt.datetime,
                meters: Iterable[str] = ()) -> list[Row]:
-    """Run the query against the configured InfluxDB (timeout from influx.timeout_s)."""
-    from influxdb_client import InfluxDBClient
-
-    cfg = spec.config.influx
-    with InfluxDBClient(url=spec.influx_url, token=spec.influx_token or "", org=cfg.org,
-                        timeout=int(cfg.timeout_s * 1000)) as client:
-        text = flux(cfg.bucket, site, start, end, meters)
-        return rows_from_records(client.query_api().query_stream(text, org=cfg.org))
+    """One site's stored interval consumption (timeout from influx.timeout_s; a failure is
+    a :class:`detectors.history.HistoryError` of one line)."""
+    return open_history(spec).consumption(site, start, end, meters)

@@ -85,6 +85,21 @@ class Influx(Strict):
     retry_delay_s: float = Field(0.5, gt=0)
     retry_delay_max_s: float = Field(30.0, gt=0)
     gzip: bool = False
+    flavor: Literal["influxdb2", "victoriametrics"] = Field(
+        "influxdb2", description="the database, for reading history back (recp savings "
+        "influx:..., recp baseline fit): influxdb2 (Flux) or victoriametrics (/api/v1/export)")
+    query_url: str | None = Field(None, description="where history is read from (default: "
+                                  "url); a VictoriaMetrics cluster's vmselect, e.g. "
+                                  "http://vmselect:8481/select/0/prometheus")
+
+    @field_validator("query_url")
+    @classmethod
+    def _query_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected http://host:port/... or https://host:port/...")
+        return url
 
     @field_validator("token", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ choosing the terms, as :func:`detectors.baseline.fit_baseline` does on the same 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,62 @@ def test_baseline_fit_without_inputs_is_time_of_week_and_missing_inputs_are_name
         assert code == 1 and "FAILED steam_main: no outdoor temperature (weather2." in printed
     finally:
         replay.stop()
+
+
+def test_baseline_fit_from_victoriametrics_fits_the_same_model(
+    tmp_path: Path, stored: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], victoria_metrics: Any,
+) -> None:
+    """The same points, written by the service's writer into a real VictoriaMetrics and
+    read with ``influx.flavor: victoriametrics``: the same model as from the Flux path;
+    a stopped server is one line naming its URL."""
+    from vmstore import store
+
+    _, replay = stored
+    replay.start()
+    try:
+        sites = {"dairy": {"temperature_meter": "outdoor", "production_meter": "prod_line"}}
+        (tmp_path / "flux").mkdir()
+        assert fit(tmp_path / "flux", replay, monkeypatch, sites, "--meter", "steam_main") == 0
+    finally:
+        replay.stop()
+    store(victoria_metrics, replay.points)
+    monkeypatch.setenv("RECP_INFLUX_URL", victoria_metrics.url)
+    path = analytics(tmp_path, sites)
+    text = yaml.safe_load(path.read_text(encoding="utf-8"))
+    text["influx"]["flavor"] = "victoriametrics"
+    path.write_text(yaml.safe_dump(text), encoding="utf-8")
+    command = ["baseline", "fit", "-c", str(path), "--site", "dairy", "--start", START,
+               "--end", END]  # fmt: skip
+    capsys.readouterr()
+    assert main([*command, "--meter", "steam_main"]) == 0, capsys.readouterr().out
+    flux_model = json.loads((tmp_path / "flux" / "bl" / "dairy" / "steam_main.json").read_text())
+    vm_model = json.loads((tmp_path / "bl" / "dairy" / "steam_main.json").read_text())
+    # the same model; numbers equal to VictoriaMetrics' stored precision (about 12 digits)
+    assert vm_model == _approx(flux_model)
+    assert vm_model["heating_balance_c"] == flux_model["heating_balance_c"]
+    assert BaselineModel.from_json(json.dumps(vm_model)).uses_temperature
+    # without --meter every meter of the site with consumption is fitted (prod_line too)
+    assert main(command) == 0
+    assert (tmp_path / "bl" / "dairy" / "prod_line.json").exists()
+    capsys.readouterr()
+    victoria_metrics.stop()
+    assert main(command) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: could not read consumption from {victoria_metrics.url}: "
+                          f"could not query VictoriaMetrics ({victoria_metrics.url}"), out
+    assert len(out.strip().splitlines()) == 1
+
+
+def _approx(value: Any) -> Any:
+    """``value`` with every float compared to 1e-9 relative (1e-12 near zero)."""
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-9, abs=1e-12)
+    return value
 
 
 def _row(p: Any) -> Any:

@@ -395,6 +395,30 @@ def test_a_column_is_found_in_the_one_sibling_file_that_has_it(tmp_path: Path) -
         find_column("rain_mm", main_csv)
 
 
+def stored_points(plant_dir: Path) -> list[Any]:
+    """What recp detect stores of the plant: 15-minute consumption.actual of the steam meter
+    and the production line, and the raw outdoor temperature readings."""
+    from fluxserver import Point
+
+    from detectors.clean import clean_counter
+    from detectors.csvinput import read_columns
+
+    points = []
+    for meter, column, unit in (("steam_main", "mass_t", "t"),
+                                ("prod_line", "produced_units", "units")):  # fmt: skip
+        ts, cols = read_columns(plant_dir / f"{meter}.csv", [column])
+        c = clean_counter(ts, cols[column], interval_s=900)
+        tags = {"site": "dairy", "meter": meter, "resource": "steam", "unit": unit}
+        points += [Point("consumption", tags, "actual", int(t), float(v))
+                   for t, v in zip(c.start_s, c.consumption, strict=True)
+                   if np.isfinite(v)]  # fmt: skip
+    ts, cols = read_columns(plant_dir / "outdoor.csv", ["outdoor_temperature_c"])
+    tags = {"site": "dairy", "meter": "outdoor", "resource": "weather"}
+    points += [Point("reading", tags, "outdoor_temperature_c", int(t), float(v))
+               for t, v in zip(ts, cols["outdoor_temperature_c"], strict=True)]  # fmt: skip
+    return points
+
+
 def test_influx_input_gives_the_same_savings_as_the_csv(
     plant_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -403,24 +427,10 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
     of InfluxDB's query API (tests/fluxserver.py) holding what recp detect stores: 15-minute
     consumption.actual of the steam meter and the production line, and the raw outdoor
     temperature readings. The savings equal those from the plant's CSV files."""
-    from fluxserver import FluxReplay, Point
-
-    from detectors.clean import clean_counter
-    from detectors.csvinput import read_columns
+    from fluxserver import FluxReplay
 
     replay = FluxReplay(token="s3cret")
-    for meter, column, unit in (("steam_main", "mass_t", "t"),
-                                ("prod_line", "produced_units", "units")):  # fmt: skip
-        ts, cols = read_columns(plant_dir / f"{meter}.csv", [column])
-        c = clean_counter(ts, cols[column], interval_s=900)
-        tags = {"site": "dairy", "meter": meter, "resource": "steam", "unit": unit}
-        replay.points += [Point("consumption", tags, "actual", int(t), float(v))
-                          for t, v in zip(c.start_s, c.consumption, strict=True)
-                          if np.isfinite(v)]  # fmt: skip
-    ts, cols = read_columns(plant_dir / "outdoor.csv", ["outdoor_temperature_c"])
-    tags = {"site": "dairy", "meter": "outdoor", "resource": "weather"}
-    replay.points += [Point("reading", tags, "outdoor_temperature_c", int(t), float(v))
-                      for t, v in zip(ts, cols["outdoor_temperature_c"], strict=True)]  # fmt: skip
+    replay.points += stored_points(plant_dir)
     import yaml
 
     analytics = yaml.safe_load((REPO / "edge_config" / "analytics.yaml").read_text("utf-8"))
@@ -462,6 +472,63 @@ def test_influx_input_gives_the_same_savings_as_the_csv(
     assert a["avoided"] == pytest.approx(b["avoided"], rel=1e-3)
     assert a["cost"] == pytest.approx(b["cost"], rel=1e-3)
     assert from_influx["verdict"]["passed"]
+
+
+def test_victoriametrics_input_gives_the_same_savings_as_the_csv(
+    plant_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], victoria_metrics: Any,
+) -> None:
+    """``influx:SITE/METER`` with ``influx.flavor: victoriametrics``: the points recp detect
+    stores, written by the service's own writer into a real VictoriaMetrics and read back
+    through /api/v1/export, give the savings of the plant's CSV files. A Flux reader pointed
+    at it, a wrong path and a stopped server each give one line naming the URL."""
+    import yaml
+    from vmstore import store
+
+    assert store(victoria_metrics, stored_points(plant_dir)) > 10_000
+    analytics = yaml.safe_load((REPO / "edge_config" / "analytics.yaml").read_text("utf-8"))
+    analytics["influx"].update(timeout_s=120, flavor="victoriametrics")
+    del analytics["influx"]["token_env"]  # a single-node VictoriaMetrics without auth
+    path = tmp_path / "analytics.yaml"
+    path.write_text(yaml.safe_dump(analytics), encoding="utf-8")
+    monkeypatch.setenv("RECP_INFLUX_URL", victoria_metrics.url)
+    monkeypatch.delenv("RECP_INFLUX_TOKEN", raising=False)
+    periods = ["--baseline", "2026-01-05T00:00:00Z..2026-02-16T00:00:00Z",
+               "--reporting", "2026-02-16T00:00:00Z..2026-03-02T00:00:00Z"]  # fmt: skip
+    command = ["savings", "influx:dairy/steam_main", "--analytics", str(path), *periods,
+               "--production", "prod_line", "--temperature", "outdoor_temperature_c",
+               "--price", "55", "--out", str(tmp_path / "vm")]  # fmt: skip
+    code = main(command)
+    assert code == 0, capsys.readouterr().err
+    code, from_csv = run_savings(plant_dir, tmp_path / "csv", *periods,
+                                 "--temperature", "outdoor_temperature_c",
+                                 "--production", "produced_units", "--timezone", "UTC")  # fmt: skip
+    assert code == 0
+    from_vm = json.loads((tmp_path / "vm" / "savings.json").read_text(encoding="utf-8"))
+    a, b = from_vm["savings"], from_csv["savings"]
+    assert a["avoided"] == pytest.approx(b["avoided"], rel=1e-3)
+    assert a["cost"] == pytest.approx(b["cost"], rel=1e-3)
+    assert from_vm["verdict"]["passed"]
+    capsys.readouterr()
+
+    def one_line(analytics_update: dict[str, Any]) -> str:
+        changed = {**analytics, "influx": {**analytics["influx"], **analytics_update}}
+        path.write_text(yaml.safe_dump(changed), encoding="utf-8")
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("error: "), err
+        return err.splitlines()[0]
+
+    # the Flux reader against VictoriaMetrics: its 400, and what to set
+    err = one_line({"flavor": "influxdb2"})
+    assert "InfluxDB answered 400" in err and "influx.flavor: victoriametrics" in err
+    # an error answer of VictoriaMetrics itself
+    err = one_line({"query_url": victoria_metrics.url + "/nowhere"})
+    assert f"{victoria_metrics.url}/nowhere/api/v1/export" in err and "answered 400" in err
+    victoria_metrics.stop()
+    err = one_line({})
+    assert f"could not query VictoriaMetrics ({victoria_metrics.url}/api/v1/export)" in err
+    assert "ConnectionRefusedError" in err
 
 
 def test_caltrack_hourly_bad_inputs_get_clear_errors(

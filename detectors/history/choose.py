@@ -1,0 +1,21 @@
+"""Pick the history backend the analytics file names (``influx.flavor``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import History
+
+
+def open_history(spec: Any) -> History:
+    """The reader of ``spec`` (an ``AnalyticsSpec``): Flux for InfluxDB 2, the export API
+    for VictoriaMetrics; read from ``influx.query_url`` or else the write URL."""
+    cfg = spec.config.influx
+    url = (cfg.query_url or spec.influx_url).rstrip("/")
+    if cfg.flavor == "victoriametrics":
+        from .victoria import VictoriaHistory
+
+        return VictoriaHistory(url, spec.influx_token, cfg.timeout_s)
+    from .flux import FluxHistory
+
+    return FluxHistory(url, spec.influx_token, cfg.org, cfg.bucket, cfg.timeout_s)
