@@ -45,7 +45,7 @@ from .meter import MeterInfo
 HOUR_S = 3600
 DAY_S = 86400
 ValueKind = Literal["counter", "interval", "rate"]
-Method = Literal["hourly", "daily", "caltrack-hourly"]
+Method = Literal["hourly", "daily", "caltrack-daily", "caltrack-hourly"]
 Model = BaselineModel | CaltrackHourlyModel
 METHODS: dict[str, str] = {
     "hourly": "hourly: hour-of-week levels, heating/cooling degree terms with searched balance "
@@ -57,10 +57,19 @@ METHODS: dict[str, str] = {
     "piecewise-linear temperature bins (edges 30, 45, 55, 65, 75, 90 degF, merged until "
     "each holds 20 hours) apart for occupied and unoccupied hours; data sufficiency: a "
     "365-day baseline",
-    "daily": "daily (CalTRACK 2.0 daily method): daily totals, heating/cooling degree days of "
-    "the daily mean temperature, balance points searched over 30-90 degF (-1.1-32.2 C), "
+    "daily": "daily (CalTRACK 2.0 daily method with our significance rule): daily totals "
+    "(a day with an unknown hour is unknown), heating/cooling degree days of the daily mean "
+    "temperature, balance points searched over 30-90 degF (-1.1-32.2 C) in 1 degF steps, "
     "intercept-only, HDD, CDD and HDD+CDD candidates (and production terms) chosen by "
-    "adjusted R2, slopes positive with p < 0.1, at least 10 days and 20 degF-days of degree "
+    "adjusted R2, intercept not negative, slopes positive and significant at p < 0.1 (our "
+    "rule; CalTRACK 2.0 has none), at least 10 days and 20 degF-days of degree days; data "
+    "sufficiency: a 365-day baseline with 90 % of its days valid",
+    "caltrack-daily": "caltrack-daily (CalTRACK 2.0 daily method as the spec states it): "
+    "daily totals (a day with at least half its hours known, the unknown ones filled with "
+    "the mean of the known), heating/cooling degree days of the daily mean temperature, "
+    "balance points searched over 30-90 degF (-1.1-32.2 C) in 1 degF steps, "
+    "intercept-only, HDD, CDD and HDD+CDD candidates chosen by adjusted R2, intercept and "
+    "slopes not negative (no p-value rule), at least 10 days and 20 degF-days of degree "
     "days; data sufficiency: a 365-day baseline with 90 % of its days valid",
 }
 
@@ -193,14 +202,16 @@ def prepare(
     timezone: str = "UTC",
     temperature: Readings | None = None,
     production: Readings | None = None,
+    fill_days: bool = False,
 ) -> Series:
     """Put a meter's readings and its drivers on one grid over [start, end).
 
     Hourly (or finer) grids are UTC-aligned; a daily grid is made of local days in
     ``timezone`` (sums of hours for quantities, means of the hourly means for temperature),
     as a daily baseline expects. A day with any unknown hour of consumption or production
-    is unknown; its temperature is unknown when fewer than half its hours have one
-    (CalTRACK's rule for daily temperature).
+    is unknown; with ``fill_days`` (CalTRACK 2.2.2.1) a day with at least half its hours
+    of consumption is known, its unknown hours filled with the mean of its known ones. Its
+    temperature is unknown when fewer than half its hours have one (CalTRACK 2.2.2.3).
     """
     if interval_s not in (DAY_S,) and not (60 <= interval_s <= HOUR_S and HOUR_S % interval_s == 0):
         raise SavingsError(f"interval must be 86400 s (daily) or divide an hour, got {interval_s}")
@@ -216,7 +227,8 @@ def prepare(
         ).mean
     prod = _quantity(production, production.meter, step, lo, hi) if production else None
     if interval_s == DAY_S:
-        t, parts = _to_local_days(t, timezone, [(y, "sum"), (temp, "mean"), (prod, "sum")])
+        how = "filled" if fill_days else "sum"
+        t, parts = _to_local_days(t, timezone, [(y, how), (temp, "mean"), (prod, "sum")])
         y = parts[0] if parts[0] is not None else y
         temp, prod = parts[1], parts[2]
     return Series(t, interval_s, y, meter, temp, prod, timezone)
@@ -262,6 +274,10 @@ def _to_local_days(
         total = np.add.reduceat(np.nan_to_num(col), first)
         if how == "sum":
             val = np.where(finite == counts, total, np.nan)
+        elif how == "filled":  # the day's mean hour times its hours, from half of them on
+            with np.errstate(invalid="ignore", divide="ignore"):
+                val = np.where(2 * finite >= counts, total / np.maximum(finite, 1) * counts,
+                               np.nan)  # fmt: skip
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
                 val = np.where(2 * finite >= counts, total / np.maximum(finite, 1), np.nan)
@@ -326,6 +342,8 @@ class Savings:
     def method_description(self) -> str:
         text = METHODS.get(self.method, self.method)
         tow = self.model.time_of_week
+        if self.method in ("daily", "caltrack-daily") and self.model.uses_production:
+            text += "; with production terms (CalTRACK has none)"
         if self.method == "daily" and tow != "none":
             text += f"; with {'day of week' if tow == 'week' else 'workday/weekend'} levels"
         if self.method == "hourly" and tow == "daytype":
@@ -424,9 +442,11 @@ def compute_savings(
 ) -> Savings:
     """Fit, project, compare; raises :class:`SavingsError` when no figure can be given.
 
-    ``method``: "hourly" or "daily" (:func:`fit_baseline` with ``config``; by default from
-    the series' interval) or "caltrack-hourly" (:func:`fit_caltrack_hourly` on hourly data
-    with temperature; ``config`` gives only the time zone).
+    ``method``: "hourly", "daily" or "caltrack-daily" (:func:`fit_baseline` with
+    ``config``; by default from the series' interval; caltrack-daily needs daily data with
+    temperature and :meth:`BaselineConfig.caltrack_daily`) or "caltrack-hourly"
+    (:func:`fit_caltrack_hourly` on hourly data with temperature; ``config`` gives only the
+    time zone).
     """
     say = progress or (lambda _msg: None)
     t = as_timestamps("t_s", series.t_s)
@@ -456,7 +476,9 @@ def compute_savings(
             raise SavingsError(f"the {name} column has no data in the baseline period")
     if config is None:
         config = (
-            BaselineConfig.caltrack_daily(series.timezone)
+            BaselineConfig.caltrack_daily(
+                series.timezone, significance=method != "caltrack-daily"
+            )
             if series.interval_s == DAY_S
             else BaselineConfig(interval_s=series.interval_s, timezone=series.timezone)
         )
@@ -465,9 +487,12 @@ def compute_savings(
         method = "daily" if cfg.interval_s == DAY_S else "hourly"
     if method == "caltrack-hourly":
         _caltrack_hourly_inputs(series)
+    if method == "caltrack-daily":
+        _caltrack_daily_inputs(series, cfg)
     if thresholds is None:
         thresholds = {
             "daily": mv.Thresholds.caltrack_daily,
+            "caltrack-daily": mv.Thresholds.caltrack_daily,
             "caltrack-hourly": mv.Thresholds.caltrack_hourly,
         }.get(method, lambda: mv.Thresholds.for_interval(cfg.interval_s))()
     th = thresholds
@@ -669,6 +694,30 @@ def _caltrack_hourly_inputs(series: Series) -> None:
         raise SavingsError(
             "--method caltrack-hourly is a weather model: give the outdoor temperature "
             "(--temperature COL, degC)"
+        )
+
+
+def _caltrack_daily_inputs(series: Series, cfg: BaselineConfig) -> None:
+    """CalTRACK daily needs days, an outdoor temperature and CalTRACK's own model terms."""
+    if series.interval_s != DAY_S:
+        raise SavingsError(
+            f"--method caltrack-daily fits local days; this series has {series.interval_s} s "
+            "intervals"
+        )
+    if series.temperature is None:
+        raise SavingsError(
+            "--method caltrack-daily is a weather model: give the outdoor temperature "
+            "(--temperature COL, degC)"
+        )
+    if cfg.time_of_week != "none":
+        raise SavingsError(
+            f"--time-of-week {cfg.time_of_week} does not apply to --method caltrack-daily: "
+            "CalTRACK daily has one intercept (use --method daily for day-of-week levels)"
+        )
+    if cfg.min_t > 0:
+        raise SavingsError(
+            "--method caltrack-daily has no significance rule (CalTRACK 2.0 removed it); "
+            "--method daily has it"
         )
 
 

@@ -69,12 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("hourly", "daily", "caltrack-hourly"),
+        choices=("hourly", "daily", "caltrack-daily", "caltrack-hourly"),
         default=None,
         help="hourly (default): hour-of-week, degree and production terms on hours; daily: "
         "CalTRACK 2.0's daily method on local days (one intercept, heating/cooling degree days "
         "of the daily mean temperature, production terms) with CalTRACK's data sufficiency "
-        "(a 365-day baseline); caltrack-hourly: CalTRACK 2.0's hourly method as eemeter has "
+        "(a 365-day baseline) and our significance rule (a slope needs p < 0.1); "
+        "caltrack-daily: CalTRACK 2.0's daily method exactly as the spec states it (no "
+        "p-value rule; days with half their hours known filled; needs --temperature); "
+        "caltrack-hourly: CalTRACK 2.0's hourly method as eemeter has "
         "it (a model per calendar month on it and its neighbours, hour-of-week levels, "
         "occupancy-split temperature bins; needs --temperature and a 365-day baseline)",
     )
@@ -120,6 +123,9 @@ def _problem(file: str, line: int | None, message: str) -> Any:
     return ConfigError([Problem(file, line, "", message)])
 
 
+DAILY = ("daily", "caltrack-daily")
+
+
 def _method(args: argparse.Namespace) -> str:
     """--method, or the older --interval spelling of it; hourly by default."""
     if args.method and args.interval and args.method != args.interval:
@@ -159,7 +165,7 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     try:
         series = query_series(
             spec, site, meter_id, baseline.start_s, reporting.end_s,
-            interval_s=86400 if _method(args) == "daily" else 3600, timezone=tz,
+            interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
             production=args.production, temperature_field=args.temperature,
             price=args.price, co2=args.co2_factor,
         )  # fmt: skip
@@ -200,7 +206,7 @@ def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
                      co2_kg_per_unit=args.co2_factor if args.co2_factor is not None else co2)
     series = series_from_rows(
         rows, meter_id, start_s=baseline.start_s, end_s=reporting.end_s,
-        interval_s=86400 if _method(args) == "daily" else 3600, timezone=tz,
+        interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
         production=args.production, temperature=temperature, info=info,
     )  # fmt: skip
     return series, baseline, reporting
@@ -258,10 +264,11 @@ def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
         meter=meter,
         start_s=baseline.start_s,
         end_s=reporting.end_s,
-        interval_s=86400 if _method(args) == "daily" else 3600,
+        interval_s=86400 if _method(args) in DAILY else 3600,
         timezone=tz,
         temperature=temperature,
         production=production,
+        fill_days=_method(args) == "caltrack-daily",
     )
     return series, baseline, reporting
 
@@ -290,8 +297,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"--time-of-week {args.time_of_week} does not apply to --method "
                 "caltrack-hourly: CalTRACK hourly has a level per hour of the week"
             )
-        if _method(args) == "daily":
-            config = BaselineConfig.caltrack_daily(series.timezone)
+        if _method(args) in DAILY:
+            config = BaselineConfig.caltrack_daily(
+                series.timezone, significance=_method(args) == "daily"
+            )
             if args.time_of_week:
                 config = replace(config, time_of_week=args.time_of_week)
         else:

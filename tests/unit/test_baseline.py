@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from naive_baseline import naive_cv_sse, naive_fit, naive_predict, naive_time_group
 
 from detectors.baseline import (
+    CALTRACK_MIN_T,
     DAILY_S,
     FORMAT,
     BaselineConfig,
@@ -534,3 +536,138 @@ def test_degree_day_candidates_equal_a_direct_count(
     # every (heating, cooling) pair has the heating balance point not above the cooling one
     both = (cands.heat >= 0) & (cands.cool >= 0)
     assert (cands.heat[both] <= cands.cool[both]).all()
+
+
+# ---------------------------------------------- CalTRACK 2.0's daily method, as the spec has it
+
+
+def _reference_caltrack_daily(T_c: np.ndarray, y: np.ndarray, min_t: float = 0.0) -> dict:
+    """CalTRACK 2.0 daily (methods 3.2-3.4) in plain numpy, candidate by candidate.
+
+    Balance points 30..90 degF by 1 degF; a degree term needs 10 days with non-zero degree
+    days and 20 degF-days; OLS; intercept and slopes not negative (a slope of exactly 0 is
+    not a slope); highest adjusted R2 (intercept-only: 0). ``min_t`` > 0: our p-value
+    rule on top (``--method daily``)."""
+    T_f = T_c * 1.8 + 32
+    n = y.size
+    tss = float(np.sum((y - y.mean()) ** 2))
+
+    def usable(dd: np.ndarray) -> bool:
+        return int((dd > 0).sum()) >= 10 and float(dd.sum()) >= 20.0 - 1e-9
+
+    hdd = {b: np.maximum(0.0, b - T_f) for b in range(30, 91)}
+    cdd = {c: np.maximum(0.0, T_f - c) for c in range(30, 91)}
+    cands: list[tuple[int | None, int | None]] = [(None, None)]
+    cands += [(b, None) for b in hdd if usable(hdd[b])]
+    cands += [(None, c) for c in cdd if usable(cdd[c])]
+    cands += [(b, c) for b in hdd for c in cdd if c >= b and usable(hdd[b]) and usable(cdd[c])]
+    best: dict = {}
+    for b, c in cands:
+        cols = [np.ones(n)] + ([hdd[b]] if b is not None else [])
+        cols += [cdd[c]] if c is not None else []
+        X = np.column_stack(cols)
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        resid = y - X @ coef
+        rss = float(resid @ resid)
+        p = X.shape[1]
+        if p == 1:
+            adj = 0.0
+        else:
+            adj = 1 - (rss / (n - p)) / (tss / (n - 1))
+            se = np.sqrt(np.diag(np.linalg.inv(X.T @ X)) * rss / (n - p))
+            if (coef[1:] <= 0).any() or (coef[1:] / se[1:] < min_t).any():
+                continue
+        if coef[0] < 0:
+            continue
+        if not best or adj > best["adj"]:
+            best = {"adj": adj, "heat_f": b, "cool_f": c, "coef": coef}
+    return best
+
+
+def _check_against_reference(model: object, ref: dict) -> None:
+    from detectors.baseline import BaselineModel
+
+    assert isinstance(model, BaselineModel)
+    coef = list(ref["coef"])
+    assert model.intercepts[0] == pytest.approx(coef.pop(0), rel=1e-7, abs=1e-9)
+    for f, bp, slope in ((ref["heat_f"], model.heating_balance_c, model.heating_coef),
+                         (ref["cool_f"], model.cooling_balance_c, model.cooling_coef)):  # fmt: skip
+        if f is None:
+            assert bp is None and slope is None
+        else:
+            assert bp == pytest.approx((f - 32) / 1.8, abs=1e-9)
+            # the reference's slope is per degF-day, ours per degC-day
+            assert slope == pytest.approx(coef.pop(0) * 1.8, rel=1e-7)
+
+
+@pytest.mark.parametrize(("seed", "heat_f", "cool_f"),
+                         [(1, None, None), (2, 60, None), (3, None, 70), (4, 55, 72)])  # fmt: skip
+def test_caltrack_daily_is_the_specs_grid_search(
+    seed: int, heat_f: float | None, cool_f: float | None
+) -> None:
+    """Our kernel's choice equals the spec's search done candidate by candidate."""
+    d = _daily_year(seed, heat_f, cool_f)
+    model = fit_baseline(d["ts"], d["y"], temperature=d["T"],
+                         config=BaselineConfig.caltrack_daily())  # fmt: skip
+    _check_against_reference(model, _reference_caltrack_daily(d["T"], d["y"]))
+    ours = fit_baseline(d["ts"], d["y"], temperature=d["T"],
+                        config=BaselineConfig.caltrack_daily(significance=True))  # fmt: skip
+    _check_against_reference(ours, _reference_caltrack_daily(d["T"], d["y"], CALTRACK_MIN_T))
+
+
+def _weak_heating_year() -> dict[str, np.ndarray]:
+    """A year whose heating slope is real but small beside the noise: 1 < t < 1.645."""
+    rng = np.random.default_rng(12)
+    days = np.arange(365)
+    T = 12 - 12 * np.cos(2 * np.pi * days / 365) + rng.normal(0, 3, days.size)
+    y = 50 + 0.05 * np.maximum(0.0, 8 - T) + rng.normal(0, 4.0, days.size)
+    return {"ts": MONDAY + DAILY_S * days, "T": T, "y": y}
+
+
+def test_caltrack_daily_keeps_a_slope_with_p_above_a_tenth_that_daily_drops() -> None:
+    """CalTRACK 2.0 removed the p-value screen (technical appendix 3.4.3.2); our daily keeps it."""
+    d = _weak_heating_year()
+    spec = fit_baseline(d["ts"], d["y"], temperature=d["T"],
+                        config=BaselineConfig.caltrack_daily())  # fmt: skip
+    ours = fit_baseline(d["ts"], d["y"], temperature=d["T"],
+                        config=BaselineConfig.caltrack_daily(significance=True))  # fmt: skip
+    assert spec.heating_coef is not None and spec.heating_balance_c is not None
+    # the slope's t statistic, by plain least squares at the balance point it chose
+    hdd = np.maximum(0.0, spec.heating_balance_c - d["T"])
+    X = np.column_stack([np.ones(d["y"].size), hdd] + (
+        [np.maximum(0.0, d["T"] - spec.cooling_balance_c)] if spec.cooling_balance_c is not None
+        else []))  # fmt: skip
+    coef, *_ = np.linalg.lstsq(X, d["y"], rcond=None)
+    resid = d["y"] - X @ coef
+    se = np.sqrt(np.linalg.inv(X.T @ X)[1, 1] * (resid @ resid) / (d["y"].size - X.shape[1]))
+    t = coef[1] / se
+    assert 0 < t < CALTRACK_MIN_T  # p > 0.1: kept by the spec
+    assert spec.heating_coef == pytest.approx(coef[1], rel=1e-7)
+    assert ours.heating_coef is None and ours.cooling_coef is None  # dropped by ours
+    assert spec.stats.adj_r2 is not None and spec.stats.adj_r2 > 0  # it won on adjusted R2
+    _check_against_reference(spec, _reference_caltrack_daily(d["T"], d["y"]))
+    _check_against_reference(ours, _reference_caltrack_daily(d["T"], d["y"], CALTRACK_MIN_T))
+
+
+def test_caltrack_daily_disqualifies_a_negative_intercept() -> None:
+    """A pure heating load (no base load): the best fit's intercept is below zero, so the
+    spec takes the best candidate whose intercept is not negative (3.4.3.2.3)."""
+    rng = np.random.default_rng(5)
+    days = np.arange(365)
+    T = 8 - 10 * np.cos(2 * np.pi * days / 365) + rng.normal(0, 3, days.size)
+    y = np.maximum(0.0, 3.0 * (22 - T) - 20) + rng.normal(0, 0.5, days.size)
+    ts = MONDAY + DAILY_S * days
+    loose = replace(BaselineConfig.caltrack_daily(), nonnegative_intercept=False)
+    free = fit_baseline(ts, y, temperature=T, config=loose)
+    assert free.intercepts[0] is not None and free.intercepts[0] < 0
+    spec = fit_baseline(ts, y, temperature=T, config=BaselineConfig.caltrack_daily())
+    assert spec.intercepts[0] is not None and spec.intercepts[0] >= 0
+    _check_against_reference(spec, _reference_caltrack_daily(T, y))
+
+
+def test_caltrack_daily_refits_identically() -> None:
+    d = _weak_heating_year()
+    cfg = BaselineConfig.caltrack_daily()
+    a = fit_baseline(d["ts"], d["y"], temperature=d["T"], config=cfg).to_json()
+    b = fit_baseline(d["ts"], d["y"], temperature=d["T"], config=cfg).to_json()
+    assert a == b
