@@ -251,7 +251,7 @@ class Store:
 def consumption_rows(store: Store, site: str, start_s: int, end_s: int,
                      meters: Iterable[str] = ()) -> list[Any]:
     """``consumption.actual`` as the rows ``recp baseline fit`` and ``recp savings`` use."""
-    from .service.baselines import Row
+    from .history import Row
 
     out = []
     for p in store.points("consumption", site=site, meters=meters, start_ms=start_s * 1000,

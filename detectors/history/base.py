@@ -35,6 +35,19 @@ def server_message(body: bytes | str) -> str:
     return " ".join(text.split())[:200]
 
 
+def hourly_means(t_ms: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(UTC hour starts in s, mean of the finite values in each) of samples at ``t_ms``, as
+    Flux's ``group() |> aggregateWindow(every: 1h, fn: mean, timeSrc: "_start")`` gives."""
+    t = np.asarray(t_ms, dtype=np.int64)
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)
+    t, v = t[ok], v[ok]
+    if t.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    hours, inverse = np.unique(t // 3_600_000, return_inverse=True)
+    return hours * 3600, np.bincount(inverse, v) / np.bincount(inverse)
+
+
 class History(Protocol):
     """A database's stored history; ``url`` is where it is read from."""
 

@@ -9,8 +9,16 @@ from .base import History
 
 def open_history(spec: Any) -> History:
     """The reader of ``spec`` (an ``AnalyticsSpec``): Flux for InfluxDB 2, the export API
-    for VictoriaMetrics; read from ``influx.query_url`` or else the write URL."""
+    for VictoriaMetrics; read from ``influx.query_url`` or else the write URL (an
+    ``sqlite:FILE`` URL: the embedded store)."""
     cfg = spec.config.influx
+    if spec.influx_url.startswith("sqlite:") and cfg.query_url is None:
+        from ..store import store_path
+        from .store import StoreHistory
+
+        path = store_path(spec.influx_url)
+        assert path is not None
+        return StoreHistory(spec.path(path))  # relative to the analytics file, as written
     url = (cfg.query_url or spec.influx_url).rstrip("/")
     if cfg.flavor == "victoriametrics":
         from .victoria import VictoriaHistory

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import HistoryError, Row, server_message
-
-HOUR_MS = 3_600_000
+from .base import HistoryError, Row, hourly_means, server_message
 
 
 def _q(text: str) -> str:
@@ -104,12 +102,4 @@ class VictoriaHistory:
             once = dict(zip(series["timestamps"], series["values"], strict=True))
             ts += list(once)
             vs += [float("nan") if v is None else float(v) for v in once.values()]
-        t = np.asarray(ts, dtype=np.int64)
-        v = np.asarray(vs, dtype=np.float64)
-        ok = np.isfinite(v)
-        t, v = t[ok], v[ok]
-        if t.size == 0:
-            return np.zeros(0, np.int64), np.zeros(0)
-        hours, inverse = np.unique(t // HOUR_MS, return_inverse=True)
-        means = np.bincount(inverse, v) / np.bincount(inverse)
-        return hours * 3600, means
+        return hourly_means(np.asarray(ts, dtype=np.int64), np.asarray(vs))

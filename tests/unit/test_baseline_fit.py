@@ -182,8 +182,8 @@ def test_baseline_fit_from_victoriametrics_fits_the_same_model(
     capsys: pytest.CaptureFixture[str], victoria_metrics: Any,
 ) -> None:
     """The same points, written by the service's writer into a real VictoriaMetrics and
-    read with ``influx.flavor: victoriametrics``: the same model as from the Flux path;
-    a stopped server is one line naming its URL."""
+    read with ``influx.flavor: victoriametrics`` (and into the embedded store): the same
+    model as from the Flux path; a stopped server is one line naming its URL."""
     from vmstore import store
 
     _, replay = stored
@@ -210,6 +210,19 @@ def test_baseline_fit_from_victoriametrics_fits_the_same_model(
     assert vm_model == _approx(flux_model)
     assert vm_model["heating_balance_c"] == flux_model["heating_balance_c"]
     assert BaselineModel.from_json(json.dumps(vm_model)).uses_temperature
+    # the embedded store (influx.url: sqlite:FILE) holding the same points: the same model
+    from detectors.service.lines import line
+    from detectors.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "store.sqlite")
+    writer.write([text for p in replay.points
+                  if (text := line(p.measurement, p.tags, {p.field: p.value}, p.t_s * 1000))])
+    writer.close()
+    monkeypatch.setenv("RECP_INFLUX_URL", f"sqlite:{tmp_path / 'store.sqlite'}")
+    assert main([*command, "--meter", "steam_main"]) == 0, capsys.readouterr().out
+    store_model = json.loads((tmp_path / "bl" / "dairy" / "steam_main.json").read_text())
+    assert store_model == flux_model
+    monkeypatch.setenv("RECP_INFLUX_URL", victoria_metrics.url)
     # without --meter every meter of the site with consumption is fitted (prod_line too)
     assert main(command) == 0
     assert (tmp_path / "bl" / "dairy" / "prod_line.json").exists()
