@@ -15,6 +15,9 @@
 Printed: savings as % of the adjusted baseline for both and the difference in percentage
 points, CV(RMSE) and NMBE beside each other, fit times and their ratio; for the hourly
 samples both our hourly model and our CalTRACK hourly beside eemeter's CalTRACK hourly,
+for eemeter's CalTRACK daily (``SAMPLE@caltrack``) both our ``daily`` (with p < 0.1) and
+our ``caltrack-daily`` (CalTRACK 2.0 as the spec states it), with both models' parameters
+and sums of squared residuals over the same baseline rows,
 with the largest difference of the hourly predictions and, where the savings differ, both
 models of the month that carries the difference.
 """
