@@ -10,9 +10,10 @@ NAME = "baseline"
 HELP = "fit or refit meters' baselines from the consumption stored in InfluxDB/VictoriaMetrics"
 DESCRIPTION = """\
 Read one site's interval consumption (measurement consumption, field actual) between
---start and --end from the InfluxDB 2 or VictoriaMetrics of an analytics file
-(influx.flavor), fit a baseline per meter
-(time of week; docs/detector-service.md) and write <baselines.dir>/<site>/<meter>.json,
+--start and --end from the database of an analytics file (InfluxDB 2, or VictoriaMetrics
+with influx.flavor: victoriametrics, or the embedded store of influx.url: sqlite:FILE),
+fit a baseline per meter (time of week, and the outdoor temperature and production the
+file names; docs/detector-service.md) and write <baselines.dir>/<site>/<meter>.json,
 which recp detect loads (restart it to use a refit baseline).
 
 example:
