@@ -59,8 +59,12 @@ def series_from_rows(
     production: str | None = None,
     temperature: tuple[IntArray, FloatArray] | None = None,
     info: MeterInfo | None = None,
+    fill_days: bool = False,
 ) -> Series:
-    """Rows of ``consumption.actual`` (and temperature) -> the grid ``compute_savings`` takes."""
+    """Rows of ``consumption.actual`` (and temperature) -> the grid ``compute_savings`` takes.
+
+    ``fill_days``: a local day with at least half its hours known is known, as
+    :func:`detectors.savings.prepare` has it (CalTRACK 2.2.2.1)."""
     by_meter: dict[str, list[Row]] = {}
     for r in sorted(rows, key=lambda r: (r.meter, r.t_s)):
         by_meter.setdefault(r.meter, []).append(r)
@@ -84,7 +88,8 @@ def series_from_rows(
             raise SavingsError("InfluxDB has no outdoor temperature readings in the periods")
         temp = _place(temperature[0], temperature[1], lo, n, "mean")
     if interval_s == DAY_S:
-        t, parts = _to_local_days(t, timezone, [(y, "sum"), (temp, "mean"), (prod, "sum")])
+        how = "filled" if fill_days else "sum"
+        t, parts = _to_local_days(t, timezone, [(y, how), (temp, "mean"), (prod, "sum")])
         y = parts[0] if parts[0] is not None else y
         temp, prod = parts[1], parts[2]
     meter_info = info or MeterInfo(meter, mine[0].unit)
@@ -104,6 +109,7 @@ def query_series(
     temperature_field: str | None = None,
     price: float | None = None,
     co2: float | None = None,
+    fill_days: bool = False,
 ) -> Series:
     """Read one meter from the analytics file's database (``spec``: an ``AnalyticsSpec``;
     InfluxDB 2 or VictoriaMetrics by ``influx.flavor``)."""
@@ -127,4 +133,5 @@ def query_series(
     )
     return series_from_rows(rows, meter, start_s=start_s, end_s=end_s, interval_s=interval_s,
                             timezone=timezone, production=production,
-                            temperature=temperature, info=info)  # fmt: skip
+                            temperature=temperature, info=info,
+                            fill_days=fill_days)  # fmt: skip

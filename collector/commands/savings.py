@@ -168,6 +168,7 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
             interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
             production=args.production, temperature_field=args.temperature,
             price=args.price, co2=args.co2_factor,
+            fill_days=_method(args) == "caltrack-daily",
         )  # fmt: skip
     except (HistoryError, SavingsError) as exc:
         url = spec.config.influx.query_url or spec.influx_url
@@ -208,6 +209,7 @@ def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         rows, meter_id, start_s=baseline.start_s, end_s=reporting.end_s,
         interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
         production=args.production, temperature=temperature, info=info,
+        fill_days=_method(args) == "caltrack-daily",
     )  # fmt: skip
     return series, baseline, reporting
 

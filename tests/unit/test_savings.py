@@ -602,6 +602,18 @@ def test_caltrack_daily_fills_days_with_half_their_hours() -> None:
     assert np.allclose(spec.consumption[[0, 2]], [72.0, 48.0])  # 24 x 3, and 12 x 1 + 12 x 3
     assert np.isnan(spec.consumption[1])
     assert np.isnan(ours.consumption[:2]).all() and ours.consumption[2] == 48.0
+    # the same from stored rows (InfluxDB, VictoriaMetrics, the embedded store)
+    from detectors.history.base import Row
+    from detectors.influxinput import series_from_rows
+
+    rows = [Row("m", int(ti), float(u), "kWh") for ti, u in zip(t, used, strict=True)
+            if np.isfinite(u)]  # fmt: skip
+    kw2 = dict(start_s=start, end_s=start + 3 * 86400, interval_s=86400,
+               temperature=(t, np.full(t.size, 5.0)))  # fmt: skip
+    stored = series_from_rows(rows, "m", fill_days=True, **kw2)  # type: ignore[arg-type]
+    assert np.allclose(stored.consumption, spec.consumption, equal_nan=True)
+    strict = series_from_rows(rows, "m", **kw2)  # type: ignore[arg-type]
+    assert np.allclose(strict.consumption, ours.consumption, equal_nan=True)
 
 
 def test_caltrack_daily_weather_only_on_the_plant(plant_dir: Path, tmp_path: Path) -> None:
