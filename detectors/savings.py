@@ -499,23 +499,8 @@ def compute_savings(
     say("fitting the baseline")
     model: Model
     try:
-        if method == "caltrack-hourly":
-            assert T is not None
-            model = fit_caltrack_hourly(
-                t[b], y[b], temperature=T[b], production=None if P is None else P[b],
-                meter=meter.id, unit=meter.unit,
-                config=CaltrackHourlyConfig(timezone=series.timezone),
-            )  # fmt: skip
-        else:
-            model = fit_baseline(
-                t[b],
-                y[b],
-                temperature=None if T is None else T[b],
-                production=None if P is None else P[b],
-                meter=meter.id,
-                unit=meter.unit,
-                config=cfg,
-            )
+        model = _fit(method == "caltrack-hourly", t, y, T, P, b, meter.id, meter.unit, cfg,
+                     series.timezone)  # fmt: skip
     except ValueError as exc:
         raise SavingsError(f"cannot fit a baseline: {exc}") from None
     say("projecting the adjusted baseline")
@@ -608,6 +593,33 @@ def compute_savings(
     )
 
 
+
+def _fit(
+    caltrack_hourly: bool,
+    t: np.ndarray,
+    y: FloatArray,
+    T: FloatArray | None,
+    P: FloatArray | None,
+    rows: np.ndarray,
+    meter: str,
+    unit: str,
+    cfg: BaselineConfig,
+    timezone: str,
+) -> Model:
+    """Fit the method's model on ``rows`` (CalTRACK hourly's month models, or ours)."""
+    temperature = None if T is None else T[rows]
+    production = None if P is None else P[rows]
+    if caltrack_hourly:
+        assert temperature is not None
+        return fit_caltrack_hourly(
+            t[rows], y[rows], temperature=temperature, production=production, meter=meter,
+            unit=unit, config=CaltrackHourlyConfig(timezone=timezone),
+        )  # fmt: skip
+    return fit_baseline(
+        t[rows], y[rows], temperature=temperature, production=production, meter=meter,
+        unit=unit, config=cfg,
+    )  # fmt: skip
+
 def _cumulative_band(
     adjusted: FloatArray, cv_pct: float | None, n: int, p: int, rho: float
 ) -> FloatArray:
@@ -645,23 +657,8 @@ def _normalised(
         )
     post: Model
     try:
-        if isinstance(model, CaltrackHourlyModel):
-            assert T is not None
-            post = fit_caltrack_hourly(
-                t[r], y[r], temperature=T[r], production=None if P is None else P[r],
-                meter=model.meter, unit=model.unit,
-                config=CaltrackHourlyConfig(timezone=timezone),
-            )  # fmt: skip
-        else:
-            post = fit_baseline(
-                t[r],
-                y[r],
-                temperature=None if T is None else T[r],
-                production=None if P is None else P[r],
-                meter=model.meter,
-                unit=model.unit,
-                config=cfg,
-            )
+        post = _fit(isinstance(model, CaltrackHourlyModel), t, y, T, P, r, model.meter,
+                    model.unit, cfg, timezone)  # fmt: skip
     except ValueError as exc:
         return None, f"no reporting-period model: {exc}"
     tb = t[b]
