@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors import mv
-from detectors.baseline import BaselineConfig, fit_baseline
+from detectors.baseline import BaselineConfig, FitStats, fit_baseline
 from detectors.caltrack_hourly import CaltrackHourlyModel, f_to_c, fit_caltrack_hourly, local_months
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +122,45 @@ def _cv_nmbe(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     )
 
 
+def _savings_pct(y: np.ndarray, pred: np.ndarray, rows: np.ndarray) -> float:
+    """Savings in % of the prediction summed over ``rows``."""
+    total = float(np.sum(pred[rows]))
+    return 100 * (total - float(np.sum(y[rows]))) / total
+
+
+def _shape_cv(y: np.ndarray, pred: np.ndarray, rows: np.ndarray) -> float:
+    """CV(RMSE) in % of the prediction scaled to the observed total over ``rows`` (shape)."""
+    k = float(np.sum(y[rows])) / float(np.sum(pred[rows]))
+    resid = y[rows] - k * pred[rows]
+    return 100 * float(np.sqrt(np.mean(resid**2))) / float(np.mean(y[rows]))
+
+
+def _side_by_side(y: np.ndarray, ours: np.ndarray, ee: np.ndarray, common: np.ndarray,
+                  fitted: np.ndarray, stats: FitStats) -> dict:  # fmt: skip
+    """The figures every comparison reports for ours and eemeter's: savings over the
+    ``common`` reporting rows (eemeter's also without its baseline bias), our 90 %
+    uncertainty, CV(RMSE) and NMBE over the ``fitted`` baseline rows, shape CV(RMSE)."""
+    ee_cv, ee_nmbe = _cv_nmbe(y[fitted], ee[fitted])
+    o_cv, o_nmbe = _cv_nmbe(y[fitted], ours[fitted])
+    bias = float(np.sum(y[fitted])) / float(np.sum(ee[fitted]))
+    adjusted = float(np.sum(ours[common]))
+    u90 = mv.savings_halfwidth(
+        cv_rmse_pct=stats.cv_rmse_pct or 0.0, n=stats.n, n_params=stats.n_params,
+        rho=stats.residual_lag1, m=int(common.sum()), adjusted_total=adjusted,
+        confidence=0.90,
+    )  # fmt: skip
+    return {
+        "ee_savings_pct": _savings_pct(y, ee, common),
+        "ee_unbiased_pct": _savings_pct(y, ee * bias, common),
+        "savings_pct": _savings_pct(y, ours, common),
+        "u90_pp": None if u90 is None else 100 * u90 / adjusted,
+        "ee_cv": ee_cv, "cv": o_cv, "cv_g14": stats.cv_rmse_pct,
+        "ee_nmbe": ee_nmbe, "nmbe": o_nmbe,
+        "ee_shape_cv": _shape_cv(y, ee, common), "shape_cv": _shape_cv(y, ours, common),
+        "rows": int(common.sum()),
+    }  # fmt: skip
+
+
 def compare(path: Path, result: dict, spec: bool = False) -> dict:
     """Our fit on the series eemeter fitted; both judged on the same rows.
 
@@ -156,49 +195,25 @@ def compare(path: Path, result: dict, spec: bool = False) -> dict:
     left_out = int((r & np.isfinite(y) & np.isfinite(ours) & ~has_ee).sum())
     fitted = b & np.isfinite(ours) & np.isfinite(ee)
 
-    def savings_pct(pred: np.ndarray) -> float:
-        total = float(np.sum(pred[common]))
-        return 100 * (total - float(np.sum(y[common]))) / total
-
-    def shape_cv(pred: np.ndarray) -> float:
-        k = float(np.sum(y[common])) / float(np.sum(pred[common]))
-        resid = y[common] - k * pred[common]
-        return 100 * float(np.sqrt(np.mean(resid**2))) / float(np.mean(y[common]))
-
-    ee_cv, ee_nmbe = _cv_nmbe(y[fitted], ee[fitted])
-    o_cv, o_nmbe = _cv_nmbe(y[fitted], ours[fitted])
-    bias = float(np.sum(y[fitted])) / float(np.sum(ee[fitted]))
-    adjusted = float(np.sum(ours[common]))
-    u90 = mv.savings_halfwidth(
-        cv_rmse_pct=model.stats.cv_rmse_pct or 0.0, n=model.stats.n,
-        n_params=model.stats.n_params, rho=model.stats.residual_lag1,
-        m=int(common.sum()), adjusted_total=adjusted, confidence=0.90,
-    )  # fmt: skip
     seg: dict[str, float] = {}
     if interval == 3600:
         mw = month_weighted(t, y, temp, b, model)
         ok = fitted & np.isfinite(mw)
         seg_cv, seg_nmbe = _cv_nmbe(y[ok], mw[ok])
         if np.isfinite(mw[common]).all():
-            seg = {"savings_pct": savings_pct(mw), "cv": seg_cv, "nmbe": seg_nmbe,
-                   "shape_cv": shape_cv(mw)}  # fmt: skip
+            seg = {"savings_pct": _savings_pct(y, mw, common), "cv": seg_cv,
+                   "nmbe": seg_nmbe, "shape_cv": _shape_cv(y, mw, common)}  # fmt: skip
     caltrack = (
         caltrack_compare(t, y, temp, ee, b, r, (b0, b1), has_ee) if interval == 3600 else None
     )
     return {
         "caltrack": caltrack,
         "segmented": seg,
-        "ee_savings_pct": savings_pct(ee),
-        "ee_unbiased_pct": savings_pct(ee * bias),
-        "savings_pct": savings_pct(ours),
-        "u90_pp": None if u90 is None else 100 * u90 / adjusted,
-        "ee_cv": ee_cv, "cv": o_cv, "cv_g14": model.stats.cv_rmse_pct,
-        "ee_nmbe": ee_nmbe, "nmbe": o_nmbe,
-        "ee_shape_cv": shape_cv(ee), "shape_cv": shape_cv(ours),
+        **_side_by_side(y, ours, ee, common, fitted, model.stats),
         "fit_s": seconds, "identical": model.to_json() == again.to_json(),
         "ee_sse": float(np.sum((y[fitted] - ee[fitted]) ** 2)),
         "sse": float(np.sum((y[fitted] - ours[fitted]) ** 2)),
-        "rows": int(common.sum()), "left_out": left_out,
+        "left_out": left_out,
         "model": model.describe().split(": ", 1)[1].split("; R2")[0],
     }  # fmt: skip
 
@@ -229,24 +244,6 @@ def caltrack_compare(
     left_out = int((r & np.isfinite(y) & (np.isfinite(ours) != has_ee)).sum())
     fitted = b & np.isfinite(ours) & np.isfinite(ee)
 
-    def savings_pct(pred: np.ndarray) -> float:
-        total = float(np.sum(pred[common]))
-        return 100 * (total - float(np.sum(y[common]))) / total
-
-    def shape_cv(pred: np.ndarray) -> float:
-        k = float(np.sum(y[common])) / float(np.sum(pred[common]))
-        resid = y[common] - k * pred[common]
-        return 100 * float(np.sqrt(np.mean(resid**2))) / float(np.mean(y[common]))
-
-    ee_cv, ee_nmbe = _cv_nmbe(y[fitted], ee[fitted])
-    o_cv, o_nmbe = _cv_nmbe(y[fitted], ours[fitted])
-    bias = float(np.sum(y[fitted])) / float(np.sum(ee[fitted]))
-    adjusted = float(np.sum(ours[common]))
-    st = model.stats
-    u90 = mv.savings_halfwidth(
-        cv_rmse_pct=st.cv_rmse_pct or 0.0, n=st.n, n_params=st.n_params,
-        rho=st.residual_lag1, m=int(common.sum()), adjusted_total=adjusted, confidence=0.90,
-    )  # fmt: skip
     mean = float(np.mean(y[fitted]))
     rep = common
     # the month that carries most of the difference in savings
@@ -255,16 +252,12 @@ def caltrack_compare(
            for m in range(1, 13)}  # fmt: skip
     worst = max(gap, key=lambda m: abs(gap[m]))
     return {
-        "ee_savings_pct": savings_pct(ee), "ee_unbiased_pct": savings_pct(ee * bias),
-        "savings_pct": savings_pct(ours),
-        "u90_pp": None if u90 is None else 100 * u90 / adjusted,
-        "ee_cv": ee_cv, "cv": o_cv, "cv_g14": st.cv_rmse_pct, "ee_nmbe": ee_nmbe, "nmbe": o_nmbe,
-        "ee_shape_cv": shape_cv(ee), "shape_cv": shape_cv(ours),
+        **_side_by_side(y, ours, ee, common, fitted, model.stats),
         "fit_s": seconds, "cpu_s": cpu, "identical": model.to_json() == again.to_json(),
-        "rows": int(common.sum()), "left_out": left_out,
+        "left_out": left_out,
         "max_diff_fit_pct": 100 * float(np.max(np.abs(ours[fitted] - ee[fitted]))) / mean,
         "max_diff_rep_pct": 100 * float(np.max(np.abs(ours[rep] - ee[rep]))) / mean,
-        "n_params": st.n_params, "worst_month": worst,
+        "n_params": model.stats.n_params, "worst_month": worst,
         "worst_share": gap[worst] / (sum(gap.values()) or 1.0),
         "month_model": model.months[worst - 1],
         "model": model.describe().split(": ", 1)[1].split("; R2")[0],
