@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -51,7 +51,6 @@ from .baseline import (
     BaselineConfig,
     FitStats,
     _fit_stats,
-    _placeholder_stats,
     _production_columns,
     time_groups,
     tz_offsets,
@@ -285,7 +284,6 @@ def fit_caltrack_hourly(
     occ_edges = tuple(f_to_c(e) for e in cfg.bin_endpoints_f)
     hdd = np.maximum(f_to_c(cfg.occupancy_heating_f) - T, 0.0)
     cdd = np.maximum(T - f_to_c(cfg.occupancy_cooling_f), 0.0)
-    Pz = _production_columns(P) if P is not None else None
 
     models: list[MonthModel | None] = []
     expected = np.full(n, np.nan)
@@ -304,10 +302,7 @@ def fit_caltrack_hourly(
         occ_rows = occupied[how[rows]]
         e_occ = merge_bins(T[rows][occ_rows], occ_edges, cfg.min_bin_hours)
         e_un = merge_bins(T[rows][~occ_rows], occ_edges, cfg.min_bin_hours)
-        Z = _design(T[rows], occ_rows, e_occ, e_un, None)
-        if Pz is not None:
-            Z = np.hstack([Z, Pz[rows]])
-        Z = np.ascontiguousarray(Z)
+        Z = _design(T[rows], occ_rows, e_occ, e_un, None if P is None else P[rows])
         alpha, beta, kept, S = _wls(how[rows], y[rows], w[rows], Z)
         k_occ, k_un = len(e_occ) + 1, len(e_un) + 1
         coef = [float(b) if kept[a] else None for a, b in enumerate(beta)]
@@ -319,8 +314,8 @@ def fit_caltrack_hourly(
             intercepts=tuple(float(a) if math.isfinite(a) else None for a in alpha),
             occupied_slopes=tuple(coef[:k_occ]),
             unoccupied_slopes=tuple(coef[k_occ:k_occ + k_un]),
-            production_coef=coef[k_occ + k_un] if Pz is not None else None,
-            running_coef=coef[k_occ + k_un + 1] if Pz is not None else None,
+            production_coef=coef[k_occ + k_un] if P is not None else None,
+            running_coef=coef[k_occ + k_un + 1] if P is not None else None,
             hours=int(rows.size),
             weight=float(w[rows].sum()),
         )
@@ -348,16 +343,15 @@ def fit_caltrack_hourly(
         )
     seen = np.zeros(HOURS_OF_WEEK, dtype=bool)
     seen[how[fitted]] = True
-    model = CaltrackHourlyModel(
-        meter=meter, unit=unit, timezone=cfg.timezone, months=tuple(models),
-        stats=_placeholder_stats(), uses_production=P is not None,
-    )  # fmt: skip
     stats = _fit_stats(
         ts[fitted], y[fitted], expected[fitted], None if P is None else P[fitted],
         round(p_eff), int((~seen).sum()),
         BaselineConfig(interval_s=HOUR_S, timezone=cfg.timezone), None, 12, 0.0,
     )  # fmt: skip
-    return replace(model, stats=stats)
+    return CaltrackHourlyModel(
+        meter=meter, unit=unit, timezone=cfg.timezone, months=tuple(models), stats=stats,
+        uses_production=P is not None,
+    )  # fmt: skip
 
 
 def occupancy(
@@ -391,10 +385,11 @@ def merge_bins(temps: FloatArray, edges: tuple[float, ...], min_count: int) -> t
     only when neither end bin is thin, every thin middle bin loses its right edge.
     """
     kept = sorted(edges)
+    ordered = np.sort(temps)
     while True:
         bounds = np.array([-np.inf, *kept, np.inf])
         # counts per (left, right]: number of temps <= right minus number <= left
-        le = np.searchsorted(np.sort(temps), bounds, side="right")
+        le = np.searchsorted(ordered, bounds, side="right")
         counts = np.diff(le)
         if counts.size == 1:
             break

@@ -486,7 +486,7 @@ def compute_savings(
     if method is None:
         method = "daily" if cfg.interval_s == DAY_S else "hourly"
     if method == "caltrack-hourly":
-        _caltrack_hourly_inputs(series)
+        _weather_method_inputs(series, method, HOUR_S, "hours")
     if method == "caltrack-daily":
         _caltrack_daily_inputs(series, cfg)
     if thresholds is None:
@@ -680,32 +680,23 @@ def _normalised(
     return value, note
 
 
-def _caltrack_hourly_inputs(series: Series) -> None:
-    """CalTRACK hourly needs hours and an outdoor temperature; say so in plain words."""
-    if series.interval_s != HOUR_S:
+def _weather_method_inputs(series: Series, method: str, interval_s: int, fits: str) -> None:
+    """A CalTRACK method needs its interval (``fits``) and an outdoor temperature; say so
+    in plain words."""
+    if series.interval_s != interval_s:
         raise SavingsError(
-            f"--method caltrack-hourly fits hours; this series has {series.interval_s} s "
-            "intervals"
+            f"--method {method} fits {fits}; this series has {series.interval_s} s intervals"
         )
     if series.temperature is None:
         raise SavingsError(
-            "--method caltrack-hourly is a weather model: give the outdoor temperature "
+            f"--method {method} is a weather model: give the outdoor temperature "
             "(--temperature COL, degC)"
         )
 
 
 def _caltrack_daily_inputs(series: Series, cfg: BaselineConfig) -> None:
     """CalTRACK daily needs days, an outdoor temperature and CalTRACK's own model terms."""
-    if series.interval_s != DAY_S:
-        raise SavingsError(
-            f"--method caltrack-daily fits local days; this series has {series.interval_s} s "
-            "intervals"
-        )
-    if series.temperature is None:
-        raise SavingsError(
-            "--method caltrack-daily is a weather model: give the outdoor temperature "
-            "(--temperature COL, degC)"
-        )
+    _weather_method_inputs(series, "caltrack-daily", DAY_S, "local days")
     if cfg.time_of_week != "none":
         raise SavingsError(
             f"--time-of-week {cfg.time_of_week} does not apply to --method caltrack-daily: "
