@@ -142,16 +142,15 @@ class Rows(NamedTuple):
                                          strict=True)]
 
 
-def reading_item(obj: Any, shared: dict[str, Any] | None = None) -> Item | None:
-    """``obj`` (with ``shared``'s fields, already checked by :func:`shared_ok`) as an
-    :class:`Item` when it certainly is a valid Reading; None: ask the model."""
-    base = obj if shared is None else shared
-    if type(obj) is not dict or (shared is None and not shared_ok(obj)):
+def reading_item(obj: Any) -> Item | None:
+    """``obj`` as an :class:`Item` when it certainly is a valid Reading; None: ask the
+    model."""
+    if type(obj) is not dict or not shared_ok(obj):
         return None
     got = item_fields(obj)
     if got is None:
         return None
-    return Item(base["site"], base["meter"], base["resource"], base["stream"], *got)
+    return Item(obj["site"], obj["meter"], obj["resource"], obj["stream"], *got)
 
 
 def item_fields(obj: dict[str, Any]) -> tuple[int, float, str, dict[str, float | None]] | None:

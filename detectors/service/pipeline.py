@@ -314,12 +314,6 @@ class MeterPipeline:
         if newest is None or t > newest[0]:
             self.newest = (t, v)
 
-    def add_many(self, times: list[float], values: list[dict[str, float | None]]) -> None:
-        """:meth:`add` each reading of a run, in order (one call per meter and batch)."""
-        add = self.add
-        for ts_s, vals in zip(times, values, strict=True):
-            add(ts_s, vals)
-
     def complete(self) -> tuple[list[Interval], list[Transition]]:
         """Close every interval the buffered readings have passed; score and track them."""
         if self.next_start is None or not self.buf:
@@ -454,6 +448,6 @@ def warm_up(settings: Settings | None = None) -> None:
     pipe = MeterPipeline("warm", "up", "electricity", s)
     t0 = 1_767_225_600
     step = max(s.interval_s // 10, 1)
-    pipe.add_many([float(t0 + step * k) for k in range(25)],
-                  [{"energy_kwh": 1.0 + k} for k in range(25)])
+    for k in range(25):
+        pipe.add(float(t0 + step * k), {"energy_kwh": 1.0 + k})
     pipe.complete()

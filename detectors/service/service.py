@@ -79,16 +79,27 @@ def _ms(ts: float) -> int:
 def item_line(r: Item) -> str | None:
     """The ``reading`` point of a validated reading (what :func:`reading_line` makes of the
     model; its values are quantity names and finite, validation saw to that)."""
-    head = _READING_SERIES.get((r.site, r.meter, r.resource))
+    return _reading_text(_reading_head(r.site, r.meter, r.resource), r.seq, r.ts_s,
+                         r.quality, r.values)  # fmt: skip
+
+
+def _reading_head(site: str, meter: str, resource: str) -> str:
+    """The ``reading`` series text of a meter (measurement and tags), kept per meter."""
+    head = _READING_SERIES.get((site, meter, resource))
     if head is None:
-        head = series("reading", (("site", r.site), ("meter", r.meter),
-                                  ("resource", r.resource)))
+        head = series("reading", (("site", site), ("meter", meter), ("resource", resource)))
         if len(_READING_SERIES) < 100_000:
-            _READING_SERIES[(r.site, r.meter, r.resource)] = head
-    fields = ",".join([f"{_FIELD[k]}{v!r}" for k, v in r.values.items() if v is not None])
+            _READING_SERIES[(site, meter, resource)] = head
+    return head
+
+
+def _reading_text(head: str, seq: int, ts_s: float, quality: str,
+                  values: dict[str, Any]) -> str:  # fmt: skip
+    """One reading's point: the series text, its finite values, quality, seq and time."""
+    fields = ",".join([f"{_FIELD[k]}{v!r}" for k, v in values.items() if v is not None])
     sep = "," if fields else ""
-    return (f"{head} {fields}{sep}quality={QUALITY_CODES[r.quality]}i,seq={r.seq}i "
-            f"{round(r.ts_s * 1000.0)}")
+    return (f"{head} {fields}{sep}quality={QUALITY_CODES[quality]}i,seq={seq}i "
+            f"{round(ts_s * 1000.0)}")
 
 
 _READING_SERIES: dict[tuple[str, str, str], str] = {}
@@ -461,7 +472,8 @@ class DetectService:
         for (site, meter), readings in batch.items():
             pipe = self.pipeline(site, meter, readings[0][2])
             try:
-                pipe.add_many([r[0] for r in readings], [r[1] for r in readings])
+                for ts, values, _ in readings:
+                    pipe.add(ts, values)
                 intervals, trans = pipe.complete()
             except Exception:
                 # the readings are stored; one meter's analysis failing stops nothing else
@@ -558,17 +570,9 @@ class DetectService:
             self.stats.newest_ts = newest
         if newest > self.last_seen.get(key, 0.0):
             self.last_seen[key] = newest
-        head = _READING_SERIES.get((site, meter, resource))
-        if head is None:
-            head = series("reading", (("site", site), ("meter", meter), ("resource", resource)))
-            if len(_READING_SERIES) < 100_000:
-                _READING_SERIES[(site, meter, resource)] = head
-        head += " "
-        field, codes = _FIELD, QUALITY_CODES
-        for seq, ts, quality, vals in zip(seqs, times, qualities, values, strict=True):
-            fields = ",".join([f"{field[k]}{v!r}" for k, v in vals.items() if v is not None])
-            lines.append(f"{head}{fields}{',' if fields else ''}quality={codes[quality]}i,"
-                         f"seq={seq}i {round(ts * 1000.0)}")
+        head = _reading_head(site, meter, resource)
+        lines += [_reading_text(head, seq, ts, quality, vals)
+                  for seq, ts, quality, vals in zip(seqs, times, qualities, values, strict=True)]
         got = by_meter.get(key)
         if got is None:
             got = by_meter[key] = []

@@ -282,7 +282,6 @@ class Spool:
         """Within a transaction: delete the points up to ``last_id``, keeping the rest of
         a row they end inside; how many went."""
         db = self._db
-        gone = 0
         row = db.execute("SELECT id, line, n FROM points WHERE id <= ? ORDER BY id DESC "
                          "LIMIT 1", (last_id,)).fetchone()
         if row is None:

@@ -140,27 +140,6 @@ def test_dedup_accept_many_is_accept_one_by_one(
     assert a.snapshot() == b.snapshot()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(-2000, 4000),
-                          st.sampled_from(["energy_kwh", "power_kw", None]),
-                          st.one_of(st.none(), st.floats(0, 1e6))), max_size=40),
-       st.integers(0, 40))
-def test_pipeline_add_many_is_add_one_by_one(rows: list[tuple[int, str | None, float | None]],
-                                             cut: int) -> None:
-    # a batch's readings of one meter at once: the same buffer, interval start and late
-    # count as reading by reading (a counter named late, missing values, late readings)
-    t0 = 1_767_225_600
-    times = [float(t0 + dt) + 0.5 for dt, _, _ in rows]
-    values: list[dict[str, float | None]] = [{} if k is None else {k: v} for _, k, v in rows]
-    a = MeterPipeline("dairy", "m1", "electricity", Settings())
-    b = MeterPipeline("dairy", "m1", "electricity", Settings())
-    for ts, vals in zip(times, values, strict=True):
-        a.add(ts, vals)
-    b.add_many(times[:cut], values[:cut])
-    b.add_many(times[cut:], values[cut:])
-    assert (a.counter, a.buf, a.next_start, a.late) == (b.counter, b.buf, b.next_start, b.late)
-
-
 def test_dedup_window_gives_up_holes_and_round_trips() -> None:
     d = SeqTracker(window=3)
     key = ("dairy", "m1", "s1")
