@@ -418,9 +418,11 @@ class Agent:
             try:
                 await self._commit([(r, ok) for r, ok, _ in batch])
             finally:
-                later = {id(f) for *_, f in self._pending}
-                for *_, saved in batch:
-                    if id(saved) not in later and not saved.done():
+                # a future serves one run of readings in a row, and the batch is a prefix:
+                # only its last run can go on in what is still pending
+                carry = self._pending[0][2] if self._pending else None
+                for saved in dict.fromkeys(f for *_, f in batch):
+                    if saved is not carry and not saved.done():
                         saved.set_result(None)
 
     async def _commit(self, batch: list[tuple[PollResult, bool]]) -> None:
