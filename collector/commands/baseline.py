@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                                           args.end)
     except HistoryError as exc:  # the database's own errors (HTTP, connection, timeout)
         print(f"error: could not read consumption from "
-              f"{spec.config.influx.query_url or spec.influx_url}: {exc}")
+              f"{spec.history_url}: {exc}")
         return 1
     if not rows:
         print(f"no consumption of site {args.site} stored between {args.start} and {args.end}")

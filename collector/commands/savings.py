@@ -135,6 +135,14 @@ def _method(args: argparse.Namespace) -> str:
     return str(args.method or args.interval or "hourly")
 
 
+def _grid(args: argparse.Namespace) -> dict[str, Any]:
+    """The series the method fits: days or hours, and whether a day with half its hours
+    known is filled (CalTRACK daily)."""
+    method = _method(args)
+    return {"interval_s": 86400 if method in DAILY else 3600,
+            "fill_days": method == "caltrack-daily"}
+
+
 def run(args: argparse.Namespace) -> int:
     from detectors.csvinput import CsvInputError
     from detectors.savings import SavingsError
@@ -165,14 +173,11 @@ def _influx_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     try:
         series = query_series(
             spec, site, meter_id, baseline.start_s, reporting.end_s,
-            interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
-            production=args.production, temperature_field=args.temperature,
-            price=args.price, co2=args.co2_factor,
-            fill_days=_method(args) == "caltrack-daily",
+            timezone=tz, production=args.production, temperature_field=args.temperature,
+            price=args.price, co2=args.co2_factor, **_grid(args),
         )  # fmt: skip
     except (HistoryError, SavingsError) as exc:
-        url = spec.config.influx.query_url or spec.influx_url
-        raise _problem(url, None, str(exc)) from None
+        raise _problem(spec.history_url, None, str(exc)) from None
     return series, baseline, reporting
 
 
@@ -207,9 +212,8 @@ def _store_series(args: argparse.Namespace) -> tuple[Any, Any, Any]:
                      co2_kg_per_unit=args.co2_factor if args.co2_factor is not None else co2)
     series = series_from_rows(
         rows, meter_id, start_s=baseline.start_s, end_s=reporting.end_s,
-        interval_s=86400 if _method(args) in DAILY else 3600, timezone=tz,
-        production=args.production, temperature=temperature, info=info,
-        fill_days=_method(args) == "caltrack-daily",
+        timezone=tz, production=args.production, temperature=temperature, info=info,
+        **_grid(args),
     )  # fmt: skip
     return series, baseline, reporting
 
@@ -266,11 +270,10 @@ def _csv_series(args: argparse.Namespace, bar: Any) -> tuple[Any, Any, Any]:
         meter=meter,
         start_s=baseline.start_s,
         end_s=reporting.end_s,
-        interval_s=86400 if _method(args) in DAILY else 3600,
         timezone=tz,
         temperature=temperature,
         production=production,
-        fill_days=_method(args) == "caltrack-daily",
+        **_grid(args),
     )
     return series, baseline, reporting
 

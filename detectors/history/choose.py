@@ -19,7 +19,7 @@ def open_history(spec: Any) -> History:
         path = store_path(spec.influx_url)
         assert path is not None
         return StoreHistory(spec.path(path))  # relative to the analytics file, as written
-    url = (cfg.query_url or spec.influx_url).rstrip("/")
+    url = spec.history_url.rstrip("/")
     if cfg.flavor == "victoriametrics":
         from .victoria import VictoriaHistory
 

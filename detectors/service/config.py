@@ -345,6 +345,12 @@ class AnalyticsSpec:
         return f"{self.config.instance}-{suffix}" if suffix else self.config.instance
 
     @property
+    def history_url(self) -> str:
+        """Where stored history is read: ``influx.query_url`` (a cluster's vmselect), else
+        the database ``recp detect`` writes to."""
+        return self.config.influx.query_url or self.influx_url
+
+    @property
     def part_suffix(self) -> str:
         """``p0of2`` when the meters are partitioned, else empty."""
         part = self.config.processing.partition
