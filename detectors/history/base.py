@@ -25,6 +25,11 @@ class HistoryError(Exception):
     """The database could not be read: one line naming the URL and the status or cause."""
 
 
+def quoted(text: str) -> str:
+    """A label or tag value as a double-quoted string literal (Flux and PromQL alike)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def server_message(body: bytes | str) -> str:
     """An error answer's text on one line, without VictoriaMetrics' ``remoteAddr: ...;
     requestURI: ...;`` head, at most 200 characters."""

@@ -9,16 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import HistoryError, Row, server_message
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+from .base import HistoryError, Row, quoted, server_message
 
 
 def _meter_filter(meters: Iterable[str]) -> str:
     pick = list(meters)
-    return (" and (" + " or ".join(f"r.meter == {_q(m)}" for m in pick) + ")"
+    return (" and (" + " or ".join(f"r.meter == {quoted(m)}" for m in pick) + ")"
             if pick else "")
 
 
@@ -26,10 +22,10 @@ def flux(bucket: str, site: str, start: dt.datetime, end: dt.datetime,
          meters: Iterable[str] = ()) -> str:
     """The Flux query for one site's interval consumption in [start, end)."""
     return (
-        f"from(bucket: {_q(bucket)})\n"
+        f"from(bucket: {quoted(bucket)})\n"
         f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
         f'  |> filter(fn: (r) => r._measurement == "consumption" and r._field == "actual"'
-        f" and r.site == {_q(site)}{_meter_filter(meters)})\n"
+        f" and r.site == {quoted(site)}{_meter_filter(meters)})\n"
     )
 
 
@@ -38,10 +34,10 @@ def temperature_flux(bucket: str, site: str, field: str, start: dt.datetime,
     """Hourly means of one ``reading`` field of a site (every meter that has it, or
     ``meters``)."""
     return (
-        f"from(bucket: {_q(bucket)})\n"
+        f"from(bucket: {quoted(bucket)})\n"
         f"  |> range(start: {start.isoformat()}, stop: {end.isoformat()})\n"
-        f'  |> filter(fn: (r) => r._measurement == "reading" and r._field == {_q(field)}'
-        f" and r.site == {_q(site)}{_meter_filter(meters)})\n"
+        f'  |> filter(fn: (r) => r._measurement == "reading" and r._field == {quoted(field)}'
+        f" and r.site == {quoted(site)}{_meter_filter(meters)})\n"
         "  |> group()\n"
         '  |> aggregateWindow(every: 1h, fn: mean, createEmpty: false, timeSrc: "_start")\n'
     )

@@ -21,18 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from .base import HistoryError, Row, hourly_means, server_message
-
-
-def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+from .base import HistoryError, Row, hourly_means, quoted, server_message
 
 
 def selectors(metric: str, site: str, meters: Iterable[str] = ()) -> list[str]:
     """Series selectors (``match[]``) of one metric of a site: one per meter, or the site's."""
-    base = f"__name__={_q(metric)},site={_q(site)}"
+    base = f"__name__={quoted(metric)},site={quoted(site)}"
     pick = list(dict.fromkeys(meters))
-    return [f"{{{base},meter={_q(m)}}}" for m in pick] if pick else [f"{{{base}}}"]
+    return [f"{{{base},meter={quoted(m)}}}" for m in pick] if pick else [f"{{{base}}}"]
 
 
 def _ms(t: dt.datetime) -> int:
