@@ -18,7 +18,7 @@ import numpy as np
 from .arrays import FloatArray, IntArray
 from .history import Row
 from .meter import MeterInfo
-from .savings import DAY_S, HOUR_S, SavingsError, Series, _to_local_days
+from .savings import HOUR_S, SavingsError, Series, grid_series
 from .service.baselines import to_interval
 
 
@@ -87,13 +87,8 @@ def series_from_rows(
         if temperature[0].size == 0:
             raise SavingsError("InfluxDB has no outdoor temperature readings in the periods")
         temp = _place(temperature[0], temperature[1], lo, n, "mean")
-    if interval_s == DAY_S:
-        how = "filled" if fill_days else "sum"
-        t, parts = _to_local_days(t, timezone, [(y, how), (temp, "mean"), (prod, "sum")])
-        y = parts[0] if parts[0] is not None else y
-        temp, prod = parts[1], parts[2]
     meter_info = info or MeterInfo(meter, mine[0].unit)
-    return Series(t, interval_s, y, meter_info, temp, prod, timezone)
+    return grid_series(t, interval_s, y, meter_info, temp, prod, timezone, fill_days=fill_days)
 
 
 def query_series(

@@ -226,12 +226,32 @@ def prepare(
             temperature.t_s, temperature.values, interval_s=step, start_s=lo, end_s=hi
         ).mean
     prod = _quantity(production, production.meter, step, lo, hi) if production else None
+    return grid_series(t, interval_s, y, meter, temp, prod, timezone, fill_days=fill_days)
+
+
+def grid_series(
+    t: IntArray,
+    interval_s: int,
+    consumption: FloatArray,
+    meter: MeterInfo,
+    temperature: FloatArray | None,
+    production: FloatArray | None,
+    timezone: str,
+    *,
+    fill_days: bool = False,
+) -> Series:
+    """Columns on the hourly (or finer) grid ``t`` -> the :class:`Series` of ``interval_s``.
+
+    A daily interval folds the hours into local days (:func:`prepare` says how), so every
+    input (CSV, InfluxDB, VictoriaMetrics, the embedded store) makes its days alike."""
     if interval_s == DAY_S:
         how = "filled" if fill_days else "sum"
-        t, parts = _to_local_days(t, timezone, [(y, how), (temp, "mean"), (prod, "sum")])
-        y = parts[0] if parts[0] is not None else y
-        temp, prod = parts[1], parts[2]
-    return Series(t, interval_s, y, meter, temp, prod, timezone)
+        t, parts = _to_local_days(
+            t, timezone, [(consumption, how), (temperature, "mean"), (production, "sum")]
+        )
+        consumption = parts[0] if parts[0] is not None else consumption
+        temperature, production = parts[1], parts[2]
+    return Series(t, interval_s, consumption, meter, temperature, production, timezone)
 
 
 def _quantity(r: Readings, meter: MeterInfo | None, step: int, lo: int, hi: int) -> FloatArray:
