@@ -18,6 +18,7 @@ and the jobs not yet posted are part of the service's checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -96,20 +97,26 @@ class Annotator:
         self._queue: deque[Job] = deque()
         self._ids: OrderedDict[str, tuple[int, bool]] = OrderedDict()  # -> (id, closed)
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop running ``run``
 
     @property
     def depth(self) -> int:
         return len(self._queue)
 
     def submit(self, t: Transition, currency: str) -> None:
-        """Queue the annotation of an opening or closing (never blocks)."""
+        """Queue the annotation of an opening or closing (never blocks; any thread: the
+        service's batch thread submits under its state lock, so a checkpoint's snapshot
+        holds every job of the batches it covers)."""
         job = job_for(t, currency, self.tags)
         with self._lock:
             if len(self._queue) >= self.cap:
                 self._queue.popleft()
                 self.stats.dropped += 1
             self._queue.append(job)
-        self.wake.set()
+        loop = self._loop
+        if loop is not None:  # before run() starts, run() finds the queue as it is
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self.wake.set)
 
     # ------------------------------------------------------------------ one job
 
@@ -159,6 +166,13 @@ class Annotator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Post queued jobs in order until ``stop``; failures back off, never raise."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._run(stop)
+        finally:
+            self._loop = None
+
+    async def _run(self, stop: asyncio.Event) -> None:
         delay = self.retry_delay_s
         while not stop.is_set():
             if not self._queue:

@@ -262,8 +262,6 @@ class DetectService:
         self.pending_acks: dict[MeterKey, tuple[str, int]] = {}
         self.outgoing: deque[Outgoing] = deque()
         self.outgoing_dropped = 0
-        # transitions (and their meter's currency) for the annotator, from the batch thread
-        self._to_annotate: list[tuple[Transition, str]] = []
         self._events_changed = False  # an event opened or closed since the last checkpoint
         self.connected = False
         self._state_lock = asyncio.Lock()
@@ -340,7 +338,6 @@ class DetectService:
 
     async def save_checkpoint(self) -> None:
         # one save at a time: the periodic one and the final one must not share the temp file
-        self._annotate()  # a cancelled batch's openings and closings: in this checkpoint
         async with self._save_lock:
             state = await self._locked_in_thread(self.snapshot)
             await asyncio.to_thread(checkpoint.save, self.spec.checkpoint_path, state)
@@ -427,21 +424,31 @@ class DetectService:
 
     def _record_alerts(self, transitions: list[Transition], now: float) -> None:
         """Commit the alerts of events that opened or closed, then queue them (batch
-        thread). One already in the spool (a replay derived it again) is not queued."""
+        thread). One already in the spool (a replay derived it again) is not queued.
+
+        Their Grafana annotations are handed to the annotator here, in the batch thread
+        under the state lock, and only here: a checkpoint's snapshot (taken under the same
+        lock) holds the jobs of every batch it covers, also of a batch whose session was
+        cancelled mid-way (the annotator finds an annotation already posted, so a replayed
+        one adds nothing)."""
         alerts = [t for t in transitions if t.kind in ("open", "close")]
         if not alerts:
             return
         self._events_changed = True
         rows = []
+        currencies = []
         for t in alerts:
             cur = self.meters[(t.site, t.event.meter)].currency
-            self._to_annotate.append((t, cur))
+            currencies.append(cur)
             rows.append((f"{t.event_id}/{t.kind}", f"{ALERTS_ROOT}/{t.site}/{t.event.meter}",
                          alert_payload(t, cur, now), self.cfg.alerts.qos))
         for (_, topic, payload, qos), alert_id in zip(rows, self.spool.add_alerts(rows),
                                                       strict=True):
             if alert_id is not None:
                 self._queue_out(Outgoing(topic, payload, qos, alert=alert_id))
+        if self.annotator is not None:
+            for t, cur in zip(alerts, currencies, strict=True):
+                self.annotator.submit(t, cur)
 
     async def _checkpoint_after_events(self) -> None:
         """Save a checkpoint when an event opened or closed: a restart then replays less.
@@ -455,14 +462,6 @@ class DetectService:
         except Exception:
             self.stats.checkpoint_errors += 1
             log.exception("checkpoint after an event's opening or closing not saved")
-
-    def _annotate(self) -> None:
-        """Hand the batches' openings and closings to the Grafana annotator (event loop;
-        it finds an annotation already posted, so a replayed one adds nothing)."""
-        todo, self._to_annotate = self._to_annotate, []
-        if self.annotator is not None:
-            for t, cur in todo:
-                self.annotator.submit(t, cur)
 
     def _run_pipelines(
         self, batch: dict[MeterKey, list[tuple[float, dict[str, Any], str]]]
@@ -682,7 +681,6 @@ class DetectService:
         for dkey in touched:
             self.pending_acks[(dkey[0], dkey[1])] = (dkey[2], self.dedup.done(dkey))
         self.sink.wake.set()
-        self._annotate()
         await self._checkpoint_after_events()
 
     def _replay_sync(self) -> None:
@@ -715,7 +713,6 @@ class DetectService:
             return
         await self._locked_in_thread(self._replay_sync)
         self.sink.wake.set()
-        self._annotate()
         await self._checkpoint_after_events()
 
     # ------------------------------------------------------------------ self-metrics
