@@ -287,6 +287,10 @@ class BaselineModel:
         T = as_values("temperature", temperature, n) if temperature is not None else _nan(n)
         P = as_values("production", production, n) if production is not None else _nan(n)
         groups = time_groups(ts, self.timezone, self.interval_s, self.time_of_week)
+        return self._expected(groups, T, P)
+
+    def _expected(self, groups: IntArray, T: FloatArray, P: FloatArray) -> FloatArray:
+        """:meth:`predict` on the intervals' time-of-week groups (the fit has them already)."""
         beta = np.array([_nan_if_none(self.production_coef), _nan_if_none(self.running_coef)])
         return _predict(
             groups,
@@ -502,7 +506,7 @@ def fit_baseline(
         cooling_coef=_finite_or_none(float(cc)) if cb is not None else None,
         stats=_placeholder_stats(),
     )
-    expected = model.predict(ts, T if use_t else None, P)
+    expected = model._expected(groups, T, P if P is not None else _nan(n))
     fit_stats = _fit_stats(
         ts[usable],
         yu,

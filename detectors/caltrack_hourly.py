@@ -52,10 +52,9 @@ from .baseline import (
     FitStats,
     _fit_stats,
     _production_columns,
-    time_groups,
     tz_offsets,
 )
-from .kernels.baseline import _accumulate
+from .kernels.baseline import _accumulate, _time_groups
 from .kernels.lstsq import _grouped_solve
 from .lstsq import lstsq_normal
 
@@ -210,8 +209,7 @@ class CaltrackHourlyModel:
         P = as_values("production", production, n) if production is not None else None
         if not self.uses_production:
             P = None
-        how = time_groups(ts, self.timezone, HOUR_S, "week")
-        month = local_months(ts, self.timezone)
+        how, month = _week_hours_and_months(ts, self.timezone)
         out = np.full(n, np.nan)
         for mm in self.months:
             if mm is None:
@@ -279,8 +277,7 @@ def fit_caltrack_hourly(
             "every hour misses consumption or temperature"
             + (" or production" if P is not None else "")
         )
-    how = time_groups(ts, cfg.timezone, HOUR_S, "week")
-    month = local_months(ts, cfg.timezone)
+    how, month = _week_hours_and_months(ts, cfg.timezone)
     occ_edges = tuple(f_to_c(e) for e in cfg.bin_endpoints_f)
     hdd = np.maximum(f_to_c(cfg.occupancy_heating_f) - T, 0.0)
     cdd = np.maximum(T - f_to_c(cfg.occupancy_cooling_f), 0.0)
@@ -499,7 +496,19 @@ def _leverage(
 
 def local_months(epoch_s: IntArray, timezone: str) -> IntArray:
     """Calendar month (1..12) of each timestamp in ``timezone``."""
-    local = (epoch_s + tz_offsets(epoch_s, timezone)).astype("datetime64[s]")
+    return _months(epoch_s + tz_offsets(epoch_s, timezone))
+
+
+def _week_hours_and_months(epoch_s: IntArray, timezone: str) -> tuple[IntArray, IntArray]:
+    """Hour of week (Monday 00:00 = 0) and calendar month of each hour start in
+    ``timezone``: one look-up of the zone's offsets serves both."""
+    offsets = tz_offsets(epoch_s, timezone)
+    return _time_groups(epoch_s, offsets, HOUR_S, False), _months(epoch_s + offsets)
+
+
+def _months(local_s: IntArray) -> IntArray:
+    """Calendar month (1..12) of local epoch seconds."""
+    local = local_s.astype("datetime64[s]")
     return np.asarray(local.astype("datetime64[M]").astype(np.int64) % 12 + 1, dtype=np.int64)
 
 
