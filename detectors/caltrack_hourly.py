@@ -300,7 +300,7 @@ def fit_caltrack_hourly(
         e_occ = merge_bins(T[rows][occ_rows], occ_edges, cfg.min_bin_hours)
         e_un = merge_bins(T[rows][~occ_rows], occ_edges, cfg.min_bin_hours)
         Z = _design(T[rows], occ_rows, e_occ, e_un, None if P is None else P[rows])
-        alpha, beta, kept, S = _wls(how[rows], y[rows], w[rows], Z)
+        alpha, beta, kept, S, D, B = _wls(how[rows], y[rows], w[rows], Z)
         k_occ, k_un = len(e_occ) + 1, len(e_un) + 1
         coef = [float(b) if kept[a] else None for a, b in enumerate(beta)]
         mm = MonthModel(
@@ -322,7 +322,7 @@ def fit_caltrack_hourly(
             sel = month[rows] == m
             contrib = np.where(kept, beta, 0.0)
             expected[own] = alpha[how[own]] + Z[sel] @ contrib
-            leverage[own] = _leverage(how[rows], w[rows], Z, kept, S, how[own], Z[sel])
+            leverage[own] = _leverage(D, B, kept, S, how[own], Z[sel])
     if all(mm is None for mm in models):  # pragma: no cover - usable rows exist
         raise ValueError("no month of the baseline has data")
     fitted = usable & np.isfinite(expected)
@@ -438,13 +438,15 @@ def _design(
 
 def _wls(
     how: IntArray, y: FloatArray, w: FloatArray, Z: FloatArray
-) -> tuple[FloatArray, FloatArray, np.ndarray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, np.ndarray, FloatArray, FloatArray, FloatArray]:
     """Weighted least squares with a level per hour of week plus the dense columns Z.
 
     The numba kernels of the baseline fit: sufficient statistics in one pass
     (``_accumulate``, no temperature grid), the Schur complement solve (``_grouped_solve``;
     an empty or dependent column is dropped, as statsmodels' pseudo-inverse gives it
-    coefficient 0 too). Returns (alpha, beta, kept, S): S is the reduced k x k matrix.
+    coefficient 0 too). Returns (alpha, beta, kept, S, D, B): S is the reduced k x k
+    matrix, D the weight and B the weighted sums of Z per hour of week (for
+    :func:`_leverage`).
     """
     n = y.size
     fold = np.zeros(n, dtype=np.int64)
@@ -461,29 +463,24 @@ def _wls(
     alpha, beta, kept, _ = _grouped_solve(D, B, C, gy, cy, 0.0, 1e-9)
     has = D > 0
     S = C - B[has].T @ (B[has] / D[has, None])
-    return alpha, beta, kept, S
+    return alpha, beta, kept, S, D, B
 
 
 def _leverage(
-    how_fit: IntArray,
-    w_fit: FloatArray,
-    Z_fit: FloatArray,
+    D: FloatArray,
+    B: FloatArray,
     kept: np.ndarray,
     S: FloatArray,
     how_own: IntArray,
     Z_own: FloatArray,
 ) -> FloatArray:
     """Leverage (hat-matrix diagonal) of weight-1 rows in a groups + dense columns fit:
-    1 / D_q + (z - zbar_q)' S^-1 (z - zbar_q), zbar_q the weighted mean of z in group q."""
-    D = np.bincount(how_fit, weights=w_fit, minlength=HOURS_OF_WEEK)
+    1 / D_q + (z - zbar_q)' S^-1 (z - zbar_q), zbar_q the weighted mean of z in group q
+    (D, B: the fit's weight and weighted sums of z per group, as :func:`_wls` has them)."""
     lev = 1.0 / D[how_own]
     idx = np.flatnonzero(kept)
     if idx.size:
-        Bz = np.stack(
-            [np.bincount(how_fit, weights=w_fit * Z_fit[:, a], minlength=HOURS_OF_WEEK)
-             for a in idx], axis=1,
-        )  # fmt: skip
-        zbar = Bz / np.where(D > 0, D, 1.0)[:, None]
+        zbar = B[:, idx] / np.where(D > 0, D, 1.0)[:, None]
         dz = Z_own[:, idx] - zbar[how_own]
         Sk = S[np.ix_(idx, idx)]
         try:  # the kept columns are independent: S is positive definite on them

@@ -22,6 +22,8 @@ from detectors.baseline import time_groups
 from detectors.caltrack_hourly import (
     HOURS_OF_WEEK,
     CaltrackHourlyConfig,
+    _leverage,
+    _wls,
     bin_features,
     f_to_c,
     fit_caltrack_hourly,
@@ -163,6 +165,28 @@ def test_month_models_equal_a_dense_weighted_least_squares() -> None:
     assert 12 * 60 < model.stats.n_params < 12 * 180  # each month's ~180 shared with neighbours
     # not unbiased (each month's levels are shared with its neighbours' hours), but nearly
     assert abs(model.stats.nmbe_pct or 0.0) < 0.1
+
+
+def test_each_hours_leverage_equals_the_dense_hat_matrix_diagonal() -> None:
+    """The leverage from the fit's own sums (``_wls``'s D and B) is, hour by hour, the
+    diagonal of the dense weighted hat matrix: neighbour hours at weight 1/2, an hour of
+    the week without data, a dropped (all-zero) column."""
+    rng = np.random.default_rng(5)
+    how = np.tile(np.arange(HOURS_OF_WEEK), 4)
+    how = how[how != 5]  # hour of week 5 never seen
+    n = how.size
+    w = np.where(rng.random(n) < 0.5, 1.0, 0.5)
+    Z = rng.normal(size=(n, 4))
+    Z[:, 2] = 0.0  # an empty bin: dropped
+    y = rng.normal(size=n)
+    _alpha, _beta, kept, S, D, B = _wls(how, y, w, Z)
+    assert kept.tolist() == [True, True, False, True]
+    own = w == 1.0
+    lev = _leverage(D, B, kept, S, how[own], Z[own])
+    X = np.hstack([(how[:, None] == np.arange(HOURS_OF_WEEK)).astype(float), Z])
+    G_inv = np.linalg.pinv(X.T @ (X * w[:, None]))  # (X' W X)^+
+    want = np.sum((X[own] @ G_inv) * X[own], axis=1)
+    np.testing.assert_allclose(lev, want, rtol=1e-9, atol=1e-12)
 
 
 def test_occupancy_finds_the_working_hours_and_bins_split_by_it() -> None:
