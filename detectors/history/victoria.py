@@ -50,8 +50,8 @@ class VictoriaHistory:
         form = [("match[]", m) for m in match] + [
             ("start", f"{start_ms / 1000:.3f}"), ("end", f"{end_ms / 1000:.3f}")]
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        if self.token:  # as influxdb-client writes: InfluxDB wants Token, vmauth takes it too
+            headers["Authorization"] = f"Token {self.token}"
         request = urllib.request.Request(
             f"{self.url}/api/v1/export", data=urllib.parse.urlencode(form).encode(),
             headers=headers, method="POST")  # fmt: skip

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,8 @@ from vmstore import store
 
 from detectors.history import HistoryError, Row
 from detectors.history.victoria import VictoriaHistory, selectors
+from detectors.service.lines import line
+from detectors.service.sink import InfluxWriter
 
 T0 = 1_767_571_200  # 2026-01-05T00:00:00Z
 
@@ -66,3 +71,68 @@ def test_range_is_half_open_a_replayed_time_counts_once_and_hours_are_means(
     vm.stop()
     with pytest.raises(HistoryError, match=r"could not query VictoriaMetrics \(http://"):
         history.consumption("dairy", utc(T0), utc(T0 + 7200))
+
+
+def test_the_reader_sends_the_token_as_the_writer_does() -> None:
+    """For the same configured token, the VictoriaMetrics reader's Authorization header is
+    the one influxdb-client's writer sends (``Token``, what InfluxDB wants)."""
+    seen: dict[str, str | None] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # quiet
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen[self.path.split("?")[0]] = self.headers.get("Authorization")
+            self.send_response(204 if "write" in self.path else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        writer = InfluxWriter(url, "s3cret", "recp", "recp", timeout_s=10)
+        writer.write(["m f=1 1"])
+        writer.close()
+        assert VictoriaHistory(url, "s3cret", timeout_s=10).consumption(
+            "dairy", utc(T0), utc(T0 + 3600)) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == {"/api/v2/write": "Token s3cret", "/api/v1/export": "Token s3cret"}
+
+
+def test_writes_and_reads_through_vmauth_with_the_token(
+    victoria_metrics: Any, tmp_path: Path
+) -> None:
+    """vmauth in front of VictoriaMetrics (its ``bearer_token``): the service's writer and
+    the reader pass with the configured token; a wrong token is one clear error."""
+    from conftest import ServerProcess, free_port, port_accepts, require_binary
+
+    binary = require_binary("vmauth", "/usr/bin/vmauth", "victoria-metrics")
+    config = tmp_path / "auth.yml"
+    config.write_text(f"users:\n  - bearer_token: s3cret\n    url_prefix: {victoria_metrics.url}\n")
+    port = free_port()
+    argv = [binary, f"-auth.config={config}", f"-httpListenAddr=127.0.0.1:{port}"]
+    proxy = ServerProcess("vmauth", argv, tmp_path / "vmauth.log",
+                          lambda: port_accepts("127.0.0.1", port))  # fmt: skip
+    proxy.start()
+    url = f"http://127.0.0.1:{port}"
+    tags = {"site": "dairy", "meter": "m1", "resource": "water", "unit": "m3"}
+    try:
+        writer = InfluxWriter(url, "s3cret", "recp", "recp", timeout_s=30)
+        text = line("consumption", tags, {"actual": 2.5}, T0 * 1000)
+        assert text is not None
+        writer.write([text])
+        writer.close()
+        victoria_metrics.flush()
+        rows = VictoriaHistory(url, "s3cret", timeout_s=30).consumption(
+            "dairy", utc(T0), utc(T0 + 3600))
+        assert rows == [Row("m1", T0, 2.5, "m3")]
+        with pytest.raises(HistoryError, match=r"VictoriaMetrics \(http://.*\) answered 4\d\d"):
+            VictoriaHistory(url, "wrong", timeout_s=30).consumption(
+                "dairy", utc(T0), utc(T0 + 3600))
+    finally:
+        proxy.stop()
