@@ -40,7 +40,8 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "consumption": {
         "tags": ("site", "meter", "resource", "unit"),
-        "fields": ("actual", "expected", "lower", "upper", "flags", "cost", "co2_kg"),
+        "fields": ("actual", "gap_estimate", "expected", "lower", "upper", "flags", "cost",
+                   "co2_kg"),
     },
     "anomaly": {
         "tags": ("site", "meter", "detector"),

@@ -36,7 +36,7 @@ from collector.contract import MeterMeta
 from collector.quantities import QUANTITIES, Kind
 
 from ..anomaly import DriftDetector, LevelShiftDetector, SpikeDetector, StuckDetector
-from ..clean import Quality, clean_counter
+from ..clean import Consumption, Quality, clean_counter
 from ..meter import MeterInfo
 from ..streaming import KernelDetector, Point
 from .alerts import AlertSettings, EventTracker, Transition
@@ -49,7 +49,7 @@ COUNTER_PREFERENCE: dict[str, tuple[str, ...]] = {
     "steam": ("mass_kg", "mass_t", "heat_kwh"),
     "production": ("produced_units",),
 }
-MAX_INTERVALS = 7 * 96  # at most this many intervals are filled after a long silence
+MAX_INTERVALS = 7 * 96  # at most this many intervals of one gap are stored (a long silence)
 DETECTOR_KINDS = ("spike", "stuck", "level_shift", "drift")
 # Which detectors may raise events, per resource (others: all, and overspend on a
 # baseline). A production counter standing still, slowing or rising at night is the line's
@@ -94,6 +94,9 @@ class Interval:
     diagnostics: dict[str, list[float]]
     expected: float = math.nan
     std: float = math.nan
+    # in an interval a data gap touches (flag GAP, ``actual`` NaN): its even share of the
+    # consumption across the gap, so stored actual + gap_estimate sums to the counter
+    gap_estimate: float = math.nan
 
 
 InputsFor = Callable[[list[int], int], tuple[list[float] | None, list[float] | None]]
@@ -143,6 +146,34 @@ def expected_per_interval(model: Any, starts: list[int], interval_s: int,
     exp = np.asarray(model.predict(ts, **kwargs), dtype=np.float64)
     std = np.asarray(model.prediction_std(np.nan_to_num(exp)), dtype=np.float64)
     return Expectation((exp * share).tolist(), (std * share).tolist(), temp, prod)
+
+
+def spread_gaps(cons: Consumption) -> tuple[list[bool] | None, list[float]]:
+    """Which intervals to store, and each one's share of a data gap's consumption.
+
+    ``clean_counter`` keeps a gap's consumption as one lump (``gap_consumption``) and
+    leaves the intervals it touches NaN: *when* it was used is unknown. Stored totals
+    must still add up, so the lump is spread evenly over those intervals as their
+    ``gap_estimate`` (flag GAP tells it from a measured ``actual``). Of a gap longer than
+    ``MAX_INTERVALS`` intervals only the last ``MAX_INTERVALS`` are stored (``keep``
+    False for the others; None: keep all), carrying the whole lump between them.
+    """
+    n = len(cons.start_s)
+    estimate = [math.nan] * n
+    if not len(cons.gap_start_s):
+        return None, estimate
+    keep: list[bool] | None = None
+    lo, interval = (int(cons.start_s[0]) if n else 0), cons.interval_s
+    for gs, ge, lump in zip(cons.gap_start_s.tolist(), cons.gap_end_s.tolist(),
+                            cons.gap_consumption.tolist(), strict=True):
+        i0, i1 = (gs - lo) // interval, (ge - lo) // interval
+        if i1 - i0 > MAX_INTERVALS:
+            keep = keep or [True] * n
+            keep[i0 : i1 - MAX_INTERVALS] = [False] * (i1 - MAX_INTERVALS - i0)
+            i0 = i1 - MAX_INTERVALS
+        share = lump / (i1 - i0)
+        estimate[i0:i1] = [share] * (i1 - i0)
+    return keep, estimate
 
 
 def make_detectors(s: Settings) -> dict[str, KernelDetector]:
@@ -323,13 +354,12 @@ class MeterPipeline:
         boundary = self.buf[-1][0] // interval * interval
         if boundary <= self.next_start:
             return [], []
-        if (boundary - self.next_start) // interval > MAX_INTERVALS:
-            self.next_start = boundary - MAX_INTERVALS * interval
         ts = np.fromiter((t for t, _ in self.buf), np.int64, len(self.buf))
         vs = np.fromiter((v for _, v in self.buf), np.float64, len(self.buf))
         gap_s = max(float(interval), 3.0 * self.poll_s) if self.poll_s else None
         cons = clean_counter(ts, vs, meter=self.info, interval_s=interval,
                              start_s=self.next_start, end_s=boundary, gap_s=gap_s)
+        stored, gap_estimate = spread_gaps(cons)
         # keep the last reading at or before the boundary as the next anchor
         keep = int(np.searchsorted(ts, boundary, side="right")) - 1
         self.buf = self.buf[max(keep, 0):]
@@ -346,6 +376,8 @@ class MeterPipeline:
         self.step_spans = [(a, b) for a, b in spans if b > boundary]  # not yet closed
         for i, (t, x, f) in enumerate(zip(starts, cons.consumption.tolist(),
                                           cons.flags.tolist(), strict=True)):
+            if stored is not None and not stored[i]:
+                continue  # inside a gap of more than MAX_INTERVALS: its estimate is later
             if spans and any(a < t + interval and b > t for a, b in spans):
                 f |= Quality.CLOCK_STEP  # a clock step's lump: stored, not scored
             scored = math.nan if f & Quality.CLOCK_STEP else float(x)
@@ -373,7 +405,7 @@ class MeterPipeline:
                 else:
                     self.overspend.drain_events()
             out.append(Interval(int(t), float(x), int(f), scores, diags, exp.expected[i],
-                                exp.std[i]))
+                                exp.std[i], gap_estimate[i]))
         return out, transitions
 
     def _overspend_transitions(self) -> list[Transition]:

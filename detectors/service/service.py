@@ -148,10 +148,12 @@ def interval_lines(p: MeterPipeline, iv: Interval, band_sigma: float = 2.0) -> l
     t_ms = iv.t_s * 1000
     x = iv.actual
     e, band = iv.expected, band_sigma * iv.std
+    used = x if math.isfinite(x) else iv.gap_estimate  # cost: measured, or a gap's share
     cons = line("consumption",
                 {"site": p.site, "meter": p.meter, "resource": p.resource, "unit": p.info.unit},
-                {"actual": x, "expected": e, "lower": e - band, "upper": e + band,
-                 "flags": iv.flags, "cost": p.info.cost(x), "co2_kg": p.info.co2_kg(x)},
+                {"actual": x, "gap_estimate": iv.gap_estimate, "expected": e, "lower": e - band,
+                 "upper": e + band, "flags": iv.flags, "cost": p.info.cost(used),
+                 "co2_kg": p.info.co2_kg(used)},
                 t_ms)  # fmt: skip
     if cons:
         out.append(cons)
