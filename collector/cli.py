@@ -3,7 +3,8 @@
 Each module in :mod:`collector.commands` exposes ``NAME``, ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``, and imports anything heavy inside ``run`` so that ``recp --help``
 stays fast and the edge install never touches numba. Only this module turns errors into
-exit codes: 2 for bad configuration or usage, 3 for a missing optional dependency.
+exit codes: 2 for bad configuration or usage, 3 for a missing optional dependency, 141
+when the reader of its output went away (``recp profiles | head``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -90,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args._run(args)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below
         return code
     except ModuleNotFoundError as exc:
         top = (exc.name or "").split(".")[0]
@@ -105,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `recp profiles | head`: the reader left; no traceback, and none at exit either
+        # when Python flushes stdout (the standard library's documented recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command its pipe ended
     except Exception as exc:
         # configfile (pydantic, yaml) is not imported up front: `recp agent --help` stays
         # fast; a ConfigError can only come from a command that imported it

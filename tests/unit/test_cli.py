@@ -57,3 +57,15 @@ def test_importing_collector_never_imports_numba() -> None:
         "assert 'numba' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """``recp profiles | head -1``: the pipe closes before recp has written; exit 141
+    (128 + SIGPIPE, as a shell reports it), nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "collector", "profiles"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
