@@ -45,7 +45,7 @@ INFLUX_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "anomaly": {
         "tags": ("site", "meter", "detector"),
-        "fields": ("score", "cusum"),
+        "fields": ("score", "cusum", "step_per_h"),
     },
     "event": {
         "tags": ("site", "meter", "resource", "type", "severity", "unit", "event_id"),
