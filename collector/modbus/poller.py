@@ -561,7 +561,7 @@ class Bus:
                    ) -> PollResult:
         """Poll one device now (or report why not); update its health. ``resume``: finish
         a poll the fast path (:class:`_FastLoop`) began, from the request that failed."""
-        failed: tuple[ReadRequest, Exception] | None = None
+        failed: Exception | None = None  # how the first request's first try went (resume)
         if resume is None:
             ts, mono = time.time(), time.monotonic_ns()
             now = mono / 1e9
@@ -586,18 +586,12 @@ class Bus:
             retries = dev.spec.retries
             answered = bool(values) or resume.index > 0
             pending = list(dev.requests[resume.index:])
-            failed = (pending[0], resume.exc)
+            failed = resume.exc
         while pending:
             req = pending.pop(0)
             try:
-                if failed is not None:  # the fast path's first try of this request
-                    exc0, failed = failed[1], None
-                    if not isinstance(exc0, NoAnswer) or retries == 0:
-                        raise exc0
-                    await asyncio.sleep(self.polling.retry_backoff_s)
-                    words = await self._read(req, dev, retries, first=1)
-                else:
-                    words = await self._read(req, dev, retries)
+                tried, failed = failed, None
+                words = await self._read(req, dev, retries, tried)
             except ReplyError as exc:
                 answered = True
                 if exc.code == 2 and req.has_gaps:
@@ -659,11 +653,16 @@ class Bus:
         dev.consecutive_failures, dev.offline, dev.offline_delay = 0, False, 0.0
         return PollResult(dev.id, ts, mono, values, errors, quality, latency, True)
 
-    async def _read(self, req: ReadRequest, dev: Device, retries: int, first: int = 0
-                    ) -> Sequence[int] | Sequence[bool] | bytes:
+    async def _read(self, req: ReadRequest, dev: Device, retries: int,
+                    tried: Exception | None = None) -> Sequence[int] | Sequence[bool] | bytes:
+        """One request with its retries (after no answer, backing off); ``tried``: how its
+        first try already failed (the fast path's), the retries going on from there."""
         link = self.link
-        for attempt in range(first, retries + 1):
+        for attempt in range(retries + 1):
             try:
+                if tried is not None:
+                    exc, tried = tried, None
+                    raise exc
                 tcp = link.tcp
                 if tcp is not None:  # our own client: straight to it, one coroutine less
                     link.requests += 1
