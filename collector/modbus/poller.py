@@ -206,18 +206,25 @@ class Link:
                 log.debug("closing %s: %s", self, exc)
             self.client = None
 
-    async def read(self, req: ReadRequest, timeout_s: float
-                   ) -> Sequence[int] | Sequence[bool] | bytes:
-        """One read request, one try; raise ReplyError, NoAnswer, LinkDown or BadResponse.
+    def read(self, req: ReadRequest, timeout_s: float
+             ) -> Awaitable[Sequence[int] | Sequence[bool] | bytes]:
+        """One read request, one try, to await; raise ReplyError, NoAnswer, LinkDown or
+        BadResponse. Not a coroutine itself: on our TCP client it is the client's own
+        ``read`` (one coroutine per request, not two: the poll loop's hot path).
 
         Registers come back as values (pymodbus) or as their bytes off the wire (our TCP
         client); :meth:`ReadRequest.decode` takes either."""
-        if req.function_code not in READ_FUNCTION_CODES:  # belt and braces: never write
-            raise ValueError(f"refusing to send function code {req.function_code}")
         if self.tcp is not None:  # says itself why it is not connected, if it is not
             self.requests += 1
-            return await self.tcp.read(req.function_code, req.address, req.count, req.unit_id,
-                                       timeout_s)
+            return self.tcp.read(req.function_code, req.address, req.count, req.unit_id,
+                                 timeout_s)
+        return self._read_rtu(req, timeout_s)
+
+    async def _read_rtu(self, req: ReadRequest, timeout_s: float
+                        ) -> Sequence[int] | Sequence[bool]:
+        """:meth:`read` through pymodbus (RTU framing, serial or over TCP)."""
+        if req.function_code not in READ_FUNCTION_CODES:  # belt and braces: never write
+            raise ValueError(f"refusing to send function code {req.function_code}")
         if not self.connected:
             raise LinkDown(self.last_error or "not connected")
         if self.frame_gap_s:
@@ -663,11 +670,6 @@ class Bus:
                 if tried is not None:
                     exc, tried = tried, None
                     raise exc
-                tcp = link.tcp
-                if tcp is not None:  # our own client: straight to it, one coroutine less
-                    link.requests += 1
-                    return await tcp.read(req.function_code, req.address, req.count,
-                                          req.unit_id, dev.spec.timeout_s)
                 return await link.read(req, dev.spec.timeout_s)
             except NoAnswer:
                 if attempt == retries:
