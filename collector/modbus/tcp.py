@@ -149,15 +149,8 @@ class ModbusTcpClient(asyncio.Protocol):
         """Registers (fc 3, 4) as their bytes off the wire (big-endian, two per register:
         decoders unpack them in place, :func:`registers` gives the values), or bits (fc 1,
         2); raise ReplyError, NoAnswer, LinkDown or BadResponse."""
-        if fc not in READ_FUNCTION_CODES:  # belt and braces: this client never writes
-            raise ValueError(f"refusing to send function code {fc}")
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            raise LinkDown(self.closed_reason or "not connected")
-        if self._pending is not None:
-            raise RuntimeError("one request at a time on a Modbus TCP link")
         fut: asyncio.Future[bytes | list[bool]] = self.loop.create_future()
-        p = self._start(transport, fut, None, fc, address, count, unit, timeout_s)
+        p = self._start(fut, None, fc, address, count, unit, timeout_s)
         try:
             return await fut
         finally:
@@ -170,18 +163,18 @@ class ModbusTcpClient(asyncio.Protocol):
         exc)`` is called once, from the event loop (inside ``data_received`` for a reply),
         and may send the next request. Raises at once what ``read`` would raise before
         sending (not connected, a request already pending, not a read)."""
-        if fc not in READ_FUNCTION_CODES:
+        self._start(None, done, fc, address, count, unit, timeout_s)
+
+    def _start(self, fut: asyncio.Future[bytes | list[bool]] | None, done: Done | None,
+               fc: int, address: int, count: int, unit: int, timeout_s: float) -> _Pending:
+        """Send a request, after the checks :meth:`read` and :meth:`send` share."""
+        if fc not in READ_FUNCTION_CODES:  # belt and braces: this client never writes
             raise ValueError(f"refusing to send function code {fc}")
         transport = self.transport
         if transport is None or transport.is_closing():
             raise LinkDown(self.closed_reason or "not connected")
         if self._pending is not None:
             raise RuntimeError("one request at a time on a Modbus TCP link")
-        self._start(transport, None, done, fc, address, count, unit, timeout_s)
-
-    def _start(self, transport: asyncio.Transport,
-               fut: asyncio.Future[bytes | list[bool]] | None, done: Done | None, fc: int,
-               address: int, count: int, unit: int, timeout_s: float) -> _Pending:
         self._tid = tid = (self._tid + 1) & 0xFFFF
         deadline = self.loop.time() + timeout_s
         p = self._pending = _Pending(fut, done, tid, unit, fc, count, timeout_s, deadline)

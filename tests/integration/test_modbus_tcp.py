@@ -236,6 +236,40 @@ def test_bits_and_only_read_function_codes() -> None:
     asyncio.run(main())
 
 
+def test_send_refuses_what_read_refuses() -> None:
+    """The callback form (send, the fast path's) checks a request as read does: only read
+    function codes, one request at a time, a connection; nothing refused is sent."""
+
+    async def main() -> None:
+        async with Scripted([]) as server:
+            client = await ModbusTcpClient.open("127.0.0.1", server.port, 2.0)
+            got: list[Any] = []
+            loop = asyncio.get_running_loop()
+            answered = loop.create_future()
+
+            def done(value: Any, exc: Exception | None) -> None:
+                got.append((value, exc))
+                answered.set_result(None)
+
+            with pytest.raises(ValueError, match="refusing to send function code 6"):
+                client.send(6, 0, 1, 1, 0.5, done)
+            client.send(3, 0, 2, 1, 0.5, done)
+            with pytest.raises(RuntimeError, match="one request at a time"):
+                client.send(3, 0, 1, 1, 0.5, done)
+            with pytest.raises(RuntimeError, match="one request at a time"):
+                await client.read(3, 0, 1, 1, 0.5)
+            await answered
+            assert got == [(struct.pack(">2H", 1000, 1001), None)]
+            client.close()
+            with pytest.raises(LinkDown, match="closed"):
+                client.send(3, 0, 1, 1, 0.5, done)
+            with pytest.raises(LinkDown, match="closed"):
+                await client.read(3, 0, 1, 1, 0.5)
+            assert server.requests == 1
+
+    asyncio.run(main())
+
+
 def test_a_device_answering_wrong_keeps_being_polled(tmp_path: Path) -> None:
     """Through the poller: each bad answer is a bad reading naming the problem, the link
     reconnects where the stream was lost, and the device is polled on."""
