@@ -243,7 +243,6 @@ class Agent:
         self._pending: list[tuple[PollResult, bool, asyncio.Future[None]]] = []
         self._batch_saved: asyncio.Future[None] | None = None  # the next batch's commit
         self._writer_wake: asyncio.Future[None] | None = None  # the writer's current nap
-        self._writer_idle = False  # it naps until a reading arrives (not lingering)
         self._closing = False  # no more readings: commit what is pending and end
         self._unsaved: dict[str, asyncio.Future[None]] = {}  # meter -> its last reading's commit
         self._hurry = False  # a meter waits for its commit: do not linger
@@ -355,7 +354,9 @@ class Agent:
             # last one is committed): nothing more can come, commit without lingering
             self._hurry = True
             self._kick_writer()
-        elif self._writer_idle:
+        elif len(self._pending) == 1:
+            # the first: the writer may nap until one arrives (while it lingers there are
+            # others before it, while it commits nobody naps and the kick does nothing)
             self._kick_writer()
         return saved
 
@@ -400,11 +401,7 @@ class Agent:
             if not self._pending:
                 if self._closing:
                     return
-                self._writer_idle = True
-                try:
-                    await self._nap(None)
-                finally:
-                    self._writer_idle = False
+                await self._nap(None)  # until the first reading (enqueue) or closing
                 continue
             if not self._hurry and not self._closing:
                 # readings of a poll cycle arrive within milliseconds: commit them together,

@@ -228,6 +228,42 @@ def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Pa
     assert rows[1]["ts"] == "2026-01-05T00:00:50.000Z"
 
 
+def test_an_idle_writer_wakes_for_the_first_reading_and_commits_the_cycle_together(
+        tmp_path: Path):
+    """With nothing pending the writer naps; the first reading of a poll cycle wakes it,
+    and it commits that reading with the others of the cycle in one transaction (every
+    cycle: it naps again in between)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from collector.outbox import Outbox
+
+    agent = Agent(load_site(DEMO_SITE))
+    first, second = list(agent.meters)[:2]
+    assert len(agent.meters) > 2  # neither reading completes a cycle: no hurry
+
+    def poll(meter: str) -> PollResult:
+        return PollResult(meter, 5.0, 1, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+
+    async def main() -> int:
+        agent.outbox = Outbox(tmp_path / "o.db")
+        agent.publisher = SimpleNamespace(wake=asyncio.Event())  # type: ignore[assignment]
+        writer = asyncio.ensure_future(agent._writer())
+        for cycle in range(1, 3):
+            await asyncio.sleep(0.02)  # the writer naps: nothing is pending
+            saved = agent.enqueue(poll(first), True)
+            assert agent.enqueue(poll(second), True) is saved  # before the writer runs
+            await asyncio.wait_for(asyncio.shield(saved), 5)
+            assert agent.commits == cycle and agent.written == 2 * cycle
+        agent.close_writer()
+        await asyncio.wait_for(writer, 5)
+        n = len(agent.outbox.peek())
+        agent.outbox.close()
+        return n
+
+    assert asyncio.run(main()) == 4
+
+
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_a_write_registered_on_a_closed_mqtt_socket_is_one_line_not_a_traceback(
         loop_name: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
