@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -438,11 +439,15 @@ class Outbox:
         with self._tail_lock:
             if after_id + 1 < self._tail_from:
                 return None
-            tail = self._tail
-            while tail and tail[0].id <= after_id:  # taken already: not asked for again
-                tail.popleft()
-            self._tail_from = max(self._tail_from, after_id + 1)
-            return [tail[i] for i in range(min(limit, len(tail)))]
+            self._trim_tail(after_id)  # taken already: not asked for again
+            return list(itertools.islice(self._tail, limit))
+
+    def _trim_tail(self, through_id: int) -> None:
+        """Drop the tail's rows up to ``through_id``: it starts after it (lock held)."""
+        tail = self._tail
+        while tail and tail[0].id <= through_id:
+            tail.popleft()
+        self._tail_from = max(self._tail_from, through_id + 1)
 
     def _record_drop(self, reason: str, n: int, now: float) -> None:
         self._db.execute(
@@ -503,10 +508,7 @@ class Outbox:
         if not wanted:
             return 0
         with self._tail_lock:  # below the highest deleted id, peek_fresh() says "ask the db"
-            hi = wanted[-1]
-            while self._tail and self._tail[0].id <= hi:
-                self._tail.popleft()
-            self._tail_from = max(self._tail_from, hi + 1)
+            self._trim_tail(wanted[-1])
         with self._lock:
             return self._delete(wanted)
 
