@@ -419,3 +419,25 @@ def test_the_service_writes_only_what_the_schema_doc_names() -> None:
     assert not problems, problems
     assert {"score", "cusum", "step_per_h"} <= seen["anomaly"]
     assert {"actual", "expected", "lower", "upper", "flags"} <= seen["consumption"]
+
+
+def test_every_test_named_in_the_docs_exists() -> None:
+    """``tests/x.py::test_name`` and, later on the same line, ``::test_other`` of that file."""
+    problems, named = [], 0
+    for path in DOCS:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            current: Path | None = None
+            for file, name in re.findall(r"(?:(tests/[\w/]+\.py)|\b(?:test_\w+\.py))?::(\w+)",
+                                         line):
+                if file:
+                    current = REPO / file
+                else:
+                    short = re.findall(r"\b(test_\w+\.py)::" + name, line)
+                    if short:
+                        found = sorted(REPO.glob(f"tests/**/{short[0]}"))
+                        current = found[0] if found else None
+                named += 1
+                if current is None or not re.search(
+                        rf"^(?:async )?def {name}\(", current.read_text(encoding="utf-8"), re.M):
+                    problems.append(f"{rel(path)}:{n}: {name} not in {current}")
+    assert named >= 10 and not problems, "\n".join(problems)
