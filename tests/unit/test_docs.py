@@ -320,7 +320,8 @@ def table_keys(doc: str, heading: str) -> list[str]:
     for line in section.splitlines():
         if not line.startswith("| `"):
             continue
-        names = re.findall(r"`([\w.<>*]+)`", line.split("|")[1])
+        names = [n.replace("[]", "") for n in re.findall(r"`([\w.<>*\[\]]+)`",
+                                                         line.split("|")[1])]
         section_of = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
         keys += [names[0]] + [n if "." in n else section_of + n for n in names[1:]]
     return keys
@@ -353,6 +354,20 @@ def test_plant_reference_table_names_real_keys() -> None:
     assert keys and not [k for k in keys if k not in real]
     top = {k for k in real if "." not in k} - {"kind", "description"}
     assert top <= set(keys), sorted(top - set(keys))
+
+
+def test_profile_reference_table_names_real_keys() -> None:
+    from collector.profiles import Profile
+
+    keys = table_keys("edge-agent.md", "## Device profiles (`kind: profile`)")
+    real = field_paths(Profile)
+    assert keys and not [k for k in keys if k not in real]
+    top = {k for k in real if "." not in k} - {"kind"}
+    assert top <= set(keys), sorted(top - set(keys))
+    section = (REPO / "docs" / "edge-agent.md").read_text(encoding="utf-8").split(
+        "## Device profiles", 1)[1].split("\n## ", 1)[0]
+    points = {k.split(".", 1)[1] for k in real if k.startswith("points.")}
+    assert not [k for k in points if f"`{k}`" not in section]
 
 
 # --------------------------------------------------------------------------- the InfluxDB schema
