@@ -537,7 +537,7 @@ class DetectService:
                    touched: set[DKey], before: dict[DKey, DedupState],
                    replay: list[Replay]) -> None:
         """A ``readings`` message's valid readings: what :meth:`_take` does for each, once
-        per message where it can (partition, dedup of a run of seqs, the series text)."""
+        per message where it can (dedup of a run of seqs, the series text)."""
         site, meter, resource = rows.site, rows.meter, rows.resource
         key = (site, meter)
         if (self.inputs and self.inputs.is_input(*key)) or (
@@ -546,10 +546,7 @@ class DetectService:
                 self._take(item, topic, payload, now, lines, by_meter, touched, before,
                            replay)
             return
-        part = self.cfg.processing.partition
-        if part.count > 1 and not owns(site, meter, part.index, part.count):
-            self.stats.not_ours += len(rows.seqs)
-            return
+        # another partition's meter never gets here: _handle_sync asked _ours() first
         dkey = (site, meter, rows.stream)
         if dkey not in touched:
             touched.add(dkey)
@@ -626,13 +623,13 @@ class DetectService:
             if part.count > 1 and not self._ours(topic):
                 self.stats.not_ours += 1  # another partition validates and stores it
                 continue
-            rows = (fast_rows(topic, payload, now, self.limits)
-                    if topic.endswith("/readings") else None)
+            several = topic.endswith("/readings")
+            rows = fast_rows(topic, payload, now, self.limits) if several else None
             if rows is not None:
                 self._take_rows(rows, topic, payload, now, lines, by_meter, touched, before,
                                 replay)
                 continue
-            for res in parse_message(topic, payload, now, self.limits):
+            for res in parse_message(topic, payload, now, self.limits, fast_tried=several):
                 if type(res) is Item:
                     self._take(res, topic, payload, now, lines, by_meter, touched, before,
                                replay)

@@ -153,16 +153,18 @@ def _reading_problem(reading: contract.Reading, now_s: float, limits: Limits) ->
 Parsed = Item | contract.MeterMeta | contract.Health | contract.Dropped | DeadLetter
 
 
-def parse_message(topic: str, payload: bytes, now_s: float, limits: Limits) -> list[Parsed]:
+def parse_message(topic: str, payload: bytes, now_s: float, limits: Limits, *,
+                  fast_tried: bool = False) -> list[Parsed]:
     """Validate one message into what it carries: its readings (one, or a batch's) as
     :class:`~.fastcheck.Item`, a meta or agent health, dead letters; [] when ignored.
 
     Readings take the fast path (:mod:`.fastcheck`) when it can prove them valid; anything
     else goes through the models (:func:`parse`), which give the verdict and the reason.
+    ``fast_tried``: :func:`fast_rows` already said no to this ``readings`` message.
     """
     where = split_topic(topic)
     if where is not None and where[2] == "readings" and where[1] != contract.AGENT:
-        return _parse_batch(topic, payload, now_s, limits, where[0], where[1])
+        return _parse_batch(topic, payload, now_s, limits, where[0], where[1], fast_tried)
     if where is None or where[2] != "reading" or len(payload) > limits.max_payload_bytes:
         res = parse(topic, payload, now_s, limits)
         if isinstance(res, contract.Reading):  # not reached: kept for the type checker
@@ -183,14 +185,14 @@ def parse_message(topic: str, payload: bytes, now_s: float, limits: Limits) -> l
 
 
 def _parse_batch(topic: str, payload: bytes, now_s: float, limits: Limits, site: str,
-                 meter: str) -> list[Parsed]:
+                 meter: str, fast_tried: bool = False) -> list[Parsed]:
     """A ``readings`` message: each item as the Reading the ``reading`` topic would have
     carried (shared fields + item); a bad item dead-lettered alone (reason: its index and
     seq), a bad shared part the whole message. The fast path (:func:`fast_rows`) takes a
     message whose every item it can prove valid; any other goes to
     :func:`collector.contract.split_readings` (the models), which gives the verdict and
     the reasons."""
-    rows = fast_rows(topic, payload, now_s, limits)
+    rows = None if fast_tried else fast_rows(topic, payload, now_s, limits)
     if rows is not None:
         return list(rows.items())
     cap = max(limits.max_batch_payload_bytes, 1)

@@ -126,3 +126,25 @@ def test_the_service_subscribes_to_batches_too(tmp_path: Path) -> None:
     svc = DetectService(_spec(tmp_path), writer=Discard())
     assert "recp/v1/+/+/readings" in svc.filters()
     assert "recp/v1/+/+/reading" in svc.filters()
+
+
+def test_a_readings_message_the_fast_path_refuses_is_fast_checked_once(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """The models give the verdict on what the fast path cannot prove valid, without the
+    fast path being tried a second time; the bad item is still dead-lettered alone."""
+    from detectors.service import service, validate
+
+    calls: list[str] = []
+    real = validate.fast_rows
+
+    def counted(topic: str, *args: Any) -> Any:
+        calls.append(topic)
+        return real(topic, *args)
+
+    monkeypatch.setattr(service, "fast_rows", counted)
+    monkeypatch.setattr(validate, "fast_rows", counted)
+    body = json.loads(batch(series(1)[:3]))
+    body["readings"][1]["values"] = {"energy_kwh": "lots"}
+    svc = run(tmp_path, [[(BATCH_TOPIC, json.dumps(body).encode())]])
+    assert calls == [BATCH_TOPIC]
+    assert svc.stats.readings_in == 2 and svc.stats.dead_letters == 1
