@@ -178,6 +178,24 @@ def test_every_command_and_subcommand_help_exits_0(
     assert f"usage: recp {' '.join(words)}" in capsys.readouterr().out
 
 
+def test_every_option_of_every_command_is_named_in_the_docs() -> None:
+    """The other way round: no option only --help knows (-h, -v and --version aside)."""
+    text = "".join(path.read_text(encoding="utf-8") for path in DOCS)
+    named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text))
+    missing = []
+    for words in nested_commands():
+        sub, _, _ = subparser(words)
+        for action in sub._actions:
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            if not longs or set(longs) & {"--help", "--verbose", "--version"}:
+                continue
+            shorts = [s for s in action.option_strings if not s.startswith("--")]
+            if not set(longs) & named and not any(
+                    re.search(rf"recp {words[0]}\b[^`\n]* {s}\b", text) for s in shorts):
+                missing.append(f"recp {' '.join(words)} {longs[0]}")
+    assert not missing, missing
+
+
 def test_every_command_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = {m.group(1) for m in re.finditer(r"^\| `recp (\w+)", readme, re.M)}
