@@ -69,7 +69,8 @@ DEFAULT_CAP = 500_000  # about 250 MB of typical readings; 6 days of 10 meters e
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS sequences (meter TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+-- the last seq of each meter whose readings are all deleted; the view sequences has them all
+CREATE TABLE IF NOT EXISTS seq_base (meter TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cycles (
     first_id INTEGER PRIMARY KEY,  -- its readings have ids first_id .. first_id + n - 1
     n INTEGER NOT NULL,
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS cycles (
     meters TEXT NOT NULL,  -- JSON arrays, one item per reading
     seqs TEXT NOT NULL,
     topics TEXT NOT NULL,
+    lasts TEXT NOT NULL,  -- JSON object: each meter's last seq in this cycle
     offsets TEXT NOT NULL,  -- n + 1 byte offsets into payloads
     payloads BLOB NOT NULL,
     created REAL NOT NULL,
@@ -103,7 +105,12 @@ SELECT c.first_id + j.key AS id, j.value AS meter,
               - json_extract(c.offsets, '$[' || j.key || ']')) AS payload,
        c.created AS created, c.held AS held,
        json_extract(c.monos, '$[' || j.key || ']') AS mono_ns, c.boot AS boot
-FROM cycles AS c, json_each(c.meters) AS j WHERE j.key >= c.start
+FROM cycles AS c, json_each(c.meters) AS j WHERE j.key >= c.start;
+CREATE VIEW IF NOT EXISTS sequences AS
+SELECT meter, MAX(last_seq) AS last_seq FROM (
+    SELECT meter, last_seq FROM seq_base
+    UNION ALL SELECT j.key, j.value FROM cycles AS c, json_each(c.lasts) AS j
+) GROUP BY meter;
 """
 _CYCLE_MAX = 1000  # readings per cycle row at most when converting an old outbox
 
@@ -204,11 +211,11 @@ class Outbox:
         self.synchronous = synchronous.upper()
         self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         self._db.executescript(_SCHEMA)
-        old = self._db.execute(
-            "SELECT type FROM sqlite_master WHERE name = 'outbox'").fetchone()
-        if old is not None and old[0] == "table":
-            self._convert()
-        self._db.execute(_VIEW)
+        kinds = dict(self._db.execute(
+            "SELECT name, type FROM sqlite_master WHERE name IN ('outbox', 'sequences')"))
+        if "table" in kinds.values():
+            self._convert(kinds)
+        self._db.executescript(_VIEW)
         row = self._db.execute("SELECT value FROM meta WHERE key='stream'").fetchone()
         if row is None:
             self.stream = secrets.token_hex(6)
@@ -216,6 +223,7 @@ class Outbox:
         else:
             self.stream = row[0]
         self._last_seq = dict(self._db.execute("SELECT meter, last_seq FROM sequences"))
+        self._base = dict(self._db.execute("SELECT meter, last_seq FROM seq_base"))
         self._cycles: dict[int, _Cycle] = {}  # first_id -> its cycle
         self._order: list[int] = []  # first_ids, ascending
         for first, n, start, held in self._db.execute(
@@ -237,19 +245,28 @@ class Outbox:
         self._tail: deque[Row] = deque()
         self._tail_from = math.inf
 
-    def _convert(self) -> None:
-        """An outbox written before cycle rows (table ``outbox``, one row per reading):
-        its readings become cycle rows with the same ids, seqs and payloads, in one
-        transaction (a crash in between leaves the old file as it was)."""
+    def _convert(self, kinds: dict[str, str]) -> None:
+        """An outbox written before cycle rows (table ``outbox``, one row per reading, and
+        table ``sequences``): its readings become cycle rows with the same ids, seqs and
+        payloads, in one transaction (a crash in between leaves the old file as it was)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
+        rows: list[tuple] = []
+        groups: list[list[tuple]] = []
         try:
+            if kinds.get("sequences") == "table":
+                db.execute("INSERT INTO seq_base SELECT meter, last_seq FROM sequences WHERE "
+                           "true ON CONFLICT (meter) DO UPDATE SET last_seq = "
+                           "MAX(last_seq, excluded.last_seq)")
+                db.execute("DROP TABLE sequences")
+            if kinds.get("outbox") != "table":
+                db.execute("COMMIT")
+                return
             rows = db.execute(
                 "SELECT id, meter, seq, topic, payload, created, held, mono_ns, boot "
                 "FROM outbox ORDER BY id").fetchall()
             counter = db.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-            groups: list[list[tuple]] = []
             for r in rows:
                 g = groups[-1] if groups else None
                 if (g is None or r[0] != g[-1][0] + 1 or len(g) >= _CYCLE_MAX
@@ -258,8 +275,9 @@ class Outbox:
                 else:
                     g.append(r)
             db.executemany(
-                "INSERT INTO cycles (first_id, n, meters, seqs, topics, offsets, payloads, "
-                "created, held, monos, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO cycles (first_id, n, meters, seqs, topics, lasts, offsets, "
+                "payloads, created, held, monos, boot) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_cycle_values(g[0][0], [r[1] for r in g], [r[2] for r in g],
                                [r[3] for r in g], [bytes(r[4]) for r in g], g[0][5],
                                bool(g[0][6]), [r[7] or 0 for r in g], g[0][8])
@@ -293,6 +311,7 @@ class Outbox:
         now = time.time()
         with self._lock:
             before = dict(self._last_seq)
+            base = self._base
             last_seq = self._last_seq
             meters, seqs, topics, payloads = [], [], [], []
             for e in entries:
@@ -303,7 +322,6 @@ class Outbox:
                 seqs.append(seq)
                 topics.append(topic)
                 payloads.append(payload)
-            changed = [(m, s) for m, s in last_seq.items() if before.get(m) != s]
             # one cycle row per run of readings held alike (in practice: all of them)
             runs, lo = [], 0
             for i in range(1, len(entries) + 1):
@@ -323,14 +341,10 @@ class Outbox:
                     new.append(_Cycle(first + lo, hi - lo, 0, held))
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
-                    "INSERT INTO cycles (first_id, n, meters, seqs, topics, offsets, payloads,"
-                    " created, held, monos, boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO cycles (first_id, n, meters, seqs, topics, lasts, offsets,"
+                    " payloads, created, held, monos, boot)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     values)
-                self._db.executemany(
-                    "INSERT INTO sequences VALUES (?, ?) "
-                    "ON CONFLICT (meter) DO UPDATE SET last_seq=excluded.last_seq",
-                    changed,
-                )
                 self._db.execute(
                     "INSERT INTO meta VALUES ('next_id', ?) ON CONFLICT (key) DO UPDATE "
                     "SET value = excluded.value", (str(first + len(seqs)),))
@@ -343,6 +357,7 @@ class Outbox:
             except (sqlite3.Error, TypeError) as exc:  # TypeError: a payload not bytes
                 self._rollback()
                 self._last_seq = before
+                self._base = base
                 reason = f"not stored: {exc}"
                 self._unrecorded_drops[reason] = self._unrecorded_drops.get(reason, 0) + len(seqs)
                 log.error("outbox write failed dropped=%d error=%s", len(seqs), exc)
@@ -391,12 +406,25 @@ class Outbox:
                 self._db.execute("UPDATE cycles SET start = ? WHERE first_id = ?",
                                  (i, c.first))
             plan.append((c, i, gone))
+        if any(gone for *_, gone in plan):
+            self._save_base()
         self._db.executemany(
             "INSERT INTO holes VALUES (?, ?, ?, ?, ?) ON CONFLICT (meter) DO UPDATE SET "
             "through_seq=MAX(through_seq, excluded.through_seq), count=count+excluded.count, "
             "reason=excluded.reason, at=excluded.at",
             [(meter, seq, count, reason, now) for meter, (seq, count) in holes.items()])
         return plan
+
+    def _save_base(self) -> None:
+        """In the open transaction that deletes cycle rows: the meters' last seqs, which
+        those rows may have been the only record of, into ``seq_base``. ``self._base``
+        is a new dict, so a rollback restores the old one."""
+        changed = [(m, s) for m, s in self._last_seq.items() if self._base.get(m) != s]
+        if changed:
+            self._db.executemany(
+                "INSERT INTO seq_base VALUES (?, ?) "
+                "ON CONFLICT (meter) DO UPDATE SET last_seq = excluded.last_seq", changed)
+            self._base = self._base | dict(changed)
 
     def _apply_drops(self, plan: list[tuple[_Cycle, int, bool]]) -> None:
         for c, start, gone in plan:
@@ -534,13 +562,16 @@ class Outbox:
                 gone.append(c)
         if gone:
             self._db.execute("PRAGMA synchronous=NORMAL")
+            base = self._base
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany("DELETE FROM cycles WHERE first_id = ?",
                                          [(c.first,) for c in gone])
+                    self._save_base()
                     self._db.execute("COMMIT")
                 except BaseException:
+                    self._base = base
                     self._rollback()
                     raise
             finally:
@@ -666,6 +697,7 @@ def _cycle_values(first: int, meters: list[str], seqs: list[int], topics: list[s
                   monos: list[int] | None, boot: str) -> tuple:
     """A ``cycles`` row's values, in the order of its INSERT."""
     return (first, len(meters), _dumps(meters), _dumps(seqs), _dumps(topics),
-            _dumps(_offsets(payloads)), b"".join(payloads), created, int(held),
+            _dumps(dict(zip(meters, seqs, strict=True))), _dumps(_offsets(payloads)),
+            b"".join(payloads), created, int(held),
             _dumps(monos) if held and monos is not None else None, boot)
 
