@@ -220,25 +220,29 @@ def test_format_ts_equals_isoformat_across_its_second_cache(stamps: list[float])
 
 
 _VALUES = st.dictionaries(
-    st.sampled_from(["energy_kwh", "power_kw", "voltage_l1_v", "flow_m3h", "ünit"]),
+    st.sampled_from(["energy_kwh", "power_kw", "voltage_l1_v", "flow_m3h", "ünit", "p%s"]),
     st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False),
               st.integers(-(2**63), 2**64).map(float), st.integers(-5, 5)),
     max_size=5)
 
 
-@given(seq=st.integers(1, c.MAX_SEQ), ts=st.floats(0, 4e9), values=_VALUES,
+@given(seq=st.integers(1, c.MAX_SEQ), ts=st.floats(0, 4e9),
+       values=st.lists(_VALUES, min_size=1, max_size=4),
        quality=st.sampled_from(list(c.Quality)), clock=st.sampled_from(list(c.ClockState)),
        errors=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.text(max_size=8),
                                                    max_size=2)),
-       latency_ms=st.one_of(st.none(), st.floats(0, 1e7)))
+       latency_ms=st.one_of(st.none(), st.floats(0, 1e7)),
+       meter=st.sampled_from(["el_main", "el%d_{x}", "m\"1"]))
 def test_renderer_is_byte_identical_to_dumps_of_reading_payload(
-        seq, ts, values, quality, clock, errors, latency_ms):
-    fixed = dict(site="dairy", meter="el_main", resource="electricity", stream="a1b2c3")
+        seq, ts, values, quality, clock, errors, latency_ms, meter):
+    """Several readings through one renderer (its templates and key cache are per set of
+    value names, filled on first use), meter ids with % and braces in them."""
+    fixed = dict(site="dairy", meter=meter, resource="electricity", stream="a1b2c3")
     r = c.ReadingRenderer(**fixed)
-    args = dict(seq=seq, ts=ts, quality=quality, values=values, errors=errors, clock=clock,
-                latency_ms=latency_ms)
-    assert r.render(**args) == c.dumps(c.reading_payload(**fixed, **args))
-    assert r.render(**args) == r.render(**args)  # key cache filled on the first call
+    for one in values + values:  # each twice: from a fresh template and from the cache
+        args = dict(seq=seq, ts=ts, quality=quality, values=one, errors=errors, clock=clock,
+                    latency_ms=latency_ms)
+        assert r.render(**args) == c.dumps(c.reading_payload(**fixed, **args))
 
 
 def test_renderer_refuses_nan_like_dumps():
