@@ -56,9 +56,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 log = logging.getLogger("recp.outbox")
 T = TypeVar("T")
@@ -128,18 +128,19 @@ def boot_id() -> str:
         return "unknown"
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A reading to store: its meter, and how to render it once its seq is known."""
+class Entry(NamedTuple):
+    """A reading to store: its meter, and how to render it once its seq is known.
+
+    Entry and Row are named tuples (immutable like a frozen dataclass, a third of its
+    cost to make): one of each is made per reading."""
 
     meter: str
-    render: Render = field(repr=False)
+    render: Render
     held: bool = False  # timestamp not trustworthy yet: do not publish until released
     mono_ns: int = 0  # time.monotonic_ns() of the poll, to re-time held readings
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """A stored reading, as the publisher sends it."""
 
     id: int
