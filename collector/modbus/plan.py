@@ -16,6 +16,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..profiles import ResolvedPoint, Table
 from .decode import DataType, WordOrder
@@ -186,6 +187,11 @@ class ReadRequest:
     count: int
     slots: tuple[Slot, ...]
     block: BlockDecoder | None = field(default=None, repr=False, compare=False)
+    # for the poll loop, worked out once: (function code, address, count, unit id), and
+    # the decoder of a reply that our Modbus TCP client has checked (bytes of 2 x count)
+    wire: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+    decode_checked: Callable[[Any], dict[str, float | None]] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.function_code not in READ_FUNCTION_CODES:  # unreachable with Table's values
@@ -193,6 +199,9 @@ class ReadRequest:
         limit = MAX_BITS if self.table.is_bits else MAX_REGISTERS
         if not 1 <= self.count <= limit:
             raise ValueError(f"{self.count} {self.unit} in one request; the limit is {limit}")
+        object.__setattr__(self, "wire",
+                           (self.function_code, self.address, self.count, self.unit_id))
+        object.__setattr__(self, "decode_checked", self.block or self.decode)
 
     @property
     def function_code(self) -> int:

@@ -422,8 +422,8 @@ class _FastLoop:
         try:
             if tcp is None:
                 raise LinkDown(link.last_error or "not connected")
-            tcp.send(req.function_code, req.address, req.count, req.unit_id,
-                     self.dev.spec.timeout_s, self._reply)
+            fc, address, count, unit = req.wire
+            tcp.send(fc, address, count, unit, self.dev.spec.timeout_s, self._reply)
         except LinkDown as exc:
             self._reply(None, exc)
 
@@ -437,7 +437,11 @@ class _FastLoop:
                                           exc or BadResponse("empty response")))
             dev = self.dev
             self.bus.link.silent = 0
-            self.values.update(dev.requests[self.index].decode(value))
+            decoded = dev.requests[self.index].decode_checked(value)
+            if self.index:
+                self.values.update(decoded)
+            else:  # a fresh dict per reply: the poll's values
+                self.values = decoded
             self.index += 1
             if self.index < len(dev.requests):
                 return self._send()
