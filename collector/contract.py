@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
@@ -32,6 +32,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .quantities import QUANTITIES, Kind, Resource
+
+_fast_dumps: Callable[[Any], bytes] | None
+try:  # the edge extra's: shortest-round-trip float digits in C (docs/decisions.md)
+    from orjson import dumps as _fast_dumps
+except ImportError:  # pragma: no cover - the readings are the same, from float.__repr__
+    _fast_dumps = None
 
 VERSION = 1
 ROOT = f"recp/v{VERSION}"
@@ -454,8 +460,11 @@ class ReadingRenderer:
     ``dumps(reading_payload(...))`` (tested) at a fraction of its cost: the fields that
     are the same for every reading of the meter, and the value names of each set of
     names seen, are rendered once into a ``%`` template; values with ``float.__repr__``
-    as :mod:`json` does. Anything unusual (a value that is not a finite float or None)
-    goes through :func:`dumps`, which also refuses NaN as before."""
+    as :mod:`json` does, or (when orjson is installed) with orjson's digits, which are
+    the same shortest round-trip digits: they are taken only when every value came out
+    in fixed notation with its ``.`` (Python's ``repr`` and orjson differ only in how they
+    write exponents; tested over the float ranges). Anything unusual (a value that is not
+    a finite float or None) goes through :func:`dumps`, which also refuses NaN as before."""
 
     TEMPLATES_MAX = 64  # sets of value names remembered per meter (a meter has one or two)
 
@@ -478,13 +487,17 @@ class ReadingRenderer:
                values: dict[str, float | None], errors: dict[str, str] | None = None,
                clock: ClockState = ClockState.SYNCED, latency_ms: float | None = None
                ) -> bytes:
-        try:  # every value a float (None, an int: TypeError) and their sum finite
-            reprs = tuple(map(float.__repr__, values.values()))
-            total = sum(values.values())  # type: ignore[arg-type]
-        except TypeError:
-            return self._mixed(seq, ts, quality, values, errors, clock, latency_ms)
-        if total - total != 0.0 or type(seq) is not int:  # NaN or inf among them (or
-            # a sum too large, which the general path renders right)
+        reprs = self._fast_reprs(values)
+        if reprs is None:
+            try:  # every value a float (None, an int: TypeError) and their sum finite
+                reprs = list(map(float.__repr__, values.values()))
+                total = sum(values.values())  # type: ignore[arg-type]
+            except TypeError:
+                return self._mixed(seq, ts, quality, values, errors, clock, latency_ms)
+            if total - total != 0.0:  # NaN or inf among them (or a sum too large, which
+                # the general path renders right)
+                return self._mixed(seq, ts, quality, values, errors, clock, latency_ms)
+        if type(seq) is not int:
             return self._mixed(seq, ts, quality, values, errors, clock, latency_ms)
         names = tuple(values)
         template = self._templates.get(names)
@@ -494,6 +507,22 @@ class ReadingRenderer:
                 self._templates[names] = template
         text = template % (seq, format_ts(ts), quality.value, *reprs)
         return self._tail(text, seq, ts, quality, values, errors, clock, latency_ms)
+
+    @staticmethod
+    def _fast_reprs(values: dict[str, float | None]) -> list[str] | None:
+        """Every value's ``repr`` from orjson, or None when they cannot all be had so:
+        orjson missing, a value that is not a float (its text has no ``.``: ``null``
+        for None and NaN, an int) or is written with an exponent (``e``; also ``true``
+        and ``false``) or below 1e-4 (``0.0000``, where ``repr`` switches to one)."""
+        if _fast_dumps is None:
+            return None
+        try:
+            out = _fast_dumps(list(values.values()))
+        except TypeError:  # not a type orjson knows
+            return None
+        if b"e" in out or b"0.0000" in out or out.count(b".") != len(values):
+            return None
+        return out[1:-1].decode().split(",") if values else []
 
     def _mixed(self, seq: int, ts: float, quality: Quality, values: dict[str, float | None],
                errors: dict[str, str] | None, clock: ClockState, latency_ms: float | None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -238,11 +241,48 @@ def test_renderer_is_byte_identical_to_dumps_of_reading_payload(
     """Several readings through one renderer (its templates and key cache are per set of
     value names, filled on first use), meter ids with % and braces in them."""
     fixed = dict(site="dairy", meter=meter, resource="electricity", stream="a1b2c3")
-    r = c.ReadingRenderer(**fixed)
-    for one in values + values:  # each twice: from a fresh template and from the cache
-        args = dict(seq=seq, ts=ts, quality=quality, values=one, errors=errors, clock=clock,
-                    latency_ms=latency_ms)
-        assert r.render(**args) == c.dumps(c.reading_payload(**fixed, **args))
+    for fast in _FAST:  # float digits from orjson, and from float.__repr__ without it
+        with _fast_dumps(fast):
+            r = c.ReadingRenderer(**fixed)
+            for one in values + values:  # each twice: a fresh template, then the cache
+                args = dict(seq=seq, ts=ts, quality=quality, values=one, errors=errors,
+                            clock=clock, latency_ms=latency_ms)
+                assert r.render(**args) == c.dumps(c.reading_payload(**fixed, **args))
+
+
+_FAST = [c._fast_dumps, None] if c._fast_dumps is not None else [None]
+
+
+@contextlib.contextmanager
+def _fast_dumps(fast: Any) -> Iterator[None]:
+    saved = c._fast_dumps
+    c._fast_dumps = fast
+    try:
+        yield
+    finally:
+        c._fast_dumps = saved
+
+
+def test_renderer_takes_orjson_digits_only_where_they_equal_repr():
+    """Where Python's repr writes an exponent (below 1e-4, from 1e16 up) orjson writes it
+    otherwise; those readings take float.__repr__. Float32 values widened to double (what
+    meters send) and the boundaries, against dumps; orjson is part of the edge extra."""
+    import struct
+
+    assert c._fast_dumps is not None, "orjson is in the edge extra"
+    r = c.ReadingRenderer(site="s", meter="m", resource="water", stream="x")
+    edges = [1e-5, 1.5e-5, 9.99e-5, 1e-4, 0.00012, 10.00001, 1e15, 9999999999999998.0,
+             1e16, 1.5e16, 1e22, 5e-324, 1.7976931348623157e308, -0.0, 0.0, 230.5, -7.25]
+    f32 = [struct.unpack(">f", struct.pack(">f", v))[0] for v in
+           (230.7, 0.1, 1e-6, 3.4e38, 49.99, 123456.789, -1e-3)]
+    for v in edges + f32:
+        for values in ({"power_kw": v}, {"power_kw": 230.5, "energy_kwh": v}):
+            args = dict(seq=1, ts=0.0, quality=c.Quality.OK, values=values)
+            want = c.dumps(c.reading_payload(site="s", meter="m", resource="water",
+                                             stream="x", **args))
+            assert r.render(**args) == want, v
+    assert c.ReadingRenderer._fast_reprs({"a": 230.5, "b": 1e-5}) is None
+    assert c.ReadingRenderer._fast_reprs({"a": 230.5, "b": 2.0}) == ["230.5", "2.0"]
 
 
 def test_renderer_refuses_nan_like_dumps():
