@@ -164,6 +164,10 @@ class Processing(Strict):
                                "a retained meta message")
     utc_offset_s: int = Field(0, description="local time for time-of-week slots")
     night_hours_utc: tuple[float, float] = (0.0, 4.0)
+    clock_step_hold_s: float = Field(86400.0, ge=0, description="after a meter's clock "
+                                     "stepped by an hour (and an interval) or more, its "
+                                     "intervals are stored but not scored for this long "
+                                     "(0: off)")
     partition: Partition = Partition()
 
     @field_validator("interval_s")

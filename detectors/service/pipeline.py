@@ -25,6 +25,7 @@ import base64
 import contextlib
 import logging
 import math
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,10 @@ COUNTER_PREFERENCE: dict[str, tuple[str, ...]] = {
     "steam": ("mass_kg", "mass_t", "heat_kwh"),
     "production": ("produced_units",),
 }
+# a clock step of this much or more (and of an interval at least) holds scoring: smaller
+# ones are an agent's clock reads jittering under load at a fast simulated clock, or a
+# correction that moves the day's pattern by less than an hour
+HOLD_STEP_S = 3600
 MAX_INTERVALS = 7 * 96  # at most this many intervals of one gap are stored (a long silence)
 DETECTOR_KINDS = ("spike", "stuck", "level_shift", "drift")
 # Which detectors may raise events, per resource (others: all, and overspend on a
@@ -81,6 +86,9 @@ class Settings:
     utc_offset_s: int = 0
     night_hours_utc: tuple[float, float] = (0.0, 4.0)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # after the meter's clock stepped (by an hour and an interval or more, either way), its
+    # intervals are stored, flagged CLOCK_STEP, but not scored this long of readings' time
+    clock_hold_s: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +248,13 @@ class MeterPipeline:
         self.clock_steps = 0  # backward clock steps seen
         # reading pairs (from, to) carrying a clock step's consumption, not yet closed
         self.step_spans: list[tuple[int, int]] = []
+        # intervals starting before this (readings' time) are not scored: the clock stepped
+        self.hold_until = 0
+        # the recent counter rise and time between readings (decaying sums): a forward
+        # step of the clock is a long pair over which the counter rose as in one poll
+        self.rise = 0.0
+        self.span = 0.0
+        self.pairs = 0.0
         self.detectors = make_detectors(settings)
         self.tracker = EventTracker(site, meter, settings.alerts)
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
@@ -328,6 +343,8 @@ class MeterPipeline:
                             "higher counter: the edge clock stepped back; its readings are "
                             "stored, and counted once their time passes the newest one",
                             self.site, self.meter, newest[0] - t)
+                if newest[0] - t >= max(interval, HOLD_STEP_S):
+                    self._hold(newest[0], "back")
             self.stepped += 1
             return
         if self.stepped and newest is not None:  # past the step: this pair carries it
@@ -336,6 +353,8 @@ class MeterPipeline:
                      self.site, self.meter, self.stepped, newest[0])
             self.step_spans.append((newest[0], t))
             self.stepped = 0
+        if newest is not None and t > newest[0] and v >= newest[1]:
+            self._pace(t - newest[0], v - newest[1], t)
         if self.next_start is None:
             self.next_start = -(-t // interval) * interval
         elif t < self.next_start and (not self.buf or t < self.buf[0][0]):
@@ -344,6 +363,35 @@ class MeterPipeline:
         self.buf.append((t, v))
         if newest is None or t > newest[0]:
             self.newest = (t, v)
+
+    def _pace(self, dt: int, rise: float, t: int) -> None:
+        """Learn the meter's pace from a reading pair, or see a forward step of its clock
+        in it: far longer than usual (an interval at least, ten usual pairs, by an hour or
+        more) while the counter rose by less than a tenth of what the recent rate would
+        have made."""
+        usual = self.span / self.pairs if self.pairs >= 5 else None
+        if usual is not None and dt >= max(self.settings.interval_s, 10 * usual):
+            if (self.rise > 0 and rise < 0.1 * self.rise / self.span * dt
+                    and dt - usual >= HOLD_STEP_S):
+                self.clock_steps += 1
+                log.warning("%s/%s: %d s between two readings over which the counter rose "
+                            "as in %.1f usual ones: the edge clock stepped forward",
+                            self.site, self.meter, dt, rise / (self.rise / self.pairs)
+                            if self.rise else 0.0)
+                self._hold(t, "forward")
+            return  # a gap (or a step) says nothing of the usual pace
+        self.rise = 0.95 * self.rise + rise
+        self.span = 0.95 * self.span + dt
+        self.pairs = 0.95 * self.pairs + 1.0
+
+    def _hold(self, t: int, way: str) -> None:
+        hold = self.settings.clock_hold_s
+        if hold > 0:
+            self.hold_until = max(self.hold_until, int(t + hold))
+            log.warning("%s/%s: the clock stepped %s: intervals until %s are stored, flagged "
+                        "CLOCK_STEP, and not scored (a wrong clock moves the day's pattern "
+                        "into other hours)", self.site, self.meter, way,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.hold_until)))
 
     def complete(self) -> tuple[list[Interval], list[Transition]]:
         """Close every interval the buffered readings have passed; score and track them."""
@@ -378,8 +426,9 @@ class MeterPipeline:
                                           cons.flags.tolist(), strict=True)):
             if stored is not None and not stored[i]:
                 continue  # inside a gap of more than MAX_INTERVALS: its estimate is later
-            if spans and any(a < t + interval and b > t for a, b in spans):
-                f |= Quality.CLOCK_STEP  # a clock step's lump: stored, not scored
+            if (spans and any(a < t + interval and b > t for a, b in spans)) or (
+                    t < self.hold_until):
+                f |= Quality.CLOCK_STEP  # a clock step's lump, or held: stored, not scored
             scored = math.nan if f & Quality.CLOCK_STEP else float(x)
             point = Point(int(t), scored)
             scores: dict[str, float] = {}
@@ -434,6 +483,7 @@ class MeterPipeline:
             "newest": list(self.newest) if self.newest is not None else None,
             "stepped": self.stepped, "clock_steps": self.clock_steps,
             "step_spans": [list(x) for x in self.step_spans],
+            "hold_until": self.hold_until, "pace": [self.rise, self.span, self.pairs],
             "detectors": {k: _pack(d) for k, d in self.detectors.items()},
             "events": self.tracker.snapshot(),
             "overspend": self.overspend.snapshot() if self.overspend is not None else None,
@@ -458,6 +508,8 @@ class MeterPipeline:
         obj.stepped = int(state.get("stepped", 0))
         obj.clock_steps = int(state.get("clock_steps", 0))
         obj.step_spans = [(int(a), int(b)) for a, b in state.get("step_spans", [])]
+        obj.hold_until = int(state.get("hold_until", 0))
+        obj.rise, obj.span, obj.pairs = (float(x) for x in state.get("pace", (0, 0, 0)))
         for kind, snap in state["detectors"].items():
             if kind in obj.detectors:
                 # a snapshot that does not fit (config change): that detector starts afresh

@@ -285,7 +285,8 @@ class DetectService:
         p = self.cfg.processing
         s = self.spec.site(site)
         return Settings(p.interval_s, p.utc_offset_s if s.utc_offset_s is None else
-                        s.utc_offset_s, p.night_hours_utc, self.alert_settings)
+                        s.utc_offset_s, p.night_hours_utc, self.alert_settings,
+                        p.clock_step_hold_s)
 
     def _restore(self) -> None:
         state = checkpoint.load(self.spec.checkpoint_path)
