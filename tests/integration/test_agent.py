@@ -199,6 +199,15 @@ def last_seqs(outbox: Path) -> dict[str, int]:
         db.close()
 
 
+def outbox_rows(outbox: Path) -> set[tuple[str, int]]:
+    """(meter, seq) of the readings still in the outbox (not yet acknowledged)."""
+    db = sqlite3.connect(outbox)
+    try:
+        return set(db.execute("SELECT meter, seq FROM outbox"))
+    finally:
+        db.close()
+
+
 def readings_made(outbox: Path) -> dict[str, int]:
     """``last_seqs`` while the agent runs: {} until its outbox exists."""
     try:
@@ -343,14 +352,20 @@ def test_broker_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, t
                                port_base=0) as plant:
             site = write_site(tmp_path, plant.ports, mosquitto, polling={"interval_s": 0.1},
                               mqtt_extra={"batch": batch} if batch else None)
-            return await run_agent(site, 0, during=outage)
+            # the outbox drains for as long as it takes at load (bounded), not 15 s
+            return await run_agent(site, 0, during=outage, drain_timeout_s=60.0)
 
     agent = asyncio.run(main())
     last = last_seqs(tmp_path / "outbox.sqlite")
     total = sum(last.values())
     assert total >= 300  # 100 before, 50 during, 150 after the outage
+    # issue 5: this failed once under load ("not all 369 readings at the subscriber"),
+    # not reproduced since; say which way it failed: readings never sent (still in the
+    # outbox when the agent stopped) or sent and lost by the broker's crash
+    left = outbox_rows(outbox)
     sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
-                 f"all {total} readings at the subscriber", timeout=60.0)
+                 f"all {total} readings at the subscriber ({len(left)} still in the agent's "
+                 f"outbox when it stopped: {sorted(left)[:5]})", timeout=60.0)
     repeats = check_complete(sub.readings(), last)
     check_batches(sub, batch)
     sub.close()
