@@ -232,7 +232,11 @@ def test_every_repository_path_named_exists() -> None:
     problems = []
     pattern = r"`((?:collector|detectors|deploy|edge_config|tests|benchmarks|docs)/[\w./*-]*)"
     for path in DOCS:
-        for name in re.findall(pattern, path.read_text(encoding="utf-8")):
+        text = path.read_text(encoding="utf-8")
+        in_shell = [tok for _, code in shell_commands(text) for tok in code.split()
+                    if re.fullmatch(r"(?:collector|detectors|deploy|edge_config|tests|benchmarks"
+                                    r"|docs)/[\w./*-]*", tok)]
+        for name in re.findall(pattern, text) + in_shell:
             name = name.rstrip(".")
             if "*" in name:
                 if not list(REPO.glob(name)):
@@ -474,3 +478,18 @@ def test_every_test_named_in_the_docs_exists() -> None:
                         rf"^(?:async )?def {name}\(", current.read_text(encoding="utf-8"), re.M):
                     problems.append(f"{rel(path)}:{n}: {name} not in {current}")
     assert named >= 10 and not problems, "\n".join(problems)
+
+
+def test_every_test_function_and_file_named_in_backticks_exists() -> None:
+    code = "\n".join(p.read_text(encoding="utf-8") for p in REPO.glob("tests/**/*.py"))
+    files = {p.name for p in REPO.glob("tests/**/*.py")}
+    problems = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for name in set(re.findall(r"`(test_\w+)`", text)):
+            if not re.search(rf"^(?:async )?def {name}\(", code, re.M):
+                problems.append(f"{rel(path)}: {name}")
+        for name in set(re.findall(r"`(?:[\w/]+/)?(test_\w+\.py)", text)):
+            if name not in files:
+                problems.append(f"{rel(path)}: {name}")
+    assert not problems, "\n".join(problems)
