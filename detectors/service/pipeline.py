@@ -16,7 +16,13 @@ counter *above* it (a late arrival has a counter below). They are left out until
 readings' time passes the newest one again; the consumption meanwhile is in the next
 reading's counter, so it lands in the interval(s) of that one reading pair: nothing is
 lost, and those intervals are flagged ``CLOCK_STEP`` and not scored or learned (the
-detectors and events see NaN), so the lump raises no false spike.
+detectors and events see NaN), so the lump raises no false spike. A step of an hour or
+more, back or forward (a long reading pair over which the counter rose as in a poll or
+two), also holds the meter's intervals from scoring for ``Settings.clock_hold_s``: a wrong
+clock moves the day's pattern into other hours.
+
+A data gap's consumption (known as a whole, not when it was used) is spread evenly over
+the gap's intervals as ``Interval.gap_estimate``, so the stored totals add up.
 """
 
 from __future__ import annotations
@@ -163,8 +169,8 @@ def spread_gaps(cons: Consumption) -> tuple[list[bool] | None, list[float]]:
     leaves the intervals it touches NaN: *when* it was used is unknown. Stored totals
     must still add up, so the lump is spread evenly over those intervals as their
     ``gap_estimate`` (flag GAP tells it from a measured ``actual``). Of a gap longer than
-    ``MAX_INTERVALS`` intervals only the last ``MAX_INTERVALS`` are stored (``keep``
-    False for the others; None: keep all), carrying the whole lump between them.
+    ``MAX_INTERVALS`` intervals only the last ``MAX_INTERVALS`` are stored (the first list
+    False for the others; None: store all), carrying the whole lump between them.
     """
     n = len(cons.start_s)
     estimate = [math.nan] * n
@@ -245,7 +251,7 @@ class MeterPipeline:
         self.late = 0
         self.newest: tuple[int, float] | None = None  # newest reading taken (time, counter)
         self.stepped = 0  # readings left out since the clock stepped back (0: no step)
-        self.clock_steps = 0  # backward clock steps seen
+        self.clock_steps = 0  # clock steps seen (back, or forward by an hour or more)
         # reading pairs (from, to) carrying a clock step's consumption, not yet closed
         self.step_spans: list[tuple[int, int]] = []
         # intervals starting before this (readings' time) are not scored: the clock stepped
