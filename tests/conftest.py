@@ -507,6 +507,29 @@ def victoria_metrics(
     return victoria_metrics_factory()
 
 
+@pytest.fixture
+def vmauth_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str, str], Server]]:
+    """Start vmauth (VictoriaMetrics' auth proxy): factory(backend_url, token) -> Server
+    passing requests that carry ``token`` (its ``bearer_token``) to the backend."""
+    binary = require_binary("vmauth", "/usr/bin/vmauth", "victoria-metrics")
+
+    def build(port: int, backend: str, token: str) -> Server:
+        workdir = _workdir(tmp_path_factory, "vmauth")
+        config = workdir / "auth.yml"
+        config.write_text(f"users:\n  - bearer_token: {token}\n    url_prefix: {backend}\n")
+        argv = [binary, f"-auth.config={config}", f"-httpListenAddr={LOOPBACK}:{port}",
+                "-loggerLevel=ERROR"]
+        process = ServerProcess("vmauth", argv, workdir / "vmauth.log",
+                                is_ready=lambda: port_accepts(LOOPBACK, port))
+        return Server(host=LOOPBACK, port=port, url=f"http://{LOOPBACK}:{port}",
+                      workdir=workdir, process=process)
+
+    with _server_factory(build) as make:
+        yield make
+
+
 # --------------------------------------------------------------------------- mbpoll
 
 _MBPOLL_VALUE = re.compile(r"^\[(\d+)\]:\s+(\S+)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,34 +104,21 @@ def test_the_reader_sends_the_token_as_the_writer_does() -> None:
 
 
 def test_writes_and_reads_through_vmauth_with_the_token(
-    victoria_metrics: Any, tmp_path: Path
+    victoria_metrics: Any, vmauth_factory: Any
 ) -> None:
     """vmauth in front of VictoriaMetrics (its ``bearer_token``): the service's writer and
     the reader pass with the configured token; a wrong token is one clear error."""
-    from conftest import ServerProcess, free_port, port_accepts, require_binary
-
-    binary = require_binary("vmauth", "/usr/bin/vmauth", "victoria-metrics")
-    config = tmp_path / "auth.yml"
-    config.write_text(f"users:\n  - bearer_token: s3cret\n    url_prefix: {victoria_metrics.url}\n")
-    port = free_port()
-    argv = [binary, f"-auth.config={config}", f"-httpListenAddr=127.0.0.1:{port}"]
-    proxy = ServerProcess("vmauth", argv, tmp_path / "vmauth.log",
-                          lambda: port_accepts("127.0.0.1", port))  # fmt: skip
-    proxy.start()
-    url = f"http://127.0.0.1:{port}"
+    url = vmauth_factory(victoria_metrics.url, "s3cret").url
     tags = {"site": "dairy", "meter": "m1", "resource": "water", "unit": "m3"}
-    try:
-        writer = InfluxWriter(url, "s3cret", "recp", "recp", timeout_s=30)
-        text = line("consumption", tags, {"actual": 2.5}, T0 * 1000)
-        assert text is not None
-        writer.write([text])
-        writer.close()
-        victoria_metrics.flush()
-        rows = VictoriaHistory(url, "s3cret", timeout_s=30).consumption(
+    writer = InfluxWriter(url, "s3cret", "recp", "recp", timeout_s=30)
+    text = line("consumption", tags, {"actual": 2.5}, T0 * 1000)
+    assert text is not None
+    writer.write([text])
+    writer.close()
+    victoria_metrics.flush()
+    rows = VictoriaHistory(url, "s3cret", timeout_s=30).consumption(
+        "dairy", utc(T0), utc(T0 + 3600))
+    assert rows == [Row("m1", T0, 2.5, "m3")]
+    with pytest.raises(HistoryError, match=r"VictoriaMetrics \(http://.*\) answered 4\d\d"):
+        VictoriaHistory(url, "wrong", timeout_s=30).consumption(
             "dairy", utc(T0), utc(T0 + 3600))
-        assert rows == [Row("m1", T0, 2.5, "m3")]
-        with pytest.raises(HistoryError, match=r"VictoriaMetrics \(http://.*\) answered 4\d\d"):
-            VictoriaHistory(url, "wrong", timeout_s=30).consumption(
-                "dairy", utc(T0), utc(T0 + 3600))
-    finally:
-        proxy.stop()
