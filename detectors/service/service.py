@@ -846,6 +846,7 @@ class DetectService:
         # paho hands each decoded message straight to the inbox (aiomqtt's per-message
         # Message objects and queue are bypassed; see docs/detector-service.md)
         client._client.on_message = inbox.on_message
+        session = _SessionPresent(client._client)
         await asyncio.wait_for(client.__aenter__(), m.connect_timeout_s)
         try:
             _read_many(client)
@@ -858,11 +859,18 @@ class DetectService:
                 tg.create_task(self._consume(client, inbox, stop, done), name="consume")
                 tg.create_task(self._publish(client, inbox, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
-                await _while_alive(client.subscribe(
-                    [(f, SubscribeOptions(qos=1) if m.protocol == "5" else 1)
-                     for f in self.filters()], timeout=math.inf),
-                    inbox, m.connect_timeout_s, "no SUBACK from the broker",
-                    most_messages=_most_before_answer(m.receive_maximum))
+                filters = self.filters()
+                if session.present and self.spool.subscribed(self.spec.client_id) == filters:
+                    # the broker kept our session, and with it these subscriptions: no
+                    # SUBSCRIBE, whose SUBACK Mosquitto sends only after the whole backlog
+                    log.info("the broker kept our session and its subscriptions")
+                else:
+                    await _while_alive(client.subscribe(
+                        [(f, SubscribeOptions(qos=1) if m.protocol == "5" else 1)
+                         for f in filters], timeout=math.inf),
+                        inbox, m.connect_timeout_s, "no SUBACK from the broker")
+                    await asyncio.to_thread(self.spool.set_subscribed, self.spec.client_id,
+                                            filters)
                 self._queue_out(Outgoing(f"{DETECT_ROOT}/{self.spec.instance}/status",
                                          self._status("online"), 1, True))
         finally:
@@ -927,14 +935,12 @@ class DetectService:
 
     async def _publish(self, client: Any, inbox: Inbox, done: asyncio.Event) -> None:
         timeout = self.cfg.mqtt.publish_timeout_s
-        most = _most_before_answer(self.cfg.mqtt.receive_maximum)
         while True:
             while self.outgoing:
                 msg = self.outgoing[0]
                 await _while_alive(client.publish(msg.topic, msg.payload, qos=msg.qos,
                                                   retain=msg.retain, timeout=math.inf),
-                                   inbox, timeout, f"no PUBACK from the broker for {msg.topic}",
-                                   most_messages=most)
+                                   inbox, timeout, f"no PUBACK from the broker for {msg.topic}")
                 if msg.alert:  # cancelled before this: sent again (at least once)
                     await asyncio.to_thread(self.spool.alert_sent, msg.alert)
                     self.stats.alerts += 1
@@ -1004,18 +1010,21 @@ class Inbox:
 
 
 async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str, *,
-                       most_messages: int, most_s: float | None = None) -> Any:
+                       most_s: float | None = None) -> Any:
     """Await a broker's answer (SUBACK, PUBACK) for as long as messages keep arriving,
-    within bounds.
+    within a bound in time.
 
-    The broker queues its answer behind the messages it is sending us (a persistent
-    session's backlog: up to ``receive_maximum`` of them), which a loaded machine may take
-    longer than ``timeout`` to read; giving up then reconnected into the same backlog, again
-    and again. So ``timeout`` seconds without a message arriving count as a dead broker,
-    and so do ``most_messages`` messages arriving without the answer (no answer waits
-    behind that many) or ``most_s`` seconds in all (default ``max(6 * timeout, 60)``):
-    an answer that never comes (a request never written, a lost PUBACK) must not hold the
-    session forever while messages keep coming in (TimeoutError naming ``what``).
+    The broker queues its answer behind the messages it is sending us: Mosquitto 2.0 sends
+    a SUBACK, or the PUBACK of our publish, only after the whole backlog queued for our
+    session (measured: after all of 30,000 queued messages, with a Receive Maximum of
+    4,000), which a loaded machine may take longer than ``timeout`` to read; giving up
+    then reconnected into the same backlog, again and again. So ``timeout`` seconds
+    without a message arriving count as a dead broker, and so does ``most_s`` seconds in
+    all (default ``max(6 * timeout, 60)``): an answer that never comes (a request never
+    written, a lost PUBACK) must not hold the session forever while messages keep coming
+    in (TimeoutError naming ``what``). No bound in messages: the backlog ahead of the
+    answer can be any length (before, 2 x ``receive_maximum`` + 1,000 messages without
+    the answer ended the session, and ``--workers 2`` stalled on it).
     """
     task = asyncio.ensure_future(call)
     first = seen = inbox.count
@@ -1027,7 +1036,7 @@ async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str, *,
             finished, _ = await asyncio.wait([task], timeout=max(min(timeout, left), 0.0))
             if finished:
                 return task.result()
-            if inbox.count - first > most_messages or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"{what} ({inbox.count - first} messages arrived in "
                                    f"{time.monotonic() - began:.0f} s without it)")
             if inbox.count == seen:  # nothing arrived meanwhile either
@@ -1037,10 +1046,19 @@ async def _while_alive(call: Any, inbox: Inbox, timeout: float, what: str, *,
         task.cancel()
 
 
-def _most_before_answer(receive_maximum: int) -> int:
-    """How many messages may arrive before a broker's answer: the ``receive_maximum`` it
-    may have queued ahead of it, twice over, plus room for retained ones."""
-    return 2 * receive_maximum + 1000
+class _SessionPresent:
+    """Whether the broker's CONNACK said it kept our session (and its subscriptions):
+    paho's ``on_connect`` is wrapped to note the flag, aiomqtt's own handler still runs."""
+
+    def __init__(self, paho: Any) -> None:
+        self.present = False
+        inner = paho.on_connect
+
+        def on_connect(client: Any, userdata: Any, flags: Any, *rest: Any) -> None:
+            self.present = bool(getattr(flags, "session_present", False))
+            inner(client, userdata, flags, *rest)
+
+        paho.on_connect = on_connect
 
 
 def _read_many(client: Any) -> None:

@@ -25,6 +25,9 @@ SIGKILL the restarted service feeds them again, batch by batch, before taking ne
 messages, so the detectors' state is what an uninterrupted run would have. A checkpoint
 records the last row it covers; rows up to it are then forgotten.
 
+And the topic filters the broker acknowledged for our client id (table ``subscribed``):
+a broker that kept our session keeps its subscriptions, which need no new SUBSCRIBE.
+
 And the alerts to publish (table ``alerts``, keyed by event id and open/close): committed
 before they are queued for the broker, marked sent after its PUBACK, sent again after a
 restart until then. A replay deriving the same transition again finds its key and adds
@@ -84,6 +87,10 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "key TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, payload BLOB NOT NULL, "
             "qos INTEGER NOT NULL, replay INTEGER NOT NULL, sent INTEGER NOT NULL DEFAULT 0)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS subscribed (client_id TEXT PRIMARY KEY, "
+            "filters TEXT NOT NULL)"
         )
         depth, end = self._db.execute("SELECT SUM(n), MAX(id + n) FROM points").fetchone()
         self._depth = int(depth or 0)
@@ -217,6 +224,18 @@ class Spool:
         with self._lock:
             rows = self._db.execute("SELECT key, sent FROM alerts ORDER BY id").fetchall()
         return {str(k): bool(v) for k, v in rows}
+
+    def subscribed(self, client_id: str) -> list[str] | None:
+        """The topic filters the broker last acknowledged (SUBACK) for this client id."""
+        with self._lock:
+            row = self._db.execute("SELECT filters FROM subscribed WHERE client_id = ?",
+                                   (client_id,)).fetchone()
+        return None if row is None else [str(f) for f in json.loads(row[0])]
+
+    def set_subscribed(self, client_id: str, filters: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO subscribed(client_id, filters) "
+                             "VALUES (?, ?)", (client_id, json.dumps(list(filters))))
 
     def marks(self) -> list[list[Any]]:
         """Every stream's dedup marks as last committed, in :meth:`SeqTracker.snapshot` form."""

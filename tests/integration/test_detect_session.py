@@ -110,3 +110,74 @@ processing: {{batch_wait_s: 0}}
     assert "decoder bug" in failed[0].getMessage() and failed[0].exc_info is not None
     ended = [r.getMessage() for r in caplog.records if "MQTT session ended" in r.getMessage()]
     assert ended and "decoder bug" in ended[0]
+
+
+def test_a_backlog_longer_than_the_old_answer_bound_is_taken_in_one_session(
+    tmp_path: Path, mosquitto_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto sends its SUBACK and the PUBACKs of our publishes only after the whole
+    backlog queued for our session. With 3,000 readings queued and receive_maximum 20,
+    the bound of before (2 x 20 + 1,000 messages without the answer) ended the session
+    and reconnected into the same backlog (issue 5, --workers 2); now the session the
+    broker kept needs no SUBSCRIBE, a PUBACK is waited for behind any backlog, and
+    everything is taken in one session, nothing twice."""
+    # the whole backlog kept; no database save after every PUBACK (the fixture's
+    # autosave_on_changes makes Mosquitto read about 120 PUBACKs a second here: a request
+    # of ours then waits behind thousands of our own PUBACKs with no message arriving)
+    mosquitto = mosquitto_factory(extra_conf="max_queued_messages 0\nautosave_on_changes false\n"
+                                  "autosave_interval 60")
+    cfg = tmp_path / "analytics.yaml"
+    cfg.write_text(f"""kind: analytics
+mqtt: {{url: "{mosquitto.url}", receive_maximum: 20, reconnect_delay_s: 0.2}}
+spool: {{path: spool.sqlite}}
+checkpoint: {{path: state.json}}
+metrics_interval_s: 0.5
+processing: {{batch_wait_s: 0}}
+""")
+    n = 3000
+
+    def service() -> tuple[DetectService, list[Any]]:
+        svc = DetectService(load_analytics(cfg), writer=Discard())
+        clients: list[Any] = []
+        make = svc._client
+
+        def recording_client() -> Any:
+            c = make()
+            clients.append(c)
+            return c
+
+        svc._client = recording_client  # type: ignore[method-assign]
+        return svc, clients
+
+    async def run(svc: DetectService, until: Any, what: str, settle_s: float = 0.0) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(svc.run(stop))
+        try:
+            await _until(until, what, 120.0)
+            await asyncio.sleep(settle_s)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 60)
+
+    first, _ = service()  # creates the session and its subscriptions
+    asyncio.run(run(first, lambda: first.connected, "first start did not connect", 2.0))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-pub",
+                      protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(1000)
+    pub.max_queued_messages_set(0)
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    for info in [pub.publish(*_reading(seq), qos=1) for seq in range(1, n + 1)]:
+        info.wait_for_publish(60)
+    pub.loop_stop()
+    pub.disconnect()
+    svc, clients = service()
+    with caplog.at_level(logging.INFO, logger="detectors.service.service"):
+        # until the health message (published at the start, PUBACKed after the backlog)
+        # and a later one went out: the session survived waiting for their PUBACKs
+        asyncio.run(run(svc, lambda: svc.stats.readings_in == n and not svc.outgoing
+                        and svc.stats.batches > 0, "backlog not taken in time"))
+    ended = [r.getMessage() for r in caplog.records if "MQTT session ended" in r.getMessage()]
+    assert ended == [] and len(clients) == 1
+    assert svc.stats.duplicates == 0 and svc.stats.readings_in == n
+    assert any("kept our session" in r.getMessage() for r in caplog.records)

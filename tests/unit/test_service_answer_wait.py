@@ -42,28 +42,29 @@ def test_answer_that_never_comes_times_out_in_total_while_messages_arrive() -> N
     inbox = Inbox()
     began = time.monotonic()
     with pytest.raises(TimeoutError, match=r"no PUBACK for t/1.*without it"):
-        _run(_while_alive(_never(), inbox, 0.2, "no PUBACK for t/1", most_messages=10**9,
-                          most_s=1.0), inbox, 0.02)
+        _run(_while_alive(_never(), inbox, 0.2, "no PUBACK for t/1", most_s=1.0), inbox, 0.02)
     assert 0.9 <= time.monotonic() - began < 10.0  # generous: a loaded, shared machine
     assert inbox.count > 10  # messages did keep arriving throughout
 
 
-def test_answer_behind_too_many_messages_times_out() -> None:
+def test_an_answer_behind_a_long_backlog_is_waited_for() -> None:
+    """Mosquitto sends a SUBACK or PUBACK only after the session's whole backlog: however
+    many messages come first (before, more than 2 x receive_maximum + 1,000 ended the
+    session, and --workers 2 reconnected into the same backlog again and again)."""
     inbox = Inbox()
-    with pytest.raises(TimeoutError, match="messages arrived"):
-        _run(_while_alive(_never(), inbox, 0.2, "no SUBACK", most_messages=20,
-                          most_s=60.0), inbox, 0.005)
-    assert 20 < inbox.count < 1000
+    got = _run(_while_alive(_answer_after(1.5), inbox, 0.2, "no SUBACK", most_s=30.0),
+               inbox, 0.0005)
+    assert got == "puback"
+    assert inbox.count > 1000  # (well above what a small receive_maximum allowed)
 
 
 def test_silence_still_counts_as_a_dead_broker() -> None:
     inbox = Inbox()
     with pytest.raises(TimeoutError, match=r"^no PUBACK$"):
-        _run(_while_alive(_never(), inbox, 0.2, "no PUBACK", most_messages=100), inbox, 60.0)
+        _run(_while_alive(_never(), inbox, 0.2, "no PUBACK"), inbox, 60.0)
 
 
 def test_a_late_answer_behind_arriving_messages_is_still_taken() -> None:
     inbox = Inbox()
-    got = _run(_while_alive(_answer_after(1.0), inbox, 0.2, "no PUBACK", most_messages=10**6,
-                            most_s=30.0), inbox, 0.02)
+    got = _run(_while_alive(_answer_after(1.0), inbox, 0.2, "no PUBACK", most_s=30.0), inbox, 0.02)
     assert got == "puback"
