@@ -14,10 +14,14 @@ the first row of the same run:
   persistent session) and stops; N readings of 100 meters are published with QoS 1 and
   queue at the broker (a Python publisher is slower than the service, so it is kept out of
   the timed part); then the service starts again and the clock runs from the first health
-  message showing readings taken in until one shows them all taken in and the spool
-  written to the database. Also readings per CPU-second of ``recp detect`` (its
-  processes together) and of the whole chain (with Mosquitto's and VictoriaMetrics' CPU
-  seconds in the same time): what two free cores would sustain.
+  message showing readings taken in (those not counted) until one shows them all taken
+  in and the spool written to the database, less a quarter-second (health comes every
+  0.5 s: each run says its length, known to +-0.25 s; 300,000 readings by default, runs
+  of several seconds). Also readings per CPU-second of ``recp detect`` (its processes
+  together) and of the whole chain (with Mosquitto's and VictoriaMetrics' CPU seconds in
+  the same time), and the cores each process and thread kept busy meanwhile (event loop
+  thread, worker threads, Mosquitto, VictoriaMetrics). ``RECP_BENCH_BASE=DIR`` times
+  another checkout's ``recp detect`` (main's, say) before each row, as its baseline.
 * publish -> alert latency (p50/p99): 50 meters with a spike each, see
   :func:`alert_latency` (live traffic: one reading per message).
 
@@ -165,11 +169,11 @@ def _detect_config(workdir: Path, mport: int, vport: int, name: str) -> Path:
     return cfg
 
 
-def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1
-               ) -> tuple[float, float | None] | None:
+def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1,
+               tree: Path = REPO) -> tuple[float, float | None] | None:
     """Readings/s through broker -> recp detect -> VictoriaMetrics, and readings per
-    CPU-second of recp detect (all its processes); the CPU seconds of Mosquitto and
-    VictoriaMetrics meanwhile are printed."""
+    CPU-second of recp detect (all its processes, the code of ``tree``); the CPU seconds
+    of each process and thread meanwhile are printed (:func:`_cpu_picture`)."""
     import paho.mqtt.client as mqtt
 
     servers = _servers(workdir)
@@ -195,15 +199,15 @@ def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1
         sub.loop_start()
         argv = [sys.executable, "-m", "collector", "detect", "-c", str(cfg),
                 "--workers", str(workers)]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(tree)}
 
         def all_connected() -> bool:
             return len(latest) == workers and all(h.get("connected") for h in latest.values())
 
         # first run: creates the persistent sessions and their subscriptions, then stops
-        first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+        first = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.DEVNULL)
         procs.append(first)
-        _wait(all_connected, 30)
+        _wait(all_connected, 300)  # the first start of a checkout compiles numba kernels
         first.terminate()
         first.wait(30)
         # the agents' readings queue up at the broker for the absent service
@@ -217,29 +221,35 @@ def end_to_end(msgs: list[tuple[str, bytes]], workdir: Path, workers: int = 1
         pub.loop_stop()
         latest.clear()
         # second run: time from the first reading taken in until all are in the database
-        detect = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+        detect = subprocess.Popen(argv, cwd=tree, env=env, stdout=subprocess.DEVNULL)
         procs.append(detect)
         n = count(msgs)
+        # the clock runs from the first health message showing readings taken in (those
+        # are not counted) until one shows them all taken in and written; health comes
+        # every 0.5 s, so the end is taken as a quarter-second before that message: the
+        # run's length is known to +-0.25 s (RECP_BENCH_POLLS makes the run longer)
         _wait(lambda: total("readings_in") > 0, 60)
-        began = time.perf_counter() - 0.25  # health comes every 0.5 s: half a period
-        cpu0 = _tree_cpu_s(detect.pid)  # recp detect and its --workers processes
-        servers0 = _cpu_s(procs[0].pid) + _cpu_s(procs[1].pid)  # Mosquitto, VictoriaMetrics
+        began = time.perf_counter()
+        cpu0 = _threads_cpu_s(detect.pid, procs[0].pid, procs[1].pid)
         taken = total("readings_in")
         _wait(lambda: len(latest) == workers and total("readings_in") >= n
-              and total("spool_depth") == 0, 600)
-        elapsed = time.perf_counter() - began
-        cpu = _tree_cpu_s(detect.pid) - cpu0
-        servers = _cpu_s(procs[0].pid) + _cpu_s(procs[1].pid) - servers0
+              and total("spool_depth") == 0, 900)
+        elapsed = max(time.perf_counter() - 0.25 - began, 0.01)  # (a very short run)
+        cpu1 = _threads_cpu_s(detect.pid, procs[0].pid, procs[1].pid)
         n -= taken
         sub.loop_stop()
+        used = {k: v - cpu0.get(k, 0.0) for k, v in cpu1.items()}
+        cpu = sum(v for (role, _, _), v in used.items() if role == "detect")
+        servers = sum(v for (role, _, _), v in used.items() if role != "detect")
         per_cpu = n / cpu if cpu > 0 else None
         # a short run (small RECP_BENCH_POLLS) may take less CPU than the clock ticks show
         per_all = f"{n / (cpu + servers):,.0f}" if cpu + servers > 0 else "too short to tell"
-        print(f"  {n} readings in {len(msgs)} messages, {elapsed:.1f} s, "
+        print(f"  {n:,} readings in {len(msgs):,} messages, {elapsed:.2f} s (+-0.25), "
               f"{total('batches')} batches; written {total('points_written')} points; "
               f"dead letters {total('dead_letters')}; duplicates {total('duplicates')}; "
               f"CPU s: recp detect {cpu:.1f}, Mosquitto + VictoriaMetrics {servers:.1f} "
               f"({per_all} readings per CPU-second of the three)")
+        print("    " + _cpu_picture(used, elapsed))
         assert total("dead_letters") == 0
         return n / elapsed, per_cpu
     finally:
@@ -332,8 +342,9 @@ def alert_latency(workdir: Path, meters: int = 50) -> list[float] | None:
                 p.kill()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc), NaN elsewhere."""
+def _cpu_s(pid: int | str) -> float:
+    """User + system CPU seconds of a process (or ``PID/task/TID``: a thread) so far
+    (Linux /proc), NaN elsewhere."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -342,21 +353,55 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its children (``--workers`` starts one per partition)."""
-    total = _cpu_s(pid)
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return total
+        return kids
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids = [int(k) for k in f.read().split()]
+                kids += [int(k) for k in f.read().split()]
         except OSError:
             continue
-        total += sum(_tree_cpu_s(k) for k in kids)
-    return total
+    return kids
+
+
+def _threads_cpu_s(detect: int, mosquitto: int, vm: int) -> dict[tuple[str, int, str], float]:
+    """CPU seconds so far per (role, process, thread): every thread of ``recp detect`` and
+    its ``--workers`` processes (the event loop is the process's first thread), Mosquitto
+    and VictoriaMetrics as wholes."""
+    out = {("mosquitto", mosquitto, ""): _cpu_s(mosquitto), ("vm", vm, ""): _cpu_s(vm)}
+    for pid in [detect, *_children(detect)]:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            kind = "loop" if tid == pid else "thread"
+            out[("detect", pid, f"{kind}{'' if tid == pid else tid}")] = _cpu_s(
+                f"{pid}/task/{tid}")
+    return out
+
+
+def _cpu_picture(used: dict[tuple[str, int, str], float], elapsed: float) -> str:
+    """Where the CPU went: cores busy per process (event loop thread, other threads)."""
+    parts = []
+    for pid in sorted({p for (role, p, _) in used if role == "detect"}):
+        mine = {t: v for (role, p, t), v in used.items() if role == "detect" and p == pid}
+        if sum(mine.values()) < 0.05 * elapsed:
+            continue  # the --workers parent only waits
+        loop = sum(v for t, v in mine.items() if t.startswith("loop"))
+        rest = sorted((v for t, v in mine.items() if not t.startswith("loop")), reverse=True)
+        parts.append(f"detect {pid}: loop {loop / elapsed:.2f} + threads "
+                     f"{'/'.join(f'{v / elapsed:.2f}' for v in rest[:3] if v > 0.005)}")
+    for role in ("mosquitto", "vm"):
+        v = sum(x for (r, _, _), x in used.items() if r == role)
+        parts.append(f"{role} {v / elapsed:.2f}")
+    total = sum(used.values())
+    return (f"cores busy (CPU-s per wall-s): {'; '.join(parts)}; all {total / elapsed:.2f} "
+            f"of {os.cpu_count()}")
 
 
 def _ok(url: str) -> bool:
@@ -376,13 +421,15 @@ def _connects(client: Any, port: int) -> bool:
 
 
 def main() -> None:
-    polls = int(os.environ.get("RECP_BENCH_POLLS", "600"))  # 100 minutes of 10-s polls
+    # 3,000 polls of 100 meters: 300,000 readings, runs of several seconds (a run of
+    # 60,000 lasted about 1.6 s, which the health messages' 0.5 s could not time)
+    polls = int(os.environ.get("RECP_BENCH_POLLS", "3000"))
     size = int(os.environ.get("RECP_BENCH_BATCH", "50"))  # readings per batch message
     singles = messages(METERS, polls)
     packed = batched(singles, size)
     kinds = {"one reading per message": singles, f"{size} readings per message": packed}
     load = os.getloadavg()[0]
-    print(f"{len(singles)} readings of {METERS} meters ({len(packed)} messages of up to "
+    print(f"{len(singles):,} readings of {METERS} meters ({len(packed):,} messages of up to "
           f"{size}); {os.cpu_count()} CPUs, load {load:.1f}; the baseline of the ratios "
           "is the first row, measured in this run")
     print("in-process DetectService.handle() (validation, dedup, line protocol, spool "
@@ -396,21 +443,35 @@ def main() -> None:
         base = base or per_cpu
         print(f"  {label:26s} {rate:9,.0f} readings/s, {per_cpu:9,.0f} per CPU-second "
               f"({1e6 / per_cpu:5.1f} us each; x{per_cpu / base:.2f})")
-    print(f"end to end (broker -> recp detect -> VictoriaMetrics), goal {GOAL:,}/s:")
+    # RECP_BENCH_BASE=DIR: also time the recp detect of another checkout (say main, from
+    # `git archive main | tar -x -C DIR`), alternating with this one, as the baseline
+    base_tree = os.environ.get("RECP_BENCH_BASE")
+    trees = [("base", Path(base_tree)), ("now", REPO)] if base_tree else [("now", REPO)]
+    print(f"end to end (broker -> recp detect -> VictoriaMetrics), goal {GOAL:,}/s"
+          + (f"; base is {base_tree}" if base_tree else "") + ":")
     rows: list[tuple[str, float, float | None]] = []
     for label, msgs in kinds.items():
         for workers in (1, 2):
-            with tempfile.TemporaryDirectory() as tmp:
-                got = end_to_end(msgs, Path(tmp), workers)
-            if got is None:
-                continue
-            rate, per_cpu = got
-            rows.append((f"{label}, --workers {workers}", rate, per_cpu))
-            first = rows[0][1]
-            cpu_text = f", {per_cpu:,.0f} per CPU-second" if per_cpu else ""
-            ratio = f"x{rate / first:.2f}" if first else "n/a"
-            print(f"  {rows[-1][0]:40s} {rate:8,.0f} readings/s ({ratio} the "
-                  f"first row; {rate / GOAL:.2f} of the goal){cpu_text}")
+            got: dict[str, tuple[float, float | None]] = {}
+            for name, tree in trees:
+                with tempfile.TemporaryDirectory() as tmp:
+                    print(f"  {name}: {label}, --workers {workers} (load "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
+                    res = end_to_end(msgs, Path(tmp), workers, tree)
+                if res is None:
+                    continue
+                got[name] = res
+                rate, per_cpu = res
+                rows.append((f"{name}: {label}, --workers {workers}", rate, per_cpu))
+                cpu_text = f", {per_cpu:,.0f} per CPU-second" if per_cpu else ""
+                vs = ""
+                if name == "now" and "base" in got:
+                    b_rate, b_cpu = got["base"]
+                    vs = (f"; x{rate / b_rate:.2f} the base" if b_rate else "") + (
+                        f", x{per_cpu / b_cpu:.2f} per CPU-second" if per_cpu and b_cpu
+                        else "")
+                print(f"  {rows[-1][0]:46s} {rate:8,.0f} readings/s ({rate / GOAL:.2f} of "
+                      f"the goal){cpu_text}{vs}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         lat = alert_latency(Path(tmp))
         if lat:
