@@ -493,3 +493,30 @@ def test_every_test_function_and_file_named_in_backticks_exists() -> None:
             if name not in files:
                 problems.append(f"{rel(path)}: {name}")
     assert not problems, "\n".join(problems)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but '-' and '_' dropped,
+    spaces to '-'."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_between_the_docs_points_at_a_file_and_heading() -> None:
+    problems, links = [], 0
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+://|^mailto:", target):
+                continue
+            links += 1
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists():
+                problems.append(f"{rel(path)}: {target}: no such file")
+                continue
+            if anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(encoding="utf-8"), re.M)
+                if anchor not in {slug(h) for h in headings}:
+                    problems.append(f"{rel(path)}: {target}: no such heading")
+    assert links >= 20 and not problems, "\n".join(problems)
