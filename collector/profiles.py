@@ -219,7 +219,8 @@ def profile_dirs(config_file: Path | None = None) -> list[Path]:
     """Where profiles are looked up, in order.
 
     ``$RECP_PROFILES`` (``:``-separated), then ``profiles/`` beside and one level above the
-    configuration file, then the ``edge_config/profiles`` of the source tree.
+    configuration file, then the shipped ones: ``edge_config/profiles``, which an installed
+    package carries as ``collector/shipped_profiles`` (in the source tree a link to it).
     """
     dirs: list[Path] = []
     env = os.environ.get("RECP_PROFILES")
@@ -228,10 +229,10 @@ def profile_dirs(config_file: Path | None = None) -> list[Path]:
     if config_file is not None:
         here = config_file.resolve().parent
         dirs += [here / "profiles", here.parent / "profiles"]
-    dirs.append(Path(__file__).resolve().parent.parent / "edge_config" / "profiles")
+    dirs.append((Path(__file__).resolve().parent / "shipped_profiles").resolve())
     unique: list[Path] = []
     for d in dirs:
-        if d not in unique:
+        if d.resolve() not in [u.resolve() for u in unique]:
             unique.append(d)
     return unique
 

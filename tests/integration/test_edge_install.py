@@ -39,4 +39,15 @@ def test_edge_extra_installs_without_numba(tmp_path: Path) -> None:
         cwd=tmp_path,
     ).stdout
     assert "simulate" in out
+    # and carries the shipped device profiles: a site file anywhere finds them by name
+    listed = subprocess.run(
+        [str(env_dir / "bin" / "recp"), "profiles"], check=True, capture_output=True,
+        text=True, cwd=tmp_path,
+    ).stdout
+    shipped = sorted(p.stem for p in (REPO / "edge_config" / "profiles").glob("*.yaml"))
+    assert [line.split()[0] for line in listed.splitlines()] == shipped
+    site = tmp_path / "site.yaml"
+    site.write_text((REPO / "edge_config" / "sites" / "demo.yaml").read_text())
+    subprocess.run([str(env_dir / "bin" / "recp"), "config", "check", str(site)], check=True,
+                   capture_output=True, cwd=tmp_path, timeout=60)
     assert sys.version_info >= (3, 10)
