@@ -252,6 +252,15 @@ def test_every_repository_path_named_exists() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_the_readme_installs_every_package_ci_installs() -> None:
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    needed = set(re.findall(r"missing\+=\(([\w.-]+)\)", ci))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    listed = {tok for _, code in shell_commands(readme) if "apt-get install" in code
+              for tok in code.split("apt-get install", 1)[1].split()}
+    assert len(needed) > 5 and needed <= listed, sorted(needed - listed)
+
+
 # --------------------------------------------------------------------------- configuration
 
 
