@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import sqlite3
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from .configfile import ConfigError, Problem
 from .contract import ClockState, Quality
 from .modbus.poller import Poller, PollResult
 from .outbox import Entry, Outbox
+from .profiles import ResolvedPoint
 from .publisher import Publisher
 from .quantities import QUANTITIES
 from .site import ClockSettings, MeterSpec, SiteSpec, broker_url, credentials
@@ -517,6 +519,25 @@ async def poll_once(spec: SiteSpec) -> list[PollResult]:
     return await Poller(spec.meters, spec.site.polling).poll_once()
 
 
+def _f32(x: float) -> float:
+    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+
+
+def shown(value: float, point: ResolvedPoint) -> str:
+    """A value as the commissioning table prints it: a float32 register with the digits it
+    holds (0.95, not 0.949999988079), scale and offset applied; anything else to 12."""
+    if point.type != "float32":
+        return f"{value:.12g}"
+    try:
+        raw = _f32((value - point.offset) / point.scale)
+        for digits in range(1, 10):
+            if _f32(float(f"{raw:.{digits}g}")) == raw:
+                return f"{value:.{digits}g}"
+    except (OverflowError, ValueError):  # not a float32 after all (inf, NaN)
+        pass
+    return f"{value:.12g}"
+
+
 def format_once(spec: SiteSpec, results: list[PollResult]) -> str:
     """The commissioning table: one block per meter, one line per value."""
     meters = {m.id: m for m in spec.meters}
@@ -529,7 +550,7 @@ def format_once(spec: SiteSpec, results: list[PollResult]) -> str:
         for p in m.points:
             unit = QUANTITIES[p.name].unit
             if p.name in r.values and r.values[p.name] is not None:
-                text = f"{r.values[p.name]:.12g}"
+                text = shown(r.values[p.name], p)
             else:
                 text = "-"
             err = r.errors.get(p.name, "")

@@ -101,6 +101,29 @@ def test_commissioning_table():
     assert text.endswith("1 of 2 meters answered every point")
 
 
+def test_commissioning_table_shows_the_digits_a_float32_holds():
+    import struct
+
+    def f32(x: float) -> float:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+
+    spec = load_site(DEMO_SITE)
+    values = {"power_factor": f32(0.95), "energy_kwh": f32(1843708.59),
+              "power_kw": f32(16963.97) * 0.001, "voltage_l1_v": f32(230.44984436)}
+    text = format_once(spec, [PollResult("el_packaging", 0, 0, values, {}, Quality.OK, 0.002,
+                                         True)])
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines()[1:-1]
+            if len(line.split()) > 1}
+    assert rows["power_factor"] == "0.95"  # not 0.949999988079
+    assert rows["energy_kwh"] == "1843708.6"  # float32 1843708.625, shortest text of it
+    assert rows["power_kw"] == "16.96397"  # W register scaled to kW keeps its 7 digits
+    assert float(rows["voltage_l1_v"]) == pytest.approx(230.44984, abs=1e-4)
+    for name, value in values.items():  # nothing lost: the text reads back as the register
+        point = next(p for m in spec.meters if m.id == "el_packaging" for p in m.points
+                     if p.name == name)
+        assert f32(float(rows[name]) / point.scale) == f32(value / point.scale)
+
+
 CLOCK_SITE = """kind: site
 site: s
 outbox: {path: box.sqlite}
