@@ -549,10 +549,8 @@ def format_once(spec: SiteSpec, results: list[PollResult]) -> str:
                      f"  {r.quality.value.upper()}  {latency}")
         for p in m.points:
             unit = QUANTITIES[p.name].unit
-            if p.name in r.values and r.values[p.name] is not None:
-                text = shown(r.values[p.name], p)
-            else:
-                text = "-"
+            value = r.values.get(p.name)
+            text = "-" if value is None else shown(value, p)
             err = r.errors.get(p.name, "")
             lines.append(f"    {p.name:28s} {text:>16s} {unit:8s} {err}".rstrip())
         if "*" in r.errors:
