@@ -7,6 +7,7 @@ detectors read them. A name outside this table is a configuration error.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -102,3 +103,34 @@ def get(name: str) -> Quantity:
         raise KeyError(
             f"unknown quantity {name!r}; known quantities: {', '.join(sorted(QUANTITIES))}"
         ) from None
+
+
+def _slug(unit: str) -> str:
+    return unit.lower().replace("/", "_")
+
+
+# The units of the contract's counters, by the suffix that names them (`_kwh`, `_m3`, `_t`).
+COUNTER_UNIT_SUFFIXES: dict[str, str] = {
+    _slug(q.unit): q.unit
+    for q in QUANTITIES.values()
+    if q.kind is Kind.COUNTER and q.name.endswith("_" + _slug(q.unit))
+}
+
+# What a meter counting in a unit measures (kWh may be heat: say so with --resource steam).
+UNIT_RESOURCES: dict[str, Resource] = {
+    "kWh": Resource.ELECTRICITY,
+    "kvarh": Resource.ELECTRICITY,
+    "m3": Resource.WATER,
+    "kg": Resource.STEAM,
+    "t": Resource.STEAM,
+    "units": Resource.PRODUCTION,
+}
+
+
+def counter_unit_in_name(name: str) -> tuple[str, str] | None:
+    """(suffix, unit) when a column name ends in a counter unit (`total_kwh`, `Verbrauch kWh`,
+    `volume [m3]`), else None: an exported column carries its unit the way our names do."""
+    words = [w for w in re.split(r"[^0-9a-z]+", name.lower()) if w]
+    if len(words) < 2 or words[-1] not in COUNTER_UNIT_SUFFIXES:
+        return None
+    return words[-1], COUNTER_UNIT_SUFFIXES[words[-1]]

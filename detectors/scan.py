@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from collector.quantities import QUANTITIES, Kind
+from collector.quantities import QUANTITIES, UNIT_RESOURCES, Kind, counter_unit_in_name
 
 from .anomaly import detect_anomalies
 from .arrays import FloatArray, IntArray
@@ -226,14 +226,26 @@ def _kind(name: str, values: FloatArray, opts: ScanOptions) -> str:
     return "counter" if rising > 0.95 else "interval"
 
 
-def _meter(name: str, opts: ScanOptions) -> MeterInfo:
+def _meter(name: str, opts: ScanOptions) -> tuple[MeterInfo, str]:
+    """The meter's unit and resource: from a contract name (`energy_kwh`), else from a unit
+    suffix in the column name (`total_kwh`), else from --resource; and how they were found.
+    --resource always sets the resource; a unit the name states is kept."""
     q = QUANTITIES.get(name)
+    suffix = counter_unit_in_name(name)
+    if q is not None:
+        unit, how = q.unit, f"{name} is a contract name"
+    elif suffix is not None:
+        unit, how = suffix[1], f"from the name's suffix {suffix[0]}"
+    else:
+        unit = RESOURCE_UNITS.get(opts.resource or "", "units")
+        how = "from --resource" if opts.resource else "no unit in the name; --resource sets one"
     resource = opts.resource
-    if resource is None and q is not None:
-        unit = q.unit
-        resource = {"kWh": "electricity", "m3": "water", "kg": "steam", "t": "steam"}.get(unit)
-    unit = q.unit if q is not None else RESOURCE_UNITS.get(resource or "", "units")
-    return MeterInfo(
+    if resource is None:
+        found = UNIT_RESOURCES.get(unit)
+        resource = found.value if found is not None and found.value in RESOURCE_UNITS else None
+    else:
+        how += f"; resource {resource} from --resource"
+    meter = MeterInfo(
         id=opts.meter or name,
         unit=unit,
         resource=resource or "",
@@ -242,6 +254,7 @@ def _meter(name: str, opts: ScanOptions) -> MeterInfo:
         rollover=opts.rollover,
         max_rate_per_h=opts.max_rate_per_h,
     )
+    return meter, how
 
 
 def _interval_readings_to_counter(t: IntArray, x: FloatArray) -> tuple[IntArray, FloatArray]:
@@ -291,8 +304,9 @@ def scan(path: Path, opts: ScanOptions) -> ScanResult:
         raise CsvInputError(path, 1, f"column {name!r} holds text, not numbers")
     values = table.columns[name]
     kind = _kind(name, values, opts)
-    meter = _meter(name, opts if opts.meter else replace(opts, meter=path.stem))
-    notes = [f"value column {name} read as {kind} in {meter.unit}"]
+    meter, how = _meter(name, opts if opts.meter else replace(opts, meter=path.stem))
+    what = f" ({meter.resource})" if meter.resource else ""
+    notes = [f"value column {name} read as {kind} in {meter.unit}{what}, {how}"]
     t, v = table.t_s, values
     if kind == "interval":
         t, v = _interval_readings_to_counter(t, v)

@@ -134,3 +134,41 @@ def test_scores_rank_events_once_each_and_a_flat_stretch_not_at_all(tmp_path: Pa
     assert np.count_nonzero(scores[rise]) == 1
     top = np.sort(scores)[-2:]
     assert top[1] > top[0]  # no tie at the top
+
+
+def _counter_csv(path: Path, column: str) -> Path:
+    rows = [f"timestamp,{column}"]
+    t0 = np.datetime64("2026-03-02T00:00")
+    total = 1000.0
+    for i in range(3 * 96):
+        total += 5.0 + (i % 96 > 28) * 20.0
+        rows.append(f"{t0 + np.timedelta64(15 * i, 'm')}Z,{total:.2f}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(("column", "unit", "resource"), [
+    ("total_kwh", "kWh", "electricity"), ("Verbrauch kWh", "kWh", "electricity"),
+    ("cold_water_m3", "m3", "water"), ("steam_total_t", "t", "steam"),
+])  # fmt: skip
+def test_unit_and_resource_from_the_column_names_suffix(
+    tmp_path: Path, column: str, unit: str, resource: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _counter_csv(tmp_path / "export.csv", column)
+    result = scan(path, ScanOptions())
+    assert (result.meter.unit, result.meter.resource) == (unit, resource)
+    assert main(["scan", str(path), "--out", str(tmp_path / "e.json")]) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert f"in {unit} ({resource}), from the name's suffix" in said, said
+
+
+def test_resource_flag_overrides_the_suffix_and_a_bare_name_stays_units(tmp_path: Path) -> None:
+    path = _counter_csv(tmp_path / "export.csv", "total_kwh")
+    result = scan(path, ScanOptions(resource="steam"))  # heat in kWh from a steam meter
+    assert (result.meter.unit, result.meter.resource) == ("kWh", "steam")
+    assert "resource steam from --resource" in result.notes[0]
+    bare = scan(_counter_csv(tmp_path / "bare.csv", "total"), ScanOptions())
+    assert (bare.meter.unit, bare.meter.resource) == ("units", "")
+    assert "no unit in the name" in bare.notes[0]
+    water = scan(_counter_csv(tmp_path / "w.csv", "total"), ScanOptions(resource="water"))
+    assert (water.meter.unit, water.meter.resource) == ("m3", "water")
