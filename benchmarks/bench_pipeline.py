@@ -341,6 +341,15 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(measure(args.meters, args.readings, args.river)))
 
 
+def readable(n: float) -> str:
+    """A count or rate for people at any size: 40,000, 850,000, 1.2 M, 10.0 M (never "0.0 M")."""
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:,.1f} M"
+    if abs(n) >= 100 or n == int(n):
+        return f"{n:,.0f}"
+    return f"{n:.3g}"
+
+
 def report(r: dict[str, Any], reuse: dict[str, Any],
            compile_s: dict[str, dict[str, float]]) -> None:  # fmt: skip
     pipeline = ("clean", "detectors", "overspend")
@@ -349,24 +358,24 @@ def report(r: dict[str, Any], reuse: dict[str, Any],
     def total(clock: dict[str, float]) -> float:
         return sum(clock[s] for s in pipeline)
 
-    print(f"{r['meters']} meters, {points / 1e6:.1f} M one-minute readings -> "
-          f"{r['intervals'] / 1e6:.2f} M 15-minute intervals; one process on one core")
+    print(f"{r['meters']} meters, {readable(points)} one-minute readings -> "
+          f"{readable(r['intervals'])} 15-minute intervals; one process on one core")
     loads = [*r["load"], *reuse["load"]]
     print(f"load average (1 min, {os.cpu_count()} cores) from {min(loads):.1f} to "
           f"{max(loads):.1f} during the timed runs, {time.strftime('%H:%M UTC', time.gmtime())}")
-    print("| pipeline | malloc | CPU s | M readings/s/core | wall M/s | vs numpy |")
+    print("| pipeline | malloc | CPU s | readings/s/core | readings/s wall | vs numpy |")
     print("| --- | --- | --- | --- | --- | --- |")
     for run, how in ((r, "default"), (reuse, "reuse")):
         numpy_s = total(run["numpy_cpu"])
         for name, cpu, wall in (("ours (numba)", run["ours_cpu"], run["ours_wall"]),
                                 ("numpy", run["numpy_cpu"], run["numpy_wall"])):  # fmt: skip
-            print(f"| {name} | {how} | {total(cpu):.2f} | {points / total(cpu) / 1e6:.1f} | "
-                  f"{points / total(wall) / 1e6:.1f} | {numpy_s / total(cpu):.1f}x |")  # fmt: skip
+            print(f"| {name} | {how} | {total(cpu):.2f} | {readable(points / total(cpu))} | "
+                  f"{readable(points / total(wall))} | {numpy_s / total(cpu):.1f}x |")  # fmt: skip
     river_per = r["river_cpu"] / max(1, r["river_n"])
     river_s = r["ours_cpu"]["clean"] + river_per * r["intervals"]
     numpy_s = total(r["numpy_cpu"])
     print(f"| river HalfSpaceTrees + our cleaning | default | {river_s:.1f} | "
-          f"{points / river_s / 1e6:.2f} | | {numpy_s / river_s:.2f}x |")  # fmt: skip
+          f"{readable(points / river_s)} | | {numpy_s / river_s:.2f}x |")  # fmt: skip
     print(f"river: {r['river_n']:,} intervals timed, {river_per * 1e6:.0f} us each, "
           "scaled to all intervals")
     print("| stage | ours CPU s | numpy CPU s | ours, reuse malloc | ours per interval |")
@@ -377,7 +386,7 @@ def report(r: dict[str, Any], reuse: dict[str, Any],
         print(f"| {s} | {r['ours_cpu'][s]:.3f} | {'-' if npv is None else f'{npv:.3f}'} | "
               f"{reuse['ours_cpu'][s]:.3f} | {per:.0f} ns |")  # fmt: skip
     det = r["ours_cpu"]["detectors"] + r["ours_cpu"]["overspend"]
-    print(f"detectors + overspend alone: {r['intervals'] / det / 1e6:.2f} M intervals/s/core")
+    print(f"detectors + overspend alone: {readable(r['intervals'] / det)} intervals/s/core")
     cold, warm = compile_s["cold"], compile_s["warm"]
     print(f"numba, fresh process, empty cache: first pipeline call {cold['first_call_s']:.1f} s "
           f"({cold['first_call_cpu_s']:.1f} s CPU), {cold['cache_misses']} signatures compiled")
