@@ -30,8 +30,9 @@ demo: venv
 plant: venv
 	$(BIN)/recp simulate -c edge_config/plants/demo.yaml
 
+# all benchmarks, or a subset: make bench BENCH=detect,agent_cpu
 bench: venv
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH)
 
 # detection scored against the demo plant's ground truth (about a minute)
 score: venv
