@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="append every read served to FILE, one JSON line each (meter, "
                        "simulated time, request, decoded values or why it was refused)")
     serve.add_argument("--hold", type=Path, metavar="FILE",
-                       help="answer at once, but start the clock only when FILE exists")
+                       help="answer at once, but start the clock only when FILE exists (and, "
+                       "for a plant with a clock, at the next read of that clock)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:

@@ -36,6 +36,7 @@ log = logging.getLogger("recp.plant")
 
 TICK_S = 0.1  # wall-clock seconds between clock updates
 STATUS_EVERY_S = 0.5  # wall-clock seconds between status/truth file writes
+HOLD_CLOCK_READ_S = 10.0  # --hold: start anyway when the clock is not read this long
 FC_TABLE = {1: Table.COIL, 2: Table.DISCRETE, 3: Table.HOLDING, 4: Table.INPUT}
 _TABLE_ORDER = (Table.COIL, Table.DISCRETE, Table.HOLDING, Table.INPUT)
 _SPARE_BIT = 65520  # pymodbus needs every bit table non-empty: one unused, aligned bit
@@ -110,6 +111,8 @@ class PlantServer:
         self.clock_points = spec.clock_profile.resolved() if spec.clock_profile else []
         self._origin: tuple[float, float] | None = None  # (monotonic, sim time) of run()
         self._finished = False
+        self._start_on_clock_read = False  # see start_at_next_clock_read()
+        self.started = asyncio.Event()  # the clock runs (set by run() or a clock read)
         self._clock_offset = 0.0  # the served clock's offset last logged
         configured = sorted({m.port for m in self.plant.meters}
                             | ({self.plant.clock.port} if self.plant.clock else set()))
@@ -188,6 +191,8 @@ class PlantServer:
         self.requests += 1
         if set_values is not None or function_code not in FC_TABLE:
             return ExcCodes.ILLEGAL_FUNCTION
+        if self._start_on_clock_read and self._origin is None:
+            self._start()  # this answer already says the clock runs, at its speed
         t = self.sim_now()
         offset = self.plant.clock.offset_s(t) if self.plant.clock else 0.0
         values = {"clock_unix_ms": round((t + offset) * 1000.0), "clock_rate": self.rate}
@@ -300,13 +305,30 @@ class PlantServer:
             self._record.close()
             self._record = None
 
+    def start_at_next_clock_read(self) -> None:
+        """Start the clock at the next read of the time source, not at run().
+
+        A client that stamps readings with this clock (the agent, ``clock.source: device``)
+        read it while it stood (rate 0) and extrapolates at rate 0 until it reads it again;
+        meters running meanwhile would be stamped with the stopped time, their consumption
+        of those minutes all at one instant. Started by that read, the meters stand until
+        the client knows the clock runs.
+        """
+        self._start_on_clock_read = True
+
+    def _start(self) -> None:
+        self._origin = (time.monotonic(), self.engine.t)
+        self.started.set()
+
     async def run(self, stop: asyncio.Event | None = None) -> bool:
         """Advance the clock until the scenario ends (True) or ``stop`` is set (False)."""
         stop = stop or asyncio.Event()
         engine = self.engine
         speed = self.plant.speed
-        wall0, sim0 = time.monotonic(), engine.t
-        self._origin = (wall0, sim0)
+        if self._origin is None:
+            self._start()
+        assert self._origin is not None
+        wall0, sim0 = self._origin
         last_write = wall0
         next_day = sim0 + 86400.0
         while not stop.is_set():
@@ -391,7 +413,10 @@ def serve_plant(
     """Serve until the scenario ends or SIGINT/SIGTERM; return an exit status.
 
     With ``hold_path`` the meters answer at once but the clock starts only when that file
-    exists (``recp demo`` starts it when the agent is up, so no simulated hour is missed).
+    exists (``recp demo`` starts it when the agent is up, so no simulated hour is missed)
+    and, for a plant with a clock, its time source is next read (so the agent, which
+    stamps readings with it, knows it runs; see ``start_at_next_clock_read``), or
+    HOLD_CLOCK_READ_S after the file appeared if nobody reads it.
     """
 
     async def main() -> int:
@@ -426,6 +451,10 @@ def serve_plant(
                 while hold_path is not None and not hold_path.exists() and not stop.is_set():
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.02)
+                if hold_path is not None and plant.clock is not None and not stop.is_set():
+                    server.start_at_next_clock_read()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(server.started.wait(), HOLD_CLOCK_READ_S)
                 finished = await server.run(stop)
             print("scenario complete" if finished else "stopped", flush=True)
             return 0

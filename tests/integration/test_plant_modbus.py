@@ -239,3 +239,31 @@ def test_rtu_over_tcp_gateway(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=15)
+
+
+def test_held_clock_starts_at_its_next_read_so_no_reading_gets_a_stopped_time(
+    tmp_path: Path, mbpoll: Callable
+) -> None:
+    """`--hold`: the agent read the clock while it stood (rate 0) and stamps with that until
+    it reads it again. So the meters stand after the hold file appears until the clock is
+    read, and that read already says it runs (before, `recp demo` stamped the first
+    simulated minutes' consumption at 00:00: a false spike or base-load rise at the start)."""
+    hold = tmp_path / "go"
+    plant = Plant(tmp_path, "--speed", "3600", "--start", "2026-01-07T09:00:00Z",
+                  "--hold", str(hold))  # fmt: skip
+    try:
+        status = plant.status()
+        served = status["meters"]["el_packaging"]  # running: 30 kW or more
+        meter = ["-B", *mbpoll_args(served["port"], served["unit_id"], "input", 0x48, 1, ":float")]
+        clock = status["clock"]
+        rate = ["-B", *mbpoll_args(clock["port"], clock["unit_id"], "holding", 4, 1, ":float")]
+        before = mbpoll(meter)[0]
+        assert mbpoll(rate)[0] == 0.0  # held: the clock stands
+        hold.write_text("go\n")
+        time.sleep(1.5)  # 1.5 simulated hours, were the clock running
+        assert mbpoll(meter)[0] == before
+        assert mbpoll(rate)[0] == 3600.0  # this read starts it, and says so
+        time.sleep(1.0)
+        assert mbpoll(meter)[0] - before > 20
+    finally:
+        assert plant.stop() == 0
