@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("error: --workers and --partition exclude each other")
         return _run_workers(args)
     import asyncio
+    import logging
     import signal
     from typing import Any
 
@@ -110,4 +111,9 @@ def run(args: argparse.Namespace) -> int:
         await service.run(stop)
         return 0
 
-    return asyncio.run(main())
+    from collector.aio import event_loop_name
+    from collector.aio import run as run_loop
+
+    logging.getLogger(__name__).info("event loop: %s", event_loop_name())
+    # uvloop when installed (RECP_EVENT_LOOP=asyncio turns it off), as for the agent
+    return run_loop(main())
