@@ -137,6 +137,17 @@ def site_file(split: Split, path: Path, *, mqtt_url: str, protocol: str, ports: 
     return path
 
 
+def night_hours_utc(plant: Any, offset_s: int) -> tuple[float, float]:
+    """The base-load night window (UTC hours): the four hours ending an hour before the
+    first shift starts (local), so that no reading gap straddling the morning start-up,
+    interpolated linearly by the cleaning, carries shift consumption into the night."""
+    starts = [int(r[:2]) * 60 + int(r[3:5]) for r in plant.schedule.shifts]
+    if not starts:
+        return (0.0, 4.0)
+    end_h = (min(starts) / 60.0 - 1.0 - offset_s / 3600.0) % 24.0
+    return ((end_h - 4.0) % 24.0, end_h)
+
+
 def analytics_file(split: Split, path: Path, *, mqtt_url: str, protocol: str, influx_url: str,
                    org: str, bucket: str, token_file: Path | None, workdir: Path) -> Path:
     """The detector service's analytics file for the demo."""
@@ -152,7 +163,8 @@ def analytics_file(split: Split, path: Path, *, mqtt_url: str, protocol: str, in
         "influx": influx,
         "spool": {"path": str(workdir / "spool.sqlite"), "synchronous": "NORMAL"},
         "checkpoint": {"path": str(workdir / "detect-state.json")},
-        "processing": {"interval_s": INTERVAL_S, "utc_offset_s": offset},
+        "processing": {"interval_s": INTERVAL_S, "utc_offset_s": offset,
+                       "night_hours_utc": list(night_hours_utc(plant, offset))},
         "baselines": {"dir": str(workdir / "baselines")},
         "sites": {plant.name: {"currency": "EUR", "utc_offset_s": offset}},
         "metrics_interval_s": 1,
