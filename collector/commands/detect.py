@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     from collector.aio import event_loop_name
     from collector.aio import run as run_loop
 
-    logging.getLogger(__name__).info("event loop: %s", event_loop_name())
+    log = logging.getLogger(__name__)
+    log.info("event loop: %s", event_loop_name())
+    log.debug("analytics file %s: instance %s, client id %s, partition %s", args.config,
+              spec.instance, spec.client_id, spec.config.processing.partition)
     # uvloop when installed (RECP_EVENT_LOOP=asyncio turns it off), as for the agent
     return run_loop(main())
