@@ -43,16 +43,8 @@ async def _until(cond: Any, what: str, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_socket_reader_error_is_logged_once_and_ends_in_a_reconnect(
-    tmp_path: Path, mosquitto: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    cfg = tmp_path / "analytics.yaml"
-    cfg.write_text(f"""kind: analytics
-mqtt: {{url: "{mosquitto.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 0.5}}
-spool: {{path: spool.sqlite}}
-checkpoint: {{path: state.json}}
-processing: {{batch_wait_s: 0}}
-""")
+def _recording_service(cfg: Path) -> tuple[DetectService, list[Any]]:
+    """A service whose MQTT clients are kept in the list returned with it, one per session."""
     svc = DetectService(load_analytics(cfg), writer=Discard())
     clients: list[Any] = []
     make = svc._client
@@ -63,6 +55,20 @@ processing: {{batch_wait_s: 0}}
         return c
 
     svc._client = recording_client  # type: ignore[method-assign]
+    return svc, clients
+
+
+def test_socket_reader_error_is_logged_once_and_ends_in_a_reconnect(
+    tmp_path: Path, mosquitto: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tmp_path / "analytics.yaml"
+    cfg.write_text(f"""kind: analytics
+mqtt: {{url: "{mosquitto.url}", reconnect_delay_s: 0.2, reconnect_delay_max_s: 0.5}}
+spool: {{path: spool.sqlite}}
+checkpoint: {{path: state.json}}
+processing: {{batch_wait_s: 0}}
+""")
+    svc, clients = _recording_service(cfg)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t-pub",
                       protocol=mqtt.MQTTv5)
     pub.connect(mosquitto.host, mosquitto.port)
@@ -137,17 +143,7 @@ processing: {{batch_wait_s: 0}}
     n = 3000
 
     def service() -> tuple[DetectService, list[Any]]:
-        svc = DetectService(load_analytics(cfg), writer=Discard())
-        clients: list[Any] = []
-        make = svc._client
-
-        def recording_client() -> Any:
-            c = make()
-            clients.append(c)
-            return c
-
-        svc._client = recording_client  # type: ignore[method-assign]
-        return svc, clients
+        return _recording_service(cfg)
 
     async def run(svc: DetectService, until: Any, what: str, settle_s: float = 0.0) -> None:
         stop = asyncio.Event()
