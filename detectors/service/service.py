@@ -860,7 +860,10 @@ class DetectService:
                 tg.create_task(self._publish(client, inbox, done), name="publish")
                 tg.create_task(self._acks(done), name="acks")
                 filters = self.filters()
-                if session.present and self.spool.subscribed(self.spec.client_id) == filters:
+                # the spool's lock may be held by a batch's commit: not on the event loop
+                kept = session.present and await asyncio.to_thread(
+                    self.spool.subscribed, self.spec.client_id) == filters
+                if kept:
                     # the broker kept our session, and with it these subscriptions: no
                     # SUBSCRIBE, whose SUBACK Mosquitto sends only after the whole backlog
                     log.info("the broker kept our session and its subscriptions")
