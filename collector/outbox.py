@@ -531,7 +531,9 @@ class Outbox:
         Deletions commit without an fsync of their own (synchronous=NORMAL for this
         transaction): the next reading's commit syncs the WAL and with it every deletion
         before it. Power lost in between can only bring deleted readings back, and a
-        reading sent twice is harmless (same stream and seq); a lost reading is not.
+        reading sent twice is harmless (same stream and seq); a lost reading is not. If the
+        deletion fails (disk full, I/O error) it raises and nothing is marked: the readings
+        are published again and deleted on their next acknowledgement.
         """
         wanted = sorted(set(ids))
         if not wanted:
@@ -546,6 +548,7 @@ class Outbox:
         order, cycles = self._order, self._cycles
         n = held = 0
         gone: list[_Cycle] = []
+        marked: list[tuple[_Cycle, int]] = []  # unmarked again if the deletion fails
         c: _Cycle | None = None
         for i in wanted:
             if c is None or not c.first <= i < c.first + c.n:
@@ -557,6 +560,7 @@ class Outbox:
             if idx >= c.n or idx < c.start or idx in c.acked:
                 continue
             c.acked.add(idx)
+            marked.append((c, idx))
             n += 1
             held += c.held
             if c.start + len(c.acked) == c.n:
@@ -572,8 +576,12 @@ class Outbox:
                     self._save_base()
                     self._db.execute("COMMIT")
                 except BaseException:
+                    # nothing deleted: the readings stay as on disk (sent again, deleted
+                    # on their next ack), not marked as if gone with the depth unchanged
                     self._base = base
                     self._rollback()
+                    for m, idx in marked:
+                        m.acked.discard(idx)
                     raise
             finally:
                 self._db.execute(f"PRAGMA synchronous={self.synchronous}")

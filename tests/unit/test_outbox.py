@@ -439,3 +439,27 @@ def test_cycle_rows_behave_like_one_row_per_reading(tmp_path_factory, ops, cap):
             assert box.last_seqs() == last
     finally:
         box.close()
+
+
+def _deny(action: int, arg1: str | None, *_: object) -> int:
+    """An authorizer refusing deletes from cycles: a write that fails like a full disk."""
+    if action == sqlite3.SQLITE_DELETE and arg1 == "cycles":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_a_failed_delete_leaves_the_readings_as_on_disk(tmp_path: Path):
+    """A delete whose transaction fails (disk full, I/O error) raises and changes nothing:
+    the readings are still there, publishable (sent again) and deletable later."""
+    with Outbox(tmp_path / "o.db") as box:
+        box.append([entry("a"), entry("b")])
+        box.append([entry("a")])
+        ids = [r.id for r in box.peek()]
+        box._db.set_authorizer(_deny)
+        with pytest.raises(sqlite3.DatabaseError):
+            box.delete(ids[:2])  # the whole first cycle row: a DELETE
+        box._db.set_authorizer(None)
+        assert box.depth == 3
+        assert [r.id for r in box.peek()] == ids
+        assert box.delete(ids) == 3 and box.depth == 0
+        assert box._db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
