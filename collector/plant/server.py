@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,17 @@ def _simdata(points: list[ResolvedPoint]) -> SimBlocks:
     return (blocks[Table.COIL], blocks[Table.DISCRETE], blocks[Table.HOLDING], blocks[Table.INPUT])
 
 
+def _why_not_listening(host: str, port: int) -> str:
+    """Why a server cannot listen on ``host:port``, asked again of the OS (pymodbus logs
+    the reason at a level we silence and raises a RuntimeError without it)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return "pymodbus could not listen there"
+
+
 class PlantServer:
     """The plant's Modbus servers and clock. Use as ``async with PlantServer(...) as s``."""
 
@@ -99,6 +111,7 @@ class PlantServer:
     ):
         self.engine = engine
         self.plant = spec.plant
+        self.file = spec.file
         self.truth_path = truth_path
         self.status_path = status_path
         self.meters: dict[str, ServedMeter] = {}
@@ -282,7 +295,13 @@ class PlantServer:
                     framer=FramerType.RTU if framing[port] == "rtu" else FramerType.SOCKET,
                     ignore_missing_devices=True,
                 )
-                await server.serve_forever(background=True)
+                try:
+                    await server.serve_forever(background=True)
+                except RuntimeError:  # pymodbus 3.16: "Could not start listen", no reason
+                    bind = self._bind[port]
+                    where = f" (port {port} in {self.file})" if bind != port else ""
+                    raise OSError(f"{self.plant.host} port {bind}{where}: "
+                                  f"{_why_not_listening(self.plant.host, bind)}") from None
                 self.servers[port] = server
                 sockets = getattr(server.transport, "sockets", None) or []
                 self.ports[port] = sockets[0].getsockname()[1] if sockets else self._bind[port]

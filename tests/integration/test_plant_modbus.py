@@ -267,3 +267,22 @@ def test_held_clock_starts_at_its_next_read_so_no_reading_gets_a_stopped_time(
         assert mbpoll(meter)[0] - before > 20
     finally:
         assert plant.stop() == 0
+
+
+def test_a_port_in_use_is_named_in_one_line(tmp_path: Path) -> None:
+    """A port the plant cannot listen on: exit 1 and one line naming it and why, not a
+    traceback (pymodbus 3.16 turns the OSError into "Could not start listen")."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "collector", "simulate", "-c", str(DEMO), "--speed", "0",
+             "--port-base", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("error: cannot listen") and f"port {port}" in line, line
+    assert "in use" in line, line
