@@ -160,6 +160,10 @@ class LossType(str, Enum):
     EXCEPTION = "exception"  # the meter answers with a Modbus exception code
 
 
+# the exception codes a served meter can answer with (pymodbus' ExcCodes; any other code
+# would be answered as 4, device failure)
+MODBUS_EXCEPTION_CODES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11)
+
 RATE_LOSSES = {LossType.LEAK, LossType.BASE_LOAD_RISE, LossType.STEAM_TRAP}
 WINDOW_TYPES = RATE_LOSSES | {
     LossType.DRIFT,
@@ -191,6 +195,14 @@ class Loss(Strict):
     probability: float = Field(1.0, gt=0, le=1, description="dropout/exception: share of polls")
     code: int = Field(4, ge=1, le=255, description="exception: Modbus exception code")
     note: str = ""
+
+    @field_validator("code")
+    @classmethod
+    def _servable_code(cls, code: int) -> int:
+        if code not in MODBUS_EXCEPTION_CODES:
+            *head, last = MODBUS_EXCEPTION_CODES
+            raise ValueError(f"a Modbus exception code: {', '.join(map(str, head))} or {last}")
+        return code
 
     @model_validator(mode="after")
     def _params(self) -> Loss:

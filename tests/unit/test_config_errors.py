@@ -108,6 +108,24 @@ def test_rollover_needs_an_integer_counter(tmp_path: Path) -> None:
     assert "never rolls over" in msg and "float32" in msg
 
 
+def test_exception_code_must_be_one_the_server_can_answer(tmp_path: Path) -> None:
+    """Codes outside pymodbus' ExcCodes were accepted and served as 4 (device failure),
+    with a traceback in the plant's log for every poll."""
+    from pymodbus.constants import ExcCodes
+
+    from collector.plant.config import MODBUS_EXCEPTION_CODES
+
+    assert set(MODBUS_EXCEPTION_CODES) == {int(c) for c in ExcCodes}
+    path = write(
+        tmp_path,
+        GOOD_HEAD + "losses:\n  - {meter: el, type: exception, start: 2026-01-05T01:00:00Z,"
+        " code: 12}\n",
+    )
+    (msg,) = problems_of(path)
+    assert f"{path}:10: losses[0].code:" in msg
+    assert "1, 2, 3, 4, 5, 6, 7, 8, 10 or 11" in msg and "(got 12)" in msg, msg
+
+
 def test_yaml_syntax_and_duplicate_keys(tmp_path: Path) -> None:
     bad = write(tmp_path, GOOD_HEAD + "  - id: [unclosed\n", "syntax.yaml")
     (msg,) = problems_of(bad)
