@@ -2,7 +2,8 @@
 
 Each distinct port in the plant file is one Modbus TCP server (a gateway); each meter is a
 unit id behind it. Register contents come from the meter's device profile. A meter in a
-dropout does not answer at all; one in an exception spell answers with its exception code.
+dropout does not answer at all, nor does a unit id no meter has; one in an exception spell
+answers with its exception code.
 The servers only answer reads: every register is read-only, as on a metering device.
 """
 
@@ -83,6 +84,21 @@ def _simdata(points: list[ResolvedPoint]) -> SimBlocks:
         if not blocks[table]:
             blocks[table].append(SimData(address=0, count=1, datatype=SimType.INVALID))
     return (blocks[Table.COIL], blocks[Table.DISCRETE], blocks[Table.HOLDING], blocks[Table.INPUT])
+
+
+def _nobody() -> SimDevice:
+    """Unit id 0 for pymodbus: every unit id no meter has. It never answers, as a bus
+    behind a transparent gateway (pymodbus 3.16's SimCore looks unknown ids up as 0 and,
+    without one, answers exception 4 and logs a KeyError; ignore_missing_devices applies
+    only to NoSuchIdException). Every address is valid, so each request reaches the
+    action instead of an illegal-address answer."""
+
+    async def silent(*_: object) -> ExcCodes | None:
+        raise NoSuchIdException("no meter has this unit id")
+
+    bits = [SimData(address=0, values=[0] * 4096, datatype=SimType.BITS)]  # 65,536 bits
+    words = [SimData(address=0, count=65536, datatype=SimType.REGISTERS)]
+    return SimDevice(id=0, simdata=(bits, list(bits), words, list(words)), action=silent)
 
 
 def _why_not_listening(host: str, port: int) -> str:
@@ -237,7 +253,7 @@ class PlantServer:
             self._note(served, t, function_code, address, count,
                        "dropout" if exc.code is None else f"exception {exc.code}")
             if exc.code is None:
-                # pymodbus stays silent for an unknown unit when ignore_missing_devices=True
+                # pymodbus stays silent on NoSuchIdException with ignore_missing_devices
                 raise NoSuchIdException(f"{meter_id} is in a dropout") from None
             return ExcCodes(exc.code)
         self._fill(served.image, FC_TABLE[function_code], start_address, registers)
@@ -290,7 +306,7 @@ class PlantServer:
         try:
             for port, devices in by_port.items():
                 server = ModbusTcpServer(
-                    devices,
+                    [*devices, _nobody()],
                     address=(self.plant.host, self._bind[port]),
                     framer=FramerType.RTU if framing[port] == "rtu" else FramerType.SOCKET,
                     ignore_missing_devices=True,

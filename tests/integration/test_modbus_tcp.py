@@ -98,6 +98,35 @@ def test_reads_what_the_pymodbus_servers_serve_and_mbpoll_reads(
     assert points > 30 and words >= 5
 
 
+def test_a_unit_id_nobody_has_gets_no_answer_like_a_meter_in_a_dropout() -> None:
+    """A unit id not in the plant file behind a served port: silent, as a transparent
+    gateway's bus (pymodbus 3.16's SimCore answered exception 4, device failure, and logged
+    a KeyError traceback per request; ignore_missing_devices did not apply). The
+    meters behind the same port answer on the same connection afterwards."""
+    spec = frozen_demo()
+
+    async def main() -> None:
+        engine = Engine(spec.plant, spec.profiles, file=spec.file, losses=False)
+        async with PlantServer(engine, spec, port_base=0) as plant:
+            m = next(m for m in spec.plant.meters if m.framing == "tcp")
+            served = plant.status()["meters"][m.id]
+            units = {x.unit_id for x in spec.plant.meters if x.port == m.port}
+            p = plant.meters[m.id].points[0]
+            client = await ModbusTcpClient.open("127.0.0.1", served["port"], 2.0)
+            try:
+                for unit in (99, 247):
+                    assert unit not in units
+                    with pytest.raises(NoAnswer):
+                        await client.read(FC[p.table], p.address, p.registers, unit, 0.5)
+                got = await client.read(FC[p.table], p.address, p.registers,
+                                        served["unit_id"], 2.0)
+                assert got
+            finally:
+                client.close()
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- scripted server
 
 Reply = Callable[[int, int, int, int, int], Awaitable[bytes | None]]
