@@ -11,6 +11,7 @@ agent) and the analytics file (for the service) are written from the same plant.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import zoneinfo
 from dataclasses import dataclass
@@ -49,6 +50,14 @@ class Split:
         return (self.live_end - self.live_start).total_seconds() / DAY_S
 
 
+def live_seed(seed: int, live_start: dt.datetime) -> int:
+    """The live part's seed: derived from the plant's seed and the live start, so the same
+    demo gives the same run, while the live week's noise (and weather, production wobble)
+    does not replay the history's first days, as the plant's own seed would."""
+    text = f"{seed}/live/{live_start.astimezone(dt.timezone.utc).isoformat()}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
+
+
 def split_plant(plant_file: Path, workdir: Path, *, history_days: float,
                 live_days: float | None = None, speed: float | None = None) -> Split:
     """Write the history as CSV and the live part as a plant file (see the module doc)."""
@@ -76,6 +85,7 @@ def split_plant(plant_file: Path, workdir: Path, *, history_days: float,
     data = plant.model_dump(mode="json")
     data["start"] = live_start.isoformat().replace("+00:00", "Z")
     data["days"] = live
+    data["seed"] = live_seed(plant.seed, live_start)
     if speed is not None:
         data["speed"] = speed
     for m in data["meters"]:
@@ -83,7 +93,8 @@ def split_plant(plant_file: Path, workdir: Path, *, history_days: float,
             m["initial"] = initial[m["id"]]
     live_plant = workdir / f"{plant.name}-live.yaml"
     header = (f"# the live part of {plant_file} (written by recp demo): "
-              f"{live:g} days from {data['start']}\n")
+              f"{live:g} days from {data['start']}, seed {data['seed']} derived from the "
+              f"plant's {plant.seed}\n")
     live_plant.write_text(header + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     load_plant(live_plant)  # the written file must validate like the original
     return Split(spec, history_dir, live_plant, plant.start, live_start,
