@@ -50,6 +50,7 @@ WRITE_BATCH = 2_000  # readings per outbox transaction at most
 WRITE_LINGER_S = 0.05  # wait this long for more readings before a commit (one fsync each)
 TIME_ERROR = 5  # adjtimex(2): clock not synchronised
 KERNEL_CHECK_S = 0.2  # a synchronised kernel clock is asked again at most this often
+RATE_CHANGE = 0.01  # a time source's rate changed when it differs by more than 1 %
 _libc: Any = None
 
 
@@ -83,6 +84,7 @@ class DeviceClock:
         self.meter = meter
         self.not_before = not_before
         self.anchor: tuple[float, int, float] | None = None  # (clock s, monotonic ns, rate)
+        self.noted_rate = 0.0  # the rate last logged (first read, start, stop or change)
         self.reads = 0
         self.failures = 0
 
@@ -104,16 +106,42 @@ class DeviceClock:
             return False
         # the device answered somewhere within the poll: take the middle
         mono = result.mono_ns + int((result.latency_s or 0.0) * 5e8)
-        expected = self.at(mono)
-        if expected is None:
+        if self.anchor is None:
             log.info("clock from device meter=%s time=%s rate=%g", self.meter,
                      contract.format_ts(t), rate)
-        elif abs(t - expected) > max(1.0, 0.5 * rate):
-            log.warning("clock device stepped by %.3f s meter=%s rate=%g", t - expected,
-                        self.meter, rate)
+            self.noted_rate = rate
+        else:
+            self._check(t, mono, rate)
         self.anchor = (t, mono, rate)
         self.reads += 1
         return True
+
+    def _check(self, t: float, mono: int, rate: float) -> None:
+        """Log a step of the source's time, and a start, stop or change of its rate (once
+        each: the rate is compared with the last one logged, not the last one read).
+
+        The time is expected where the last read, extrapolated, puts it. A clock whose
+        rate changed between the two reads may have changed at any moment in between, so
+        its time is expected between the extrapolations at the old and the new rate.
+        Allowed beside that: half a wall second at the faster rate (when in its poll the
+        device answered is not known)."""
+        t0, mono0, old = self.anchor or (t, mono, rate)
+        wall = (mono - mono0) / 1e9
+        lo, hi = sorted((t0 + wall * old, t0 + wall * rate))
+        off = t - hi if t > hi else t - lo if t < lo else 0.0
+        if abs(off) > max(1.0, 0.5 * max(rate, old)):
+            log.warning("clock device stepped by %.3f s meter=%s rate=%g", off, self.meter,
+                        rate)
+        noted = self.noted_rate
+        if abs(rate - noted) > RATE_CHANGE * max(rate, noted):
+            if noted == 0:
+                log.info("clock device started: rate %g (was standing) meter=%s time=%s",
+                         rate, self.meter, contract.format_ts(t))
+            else:
+                log.warning("clock device %s: rate %g, was %g meter=%s time=%s",
+                            "stopped" if rate == 0 else "changed speed", rate, noted,
+                            self.meter, contract.format_ts(t))
+            self.noted_rate = rate
 
     def at(self, mono_ns: int) -> float | None:
         """The device's time at monotonic time ``mono_ns``; None before its first read."""

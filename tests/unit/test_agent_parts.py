@@ -165,6 +165,52 @@ def test_device_clock_extrapolates_at_its_rate_and_holds_until_read():
     assert rate == 8640.0 and when == pytest.approx(guard.device.at(mono))
 
 
+def test_device_clock_logs_a_start_stop_or_change_of_rate_once_and_real_steps_only(
+        caplog: pytest.LogCaptureFixture):
+    """The step check measured a read against the new rate's tolerance (half a wall
+    second of it: 2,160 s at 4,320x), so a clock starting, stopping or changing speed was
+    never logged, and a clock that stopped could be taken for a step back. Now each
+    change of rate is logged once, and a step is time outside both extrapolations."""
+    import logging
+
+    clock = ClockGuard(ClockSettings(source="device", device="plc_clock")).device
+    assert clock is not None
+    t0 = 1788739200_000  # 2026-09-07 00:00 UTC, in ms
+    s = 1_000_000_000  # a wall second, in monotonic ns
+
+    def read(ms: float, rate: float, wall_s: float) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="recp.agent"):
+            assert clock.observe(clock_read(ms, rate, int(wall_s * s)))
+        return [f"{r.levelname} {r.getMessage()}" for r in caplog.records]
+
+    assert read(t0, 0.0, 1.0)[0].startswith("INFO clock from device")  # held: standing
+    assert read(t0, 0.0, 1.05) == []
+    # started between two reads 50 ms apart, the first answer 0.02 s into its run
+    started = read(t0 + 0.02 * 4320_000, 4320.0, 1.10)
+    assert len(started) == 1 and started[0].startswith("INFO clock device started: rate 4320")
+    assert read(t0 + 0.07 * 4320_000, 4320.0, 1.15) == []  # once
+    assert read(t0 + 0.12 * 4320_000 + 600_000, 4320.0, 1.20) == []  # 600 s: jitter at 4320x
+    assert read(t0 + 0.17 * 4320_000 + 600_000 * 1.004, 4320.0 * 1.004, 1.25) == []  # < 1 %
+    # stopped (the scenario's end): not a step back
+    end = t0 + 0.2 * 4320_000 + 600_000
+    stopped = read(end, 0.0, 1.35)
+    assert len(stopped) == 1, stopped
+    assert stopped[0].startswith("WARNING clock device stopped: rate 0, was 4320")
+    assert read(end, 0.0, 5.0) == []
+    # a real clock set to another speed; then stepped by an hour at that speed
+    assert read(end, 1.0, 6.0)[0].startswith("INFO clock device started: rate 1")
+    changed = read(end + 1_000 + 500, 2.0, 7.0)  # a second at 1, then at 2: between both
+    assert len(changed) == 1 and "changed speed: rate 2, was 1" in changed[0], changed
+    stepped = read(end + 1_500 + 2_000 + 3600_000, 2.0, 8.0)
+    assert len(stepped) == 1 and stepped[0].startswith("WARNING clock device stepped by 3600")
+    # a step at a change of rate: beyond both extrapolations
+    both = read(end + 3_604_500 - 7200_000, 1.0, 9.0)  # a second at 1 after the last read
+    assert [x.split(" meter")[0] for x in both] == [
+        "WARNING clock device stepped by -7200.000 s",
+        "WARNING clock device changed speed: rate 1, was 2"]
+
+
 def test_held_readings_are_retimed_at_the_clock_rate(tmp_path: Path):
     from collector.outbox import Entry, Outbox
 
