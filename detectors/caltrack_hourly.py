@@ -191,8 +191,13 @@ class CaltrackHourlyModel:
         timestamps: ArrayLike,
         temperature: ArrayLike | None = None,
         production: ArrayLike | None = None,
+        *,
+        groups: tuple[IntArray, IntArray] | None = None,
     ) -> FloatArray:
-        """Expected consumption per hour; NaN where a month has no model or T is unknown."""
+        """Expected consumption per hour; NaN where a month has no model or T is unknown.
+
+        ``groups``: the timestamps' hour of week and local month, as
+        :func:`week_hours_and_months` gives them, for a caller that needs them too."""
         ts = as_timestamps("timestamps", timestamps)
         n = ts.size
         if temperature is None:
@@ -209,7 +214,9 @@ class CaltrackHourlyModel:
         P = as_values("production", production, n) if production is not None else None
         if not self.uses_production:
             P = None
-        how, month = _week_hours_and_months(ts, self.timezone)
+        how, month = groups if groups is not None else week_hours_and_months(ts, self.timezone)
+        if how.shape != (n,) or month.shape != (n,):
+            raise ValueError(f"groups: {n} hours of week and months expected, one per timestamp")
         out = np.full(n, np.nan)
         for mm in self.months:
             if mm is None:
@@ -277,7 +284,7 @@ def fit_caltrack_hourly(
             "every hour misses consumption or temperature"
             + (" or production" if P is not None else "")
         )
-    how, month = _week_hours_and_months(ts, cfg.timezone)
+    how, month = week_hours_and_months(ts, cfg.timezone)
     occ_edges = tuple(f_to_c(e) for e in cfg.bin_endpoints_f)
     hdd = np.maximum(f_to_c(cfg.occupancy_heating_f) - T, 0.0)
     cdd = np.maximum(T - f_to_c(cfg.occupancy_cooling_f), 0.0)
@@ -496,7 +503,7 @@ def local_months(epoch_s: IntArray, timezone: str) -> IntArray:
     return _months(epoch_s + tz_offsets(epoch_s, timezone))
 
 
-def _week_hours_and_months(epoch_s: IntArray, timezone: str) -> tuple[IntArray, IntArray]:
+def week_hours_and_months(epoch_s: IntArray, timezone: str) -> tuple[IntArray, IntArray]:
     """Hour of week (Monday 00:00 = 0) and calendar month of each hour start in
     ``timezone``: one look-up of the zone's offsets serves both."""
     offsets = tz_offsets(epoch_s, timezone)

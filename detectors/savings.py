@@ -36,8 +36,8 @@ from .caltrack_hourly import (
     CaltrackHourlyConfig,
     CaltrackHourlyModel,
     fit_caltrack_hourly,
-    local_months,
     month_names,
+    week_hours_and_months,
 )
 from .clean import clean_counter, resample_gauge
 from .meter import MeterInfo
@@ -524,8 +524,11 @@ def compute_savings(
     except ValueError as exc:
         raise SavingsError(f"cannot fit a baseline: {exc}") from None
     say("projecting the adjusted baseline")
-    adjusted = model.predict(t, T if model.uses_temperature else None,
-                             P if model.uses_production else None)  # fmt: skip
+    # CalTRACK hourly: each hour's hour of week and local month, worked out once for the
+    # projection, the months without a model and the normalised savings
+    groups = (week_hours_and_months(t, model.timezone)
+              if isinstance(model, CaltrackHourlyModel) else None)  # fmt: skip
+    adjusted = _predict(model, t, T, P, groups)
     fitted = b & np.isfinite(y)
     if T is not None:
         fitted &= np.isfinite(T)
@@ -534,7 +537,8 @@ def compute_savings(
     rm = r & np.isfinite(y) & np.isfinite(adjusted)
     month_notes: list[str] = []
     if isinstance(model, CaltrackHourlyModel):
-        month_notes = _months_without_model(model, t, r, y, rm)
+        assert groups is not None
+        month_notes = _months_without_model(model, groups[1], r, y, rm)
     m = int(rm.sum())
     avoided = float(np.sum(adjusted[rm] - y[rm]))
     adjusted_total = float(np.sum(adjusted[rm]))
@@ -559,7 +563,7 @@ def compute_savings(
     cumulative = np.cumsum(adjusted[rm] - y[rm])
     band = _cumulative_band(adjusted[rm], s.cv_rmse_pct, s.n, s.n_params, s.residual_lag1)
     say("normalised savings")
-    normalised, note = _normalised(model, t, y, T, P, b, r, cfg, series.timezone)
+    normalised, note = _normalised(model, t, y, T, P, b, r, cfg, series.timezone, groups)
     baseline_cov = s.n / max(int(b.sum()), 1)
     reporting_cov = m / max(int(r.sum()), 1)
     fsu68 = mv.fsu(halfwidth[0.68], avoided)
@@ -640,6 +644,22 @@ def _fit(
         unit=unit, config=cfg,
     )  # fmt: skip
 
+def _predict(
+    model: Model,
+    t: IntArray,
+    T: FloatArray | None,
+    P: FloatArray | None,
+    groups: tuple[IntArray, IntArray] | None = None,
+) -> FloatArray:
+    """The model's prediction at ``t`` with the inputs it uses (CalTRACK hourly: with the
+    hours' ``groups`` when the caller has them)."""
+    temperature = T if model.uses_temperature else None
+    production = P if model.uses_production else None
+    if isinstance(model, CaltrackHourlyModel):
+        return model.predict(t, temperature, production, groups=groups)
+    return model.predict(t, temperature, production)
+
+
 def _cumulative_band(
     adjusted: FloatArray, cv_pct: float | None, n: int, p: int, rho: float
 ) -> FloatArray:
@@ -664,11 +684,13 @@ def _normalised(
     r: np.ndarray,
     cfg: BaselineConfig,
     timezone: str = "UTC",
+    groups: tuple[IntArray, IntArray] | None = None,
 ) -> tuple[float | None, str]:
     """Baseline model minus a reporting-period model, both on the baseline's conditions.
 
     The reporting-period model is of the same method (CalTRACK hourly: its months' models
-    cover only the calendar months the reporting period and their neighbours saw)."""
+    cover only the calendar months the reporting period and their neighbours saw;
+    ``groups``: the hours' hour of week and local month, of all of ``t``)."""
     days = float(r.sum()) * cfg.interval_s / DAY_S
     if cfg.interval_s < DAY_S and days < 28 and cfg.time_of_week == "week":
         # a short reporting period cannot fill every hour of the week several times
@@ -684,10 +706,9 @@ def _normalised(
     tb = t[b]
     tb_T = None if T is None else T[b]
     tb_P = None if P is None else P[b]
-    pre = model.predict(tb, tb_T if model.uses_temperature else None,
-                        tb_P if model.uses_production else None)  # fmt: skip
-    postp = post.predict(tb, tb_T if post.uses_temperature else None,
-                         tb_P if post.uses_production else None)  # fmt: skip
+    tb_groups = None if groups is None else (groups[0][b], groups[1][b])
+    pre = _predict(model, tb, tb_T, tb_P, tb_groups)
+    postp = _predict(post, tb, tb_T, tb_P, tb_groups)
     ok = np.isfinite(pre) & np.isfinite(postp)
     if not ok.any():
         return None, "the reporting-period model cannot be run on the baseline's conditions"
@@ -730,10 +751,11 @@ def _caltrack_daily_inputs(series: Series, cfg: BaselineConfig) -> None:
 
 
 def _months_without_model(
-    model: CaltrackHourlyModel, t: IntArray, r: np.ndarray, y: FloatArray, rm: np.ndarray
+    model: CaltrackHourlyModel, months: IntArray, r: np.ndarray, y: FloatArray,
+    rm: np.ndarray,
 ) -> list[str]:
-    """A reporting period (partly) in calendar months the baseline has no model for."""
-    months = local_months(t, model.timezone)
+    """A reporting period (partly) in calendar months the baseline has no model for
+    (``months``: each hour's local calendar month)."""
     missing = {mm for mm in range(1, 13) if model.months[mm - 1] is None}
     hit = r & np.isfinite(y) & np.isin(months, list(missing))
     unseen = r & np.isfinite(y) & ~hit & ~rm

@@ -29,6 +29,7 @@ from detectors.caltrack_hourly import (
     fit_caltrack_hourly,
     local_months,
     merge_bins,
+    week_hours_and_months,
 )
 
 T0 = 1_451_606_400  # 2016-01-01T00:00:00Z, a Friday
@@ -212,6 +213,12 @@ def test_a_refit_is_identical_and_the_json_is_complete() -> None:
     d = a.to_dict()
     assert d["format"] == "recp-caltrack-hourly/1" and len(d["months"]) == 12
     assert len(d["months"][0]["intercepts"]) == 168
+    # the hours' groups worked out once by a caller (compute_savings) give the same
+    groups = week_hours_and_months(t, "UTC")
+    assert np.array_equal(a.predict(t, T, groups=groups), a.predict(t, T), equal_nan=True)
+    assert np.array_equal(groups[1], local_months(t, "UTC"))
+    with pytest.raises(ValueError, match="one per timestamp"):
+        a.predict(t, T, groups=(groups[0][1:], groups[1][1:]))
 
 
 def test_months_without_data_have_no_model_and_no_prediction() -> None:
