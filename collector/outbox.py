@@ -256,6 +256,10 @@ class Outbox:
         groups: list[list[tuple]] = []
         try:
             if kinds.get("sequences") == "table":
+                if "lasts" not in {c[1] for c in db.execute("PRAGMA table_info(cycles)")}:
+                    # the first cycle rows: their meters' last seqs are all in sequences,
+                    # which becomes seq_base, so the view sequences needs none from them
+                    db.execute("ALTER TABLE cycles ADD COLUMN lasts TEXT NOT NULL DEFAULT '{}'")
                 db.execute("INSERT INTO seq_base SELECT meter, last_seq FROM sequences WHERE "
                            "true ON CONFLICT (meter) DO UPDATE SET last_seq = "
                            "MAX(last_seq, excluded.last_seq)")

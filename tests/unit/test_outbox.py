@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.outbox import Entry, Outbox
+from collector.outbox import _VIEW, Entry, Outbox
 
 
 def entry(meter: str, held: bool = False, mono_ns: int = 0) -> Entry:
@@ -165,7 +165,7 @@ def test_wal_and_full_sync_are_on(tmp_path: Path):
 WRITER = textwrap.dedent(
     """
     import json, sys
-    from collector.outbox import Entry, Outbox
+    from collector.outbox import _VIEW, Entry, Outbox
     box = Outbox(sys.argv[1], cap=10**9)
     payload = b"x" * 300
     n = 0
@@ -463,3 +463,50 @@ def test_a_failed_delete_leaves_the_readings_as_on_disk(tmp_path: Path):
         assert [r.id for r in box.peek()] == ids
         assert box.delete(ids) == 3 and box.depth == 0
         assert box._db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+# The first cycle-row schema (one morning on main): per-meter sequences still a table and
+# cycle rows without their meters' last seqs (``lasts``).
+_CYCLES_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sequences (meter TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE cycles (
+    first_id INTEGER PRIMARY KEY, n INTEGER NOT NULL, start INTEGER NOT NULL DEFAULT 0,
+    meters TEXT NOT NULL, seqs TEXT NOT NULL, topics TEXT NOT NULL, offsets TEXT NOT NULL,
+    payloads BLOB NOT NULL, created REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0,
+    monos TEXT, boot TEXT
+);
+CREATE TABLE drops (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL
+);
+CREATE TABLE holes (
+    meter TEXT PRIMARY KEY, through_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL
+);
+"""
+
+
+def test_an_outbox_of_the_first_cycle_rows_is_read_after_an_upgrade(tmp_path: Path):
+    """Its sequences table was moved into seq_base, but the sequences view needs each cycle
+    row's ``lasts``, which that file lacks: it could not be opened (no such column)."""
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.executescript(_CYCLES_V1)
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("stream", "v1stream"), ("next_id", "8")])
+    db.executemany("INSERT INTO sequences VALUES (?, ?)", [("a", 5), ("b", 1)])
+    db.executescript(_VIEW.split(";")[0])  # its view outbox was the one of today
+    db.execute("INSERT INTO cycles (first_id, n, meters, seqs, topics, offsets, payloads, "
+               "created) VALUES (6, 2, '[\"a\",\"b\"]', '[5,1]', '[\"t/a\",\"t/b\"]', "
+               "'[0,1,3]', X'616262', 1.0)")
+    db.commit()
+    db.close()
+    with Outbox(path) as box:
+        assert box.stream == "v1stream" and box.depth == 2
+        assert [(r.id, r.meter, r.seq, r.payload) for r in box.peek()] == [
+            (6, "a", 5, b"a"), (7, "b", 1, b"bb")]
+        assert box.last_seqs() == {"a": 5, "b": 1}
+        assert box.append([entry("a"), entry("b")]) == [6, 2]
+        assert box.delete([6, 7]) == 2
+    with Outbox(path) as box:  # the counters survive the old row's deletion
+        assert box.last_seqs() == {"a": 6, "b": 2}
+        assert [(r.id, r.seq) for r in box.peek()] == [(8, 6), (9, 2)]
