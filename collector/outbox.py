@@ -620,7 +620,9 @@ class Outbox:
         clock (the others keep their timestamp, flagged by ``retime(payload, None)``).
 
         ``now_wall`` is the trusted clock's time at ``now_mono_ns``; it advances ``rate``
-        seconds per monotonic second (1 for the system clock, a simulated clock's speed)."""
+        seconds per monotonic second (1 for the system clock, a simulated clock's speed).
+        If the rewrite fails (disk full) it is logged, 0 returned and the readings stay
+        held: the agent tries again with its next commit."""
         with self._lock:
             if not self._held:
                 return 0
@@ -651,6 +653,10 @@ class Outbox:
                     "UPDATE cycles SET offsets = ?, payloads = ?, held = 0 WHERE first_id = ?",
                     updates)
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # disk full, I/O error: still held, tried again
+                self._rollback()
+                log.error("outbox release failed held=%d error=%s", self._held, exc)
+                return 0
             except BaseException:
                 self._rollback()
                 raise

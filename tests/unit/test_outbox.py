@@ -510,3 +510,23 @@ def test_an_outbox_of_the_first_cycle_rows_is_read_after_an_upgrade(tmp_path: Pa
     with Outbox(path) as box:  # the counters survive the old row's deletion
         assert box.last_seqs() == {"a": 6, "b": 2}
         assert [(r.id, r.seq) for r in box.peek()] == [(8, 6), (9, 2)]
+
+
+def test_a_failed_release_keeps_the_readings_held_for_the_next_try(tmp_path: Path, caplog):
+    """Releasing held readings rewrites their rows; on a full disk that fails. Like a failed
+    append it is logged and the agent goes on (before, the exception ended the agent's
+    writer, and with it the agent): the readings stay held, released on a later try."""
+    with Outbox(tmp_path / "o.db") as box:
+        box.append([entry("a", held=True, mono_ns=1), entry("b", held=True, mono_ns=2)])
+
+        def deny_update(action: int, arg1: str | None, *_: object) -> int:
+            refused = action == sqlite3.SQLITE_UPDATE and arg1 == "cycles"
+            return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+        box._db.set_authorizer(deny_update)
+        assert box.release(lambda p, when: p + b"!", 1000.0, 5) == 0
+        box._db.set_authorizer(None)
+        assert "outbox release failed held=2" in caplog.text
+        assert box.held == 2 and box.peek() == []
+        assert box.release(lambda p, when: p + b"!", 1000.0, 5) == 2
+        assert box.held == 0 and [r.payload[-1:] for r in box.peek()] == [b"!", b"!"]
