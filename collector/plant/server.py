@@ -101,6 +101,10 @@ def _nobody() -> SimDevice:
     return SimDevice(id=0, simdata=(bits, list(bits), words, list(words)), action=silent)
 
 
+class CannotListen(OSError):
+    """A port of the plant cannot be listened on (in use, not an address of this host)."""
+
+
 def _why_not_listening(host: str, port: int) -> str:
     """Why a server cannot listen on ``host:port``, asked again of the OS (pymodbus logs
     the reason at a level we silence and raises a RuntimeError without it)."""
@@ -316,15 +320,15 @@ class PlantServer:
                 except RuntimeError:  # pymodbus 3.16: "Could not start listen", no reason
                     bind = self._bind[port]
                     where = f" (port {port} in {self.file})" if bind != port else ""
-                    raise OSError(f"{self.plant.host} port {bind}{where}: "
-                                  f"{_why_not_listening(self.plant.host, bind)}") from None
+                    raise CannotListen(f"{self.plant.host} port {bind}{where}: "
+                                       f"{_why_not_listening(self.plant.host, bind)}") from None
                 self.servers[port] = server
                 sockets = getattr(server.transport, "sockets", None) or []
                 self.ports[port] = sockets[0].getsockname()[1] if sockets else self._bind[port]
+            self.write_files()
         except BaseException:
             await self.close()
             raise
-        self.write_files()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -335,10 +339,12 @@ class PlantServer:
             with contextlib.suppress(Exception):
                 await server.shutdown()
         self.servers.clear()
-        self.write_files()
-        if self._record is not None:
-            self._record.close()
-            self._record = None
+        try:
+            self.write_files()
+        finally:
+            if self._record is not None:
+                self._record.close()
+                self._record = None
 
     def start_at_next_clock_read(self) -> None:
         """Start the clock at the next read of the time source, not at run().
@@ -493,8 +499,11 @@ def serve_plant(
                 finished = await server.run(stop)
             print("scenario complete" if finished else "stopped", flush=True)
             return 0
-        except OSError as exc:
+        except CannotListen as exc:
             print(f"error: cannot listen: {exc}", flush=True)
+            return 1
+        except OSError as exc:  # the status, truth or record file
+            print(f"error: cannot write {exc.filename}: {exc.strerror or exc}", flush=True)
             return 1
 
     return asyncio.run(main())

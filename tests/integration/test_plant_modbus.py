@@ -286,3 +286,40 @@ def test_a_port_in_use_is_named_in_one_line(tmp_path: Path) -> None:
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("error: cannot listen") and f"port {port}" in line, line
     assert "in use" in line, line
+
+
+def test_a_status_file_it_cannot_write_is_named_and_leaves_no_port_open(tmp_path: Path) -> None:
+    """Not "cannot listen" (the listening went fine): the file, and why; and the servers
+    started before the first write of the file are shut again (in-process too)."""
+    import asyncio
+    import socket
+
+    from collector.plant import Engine, load_plant
+    from collector.plant.server import PlantServer
+
+    missing = tmp_path / "no such dir" / "status.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "simulate", "-c", str(DEMO), "--speed", "0",
+         "--port-base", "0", "--status", str(missing)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "cannot listen" not in line and str(missing) in line, line
+    assert "No such file or directory" in line, line
+
+    spec = load_plant(DEMO)
+
+    async def main() -> dict[int, int]:
+        server = PlantServer(Engine(spec.plant, spec.profiles, file=spec.file, losses=False),
+                             spec, port_base=0, status_path=missing)
+        with pytest.raises(OSError):
+            async with server:
+                pass
+        return server.ports
+
+    ports = asyncio.run(main())
+    assert ports
+    for port in ports.values():
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
