@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -58,7 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar
 
 log = logging.getLogger("recp.outbox")
 T = TypeVar("T")
@@ -204,6 +205,7 @@ class Outbox:
         self.cap = cap
         self.boot = boot_id()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _claim(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -692,6 +694,7 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._owner.close()  # after the database: closing a file drops its POSIX locks
         self._thread.shutdown(wait=False)  # may be called in that thread itself
 
     def __enter__(self) -> Outbox:
@@ -699,6 +702,20 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _claim(path: Path) -> BinaryIO:
+    """The outbox file, locked for this process (flock: apart from SQLite's own locks).
+    Two agents on one file would number readings from the same counters; the second is
+    refused. The kernel releases the lock when the process ends, however it ends."""
+    owner = open(path, "ab")  # noqa: SIM115  # held open until close()
+    try:
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner.close()
+        raise OSError(f"{path} is in use by another process (another recp agent with this "
+                      "outbox? stop it, or give this one its own outbox.path)") from None
+    return owner
 
 
 def _offsets(payloads: Sequence[bytes]) -> list[int]:

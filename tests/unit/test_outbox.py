@@ -530,3 +530,18 @@ def test_a_failed_release_keeps_the_readings_held_for_the_next_try(tmp_path: Pat
         assert box.held == 2 and box.peek() == []
         assert box.release(lambda p, when: p + b"!", 1000.0, 5) == 2
         assert box.held == 0 and [r.payload[-1:] for r in box.peek()] == [b"!", b"!"]
+
+
+def test_a_second_outbox_on_the_same_file_is_refused(tmp_path: Path):
+    """Two agents on one outbox file (the service, and one started by hand to try
+    something) both numbered from the same counters: one's rows collided with the other's
+    ids and were dropped, until a deletion freed an id and it stored seqs the other had
+    already published (same stream and seq, other content: consumers keep the first)."""
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        box.append([entry("a")])
+        with pytest.raises(OSError, match=r"o\.db is in use by another process"):
+            Outbox(path)
+        assert box.append([entry("a")]) == [2]  # the first one goes on undisturbed
+    with Outbox(path) as box:  # free again once closed
+        assert box.last_seqs() == {"a": 2}
