@@ -43,6 +43,7 @@ class OpenEvent:
     quiet: int = 0
     explanation: str = ""
     published: bool = False
+    latest_start_s: int | None = None  # level shift: the latest moment it can have begun
 
 
 @dataclass(frozen=True)
@@ -120,21 +121,57 @@ def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.timezone.utc)
 
 
+NIGHTS_KEPT = 21  # the level shift's recent nights, for its onset (an excursion is shorter)
+
+
+def night_step_onset(nights: list[tuple[int, float]], change_s: int, ref: float,
+                     night_s: int) -> tuple[int, int]:
+    """(earliest, latest) moment a step seen in the nights can have begun.
+
+    ``nights``: (start, weather-normalised mean rate) of the recent nights, oldest first;
+    ``change_s``: the start of the night where the detector's CUSUM left zero. That night
+    may precede the step: a night a little above the reference plus the CUSUM's allowance
+    (half the smallest step worth finding) starts the excursion and is counted in. Which
+    of the excursion's nights belong to the step is re-decided with the step's estimated
+    size instead (the change point maximising the sum of night - reference - step/2 from
+    it on, twice: the step re-estimated from the nights kept). A step first seen in night
+    N began after the end of the night before (the last at the reference level) and
+    before the end of N: the nights are all this detector sees."""
+    run = [(t, v - ref) for t, v in nights if t >= change_s and math.isfinite(v)]
+    if not run or not math.isfinite(ref):
+        return change_s - DAY_S + night_s, change_s + night_s
+    first = 0
+    for _ in range(2):
+        step = sum(d for _, d in run[first:]) / (len(run) - first)
+        tails = [sum(d - 0.5 * step for _, d in run[j:]) for j in range(len(run))]
+        first = max(range(len(run)), key=lambda j: (tails[j], -j))
+    start = run[first][0]
+    before = [t for t, _ in nights if t < start]
+    return (max(before) if before else start - DAY_S) + night_s, start + night_s
+
+
 class EventTracker:
     """The open events of one meter, one per detector at most."""
 
-    def __init__(self, site: str, meter: str, settings: AlertSettings) -> None:
+    def __init__(self, site: str, meter: str, settings: AlertSettings,
+                 night_s: int = 4 * 3600) -> None:
         self.site = site
         self.meter = meter
         self.settings = settings
+        self.night_s = night_s  # the level shift's night window, seconds
         self.open: dict[str, OpenEvent] = {}
+        self.nights: list[tuple[int, float]] = []  # level shift: (night start, rate)
 
     def _event(self, kind: str, ev: OpenEvent, info: MeterInfo, resource: str,
                closed: bool, currency: str) -> Event:
         cost = info.cost(ev.excess)
-        text = (f"{event_type(kind, resource).value} on {self.meter} since "
-                f"{_utc(ev.start_s):%Y-%m-%d %H:%M} UTC: {ev.explanation}; "
-                f"{ev.excess:.4g} {info.unit} extra"
+        since = f"since {_utc(ev.start_s):%Y-%m-%d %H:%M} UTC"
+        if ev.latest_start_s is not None:  # a night-time step: when it began is a range
+            since = (f"began between {_utc(ev.start_s):%Y-%m-%d %H:%M} and "
+                     f"{_utc(ev.latest_start_s):%Y-%m-%d %H:%M} UTC (seen in the night "
+                     "window only)")
+        text = (f"{event_type(kind, resource).value} on {self.meter} {since}: "
+                f"{ev.explanation}; {ev.excess:.4g} {info.unit} extra"
                 + (f", {cost:.2f} {currency}" if cost is not None else ""))
         return Event(
             meter=self.meter, type=event_type(kind, resource), start=_utc(ev.start_s),
@@ -153,12 +190,19 @@ class EventTracker:
         obs = observe(kind, ev is not None, t_s, interval_s, value, score, diag,
                       self.settings, info.unit)
         out: list[Transition] = []
+        if kind == "level_shift" and math.isfinite(_f(diag[7])):  # a night completed
+            self.nights = [*self.nights[1 - NIGHTS_KEPT:], (int(diag[7]), _f(diag[5]))]
         if ev is None:
             if not obs.active:
                 return out
             start = min(obs.start_s if obs.start_s is not None else t_s, t_s)
+            latest = None
+            if kind == "level_shift":
+                start, latest = night_step_onset(self.nights, start, _f(diag[3]),
+                                                 self.night_s)
+                start, latest = min(start, t_s), min(latest, t_s)
             ev = OpenEvent(kind, start, t_s + interval_s, obs.increment, obs.score,
-                           obs.severity.value, 0, obs.text)
+                           obs.severity.value, 0, obs.text, latest_start_s=latest)
             self.open[kind] = ev
             out.append(self._transition("open", kind, ev, info, resource, currency))
             ev.published = True
@@ -189,5 +233,6 @@ class EventTracker:
     def snapshot(self) -> dict[str, Any]:
         return {k: asdict(v) for k, v in self.open.items()}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], nights: list[Any] | None = None) -> None:
         self.open = {k: OpenEvent(**v) for k, v in state.items()}
+        self.nights = [(int(t), float(v)) for t, v in nights or []]

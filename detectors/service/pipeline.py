@@ -262,7 +262,9 @@ class MeterPipeline:
         self.span = 0.0
         self.pairs = 0.0
         self.detectors = make_detectors(settings)
-        self.tracker = EventTracker(site, meter, settings.alerts)
+        night_h = settings.night_hours_utc
+        self.tracker = EventTracker(site, meter, settings.alerts,
+                                    int(((night_h[1] - night_h[0]) % 24.0 or 24.0) * 3600))
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
         self.overspend: Any = None  # a detectors.overspend.OverspendDetector on that baseline
         self.inputs: InputsFor | None = None  # outdoor temperature and production (service)
@@ -492,6 +494,7 @@ class MeterPipeline:
             "hold_until": self.hold_until, "pace": [self.rise, self.span, self.pairs],
             "detectors": {k: _pack(d) for k, d in self.detectors.items()},
             "events": self.tracker.snapshot(),
+            "nights": [[t, v if math.isfinite(v) else None] for t, v in self.tracker.nights],
             "overspend": self.overspend.snapshot() if self.overspend is not None else None,
         }  # fmt: skip
 
@@ -521,7 +524,8 @@ class MeterPipeline:
                 # a snapshot that does not fit (config change): that detector starts afresh
                 with contextlib.suppress(ValueError, KeyError, TypeError, zlib.error):
                     obj.detectors[kind] = _unpack(type(obj.detectors[kind]), snap)
-        obj.tracker.restore(state.get("events", {}))
+        obj.tracker.restore(state.get("events", {}),
+                            [(t, math.nan if v is None else v) for t, v in state.get("nights", [])])
         if state.get("overspend"):
             from ..overspend import OverspendDetector
 

@@ -325,6 +325,8 @@ def test_checkpoint_round_trip_continues_exactly(tmp_path: Path) -> None:
     state = checkpoint.load(tmp_path / "state.json")
     assert state is not None
     second = MeterPipeline.restore(state["meters"][0], Settings())
+    # the level shift's recent nights (for when a step began) come back too
+    assert first.tracker.nights and second.tracker.nights == first.tracker.nights
     for t, v in data[cut:]:
         second.add(t, {"energy_kwh": v})
         iv, tr = second.complete()
