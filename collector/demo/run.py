@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -294,7 +295,11 @@ class Demo:
                 self.say(f"  note   {a.get('meter')}: {a.get('type')} since {when} "
                          f"(a {a.get('resource')} meter: not a loss)")
         elif a.get("event") == "open":
-            self.say(f"  ALERT  {a.get('meter')}: {a.get('type')} since {when} "
+            # a base-load step is seen at night only: its start is a range (detect's alerts)
+            seen = re.search(r"began between (\S+ \S+) and (\S+ \S+) UTC",
+                             str(a.get("explanation") or ""))
+            since = f"began between {seen[1]} and {seen[2]}" if seen else f"since {when}"
+            self.say(f"  ALERT  {a.get('meter')}: {a.get('type')} {since} "
                      f"({a.get('excess', 0):,.4g} {a.get('unit', '')}{money} so far)")
         else:
             end = (a.get("end") or "")[:16].replace("T", " ")

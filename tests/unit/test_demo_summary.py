@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from collector.demo.summary import format_verdict, judge
 
 DAY = 86400.0
@@ -64,3 +66,24 @@ def test_the_agreed_rate_is_one_false_alarm_per_meter_and_month():
     one = [ev("water", "spike", T0 + DAY)]
     assert judge(t, one, now_s=T0 + 30 * DAY, meters=4, days=30).ok  # limit 4
     assert not judge(t, one, now_s=T0 + 7 * DAY, meters=4, days=7).ok  # limit 0
+
+
+def test_a_night_time_steps_alert_shows_when_it_began_as_a_range(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The service dates a base-load step at the earliest moment it can have begun and
+    says the range; the demo's alert line shows that range, not a bare 'since'."""
+    from collector.demo.run import Demo, Options, Screen
+
+    demo = Demo(Options(), Screen(plain=True))
+    demo.on_alert({"event": "open", "type": "level_shift", "meter": "steam_main",
+                   "resource": "steam", "start": "2026-09-10T03:00:00.000Z", "excess": 118.3,
+                   "unit": "kg", "cost": 6.5, "currency": "EUR",
+                   "explanation": "level_shift on steam_main began between 2026-09-10 03:00 "
+                                  "and 2026-09-11 03:00 UTC (seen in the night window only)"})
+    demo.on_alert({"event": "open", "type": "overspend", "meter": "water_main",
+                   "resource": "water", "start": "2026-09-08T21:00:00.000Z", "excess": 1.5,
+                   "unit": "m3", "cost": 6.0, "currency": "EUR", "explanation": "used more"})
+    out = capsys.readouterr().out
+    assert ("ALERT  steam_main: level_shift began between 2026-09-10 03:00 and 2026-09-11 "
+            "03:00 (118.3 kg, 6 EUR so far)") in out
+    assert "ALERT  water_main: overspend since 2026-09-08 21:00 (1.5 m3, 6 EUR so far)" in out
