@@ -11,10 +11,15 @@ Scenarios (issue 3 goals in brackets):
   per request including decoding and publishing].
 Each scenario runs with ``mqtt.batch`` off (the default: one message per reading) and on
 (several readings of a meter per ``readings`` message; settings below).
-Baselines, same request, same server, same run: bare pymodbus' own CPU per request (no
-decoding, storing or publishing; what the agent's poll path used before its own Modbus TCP
-client) and mbpoll's (libmodbus, C); and batching off for batching on. The agent runs on
-asyncio's event loop and, when installed, on uvloop (RECP_EVENT_LOOP selects it).
+Baselines, same request, same server, same run: the floor (benchmarks/floor.py: a minimal
+asyncio client on the same 50 ports and the same 50 ms schedule, on the same event loop,
+that only writes the requests and unpacks the replies; the agent's figure is printed as a
+ratio to it), bare pymodbus' own CPU per request (no decoding, storing or publishing; what
+the agent's poll path used before its own Modbus TCP client) and mbpoll's (libmodbus, C);
+and batching off for batching on. The agent runs on asyncio's event loop and, when
+installed, on uvloop (RECP_EVENT_LOOP selects it). ``RECP_BENCH_BASE=DIR`` also runs the
+agent of another checkout (main's, say: ``git worktree add DIR main``) in the 50-device
+scenarios, right before this one's, as the baseline of a "now / base" ratio.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from benchmarks import floor
 from benchmarks.bench_agent_modbus import (
     N_MBPOLL,
     PROFILE,
@@ -61,9 +67,10 @@ def run_mbpoll_cpu(port: int) -> float:
         / N_MBPOLL * 1e3
 
 
-def proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
 
 
 def proc_rss_mb(pid: int) -> tuple[float, float]:
@@ -122,9 +129,10 @@ class Counter:
 
 
 def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: str,
-             sync: str = "FULL", loop: str = "asyncio", batch: str = ""
-             ) -> tuple[float, int, float, float]:
-    """Run the agent; return (CPU s, readings, RSS MB, peak RSS MB) over the window.
+             sync: str = "FULL", loop: str = "asyncio", batch: str = "", tree: Path = REPO
+             ) -> tuple[float, int, float, float, float]:
+    """Run the agent (the code in ``tree``); return (CPU s, readings, RSS MB, peak RSS MB,
+    kernel CPU s) over the window.
 
     ``batch``: the site file's ``mqtt.batch`` (empty: off, the default)."""
     (tmp / "bench_meter.yaml").write_text(PROFILE)
@@ -140,16 +148,17 @@ def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: st
     counter = Counter(broker)
     outbox = tmp / (name + ".sqlite")
     agent = subprocess.Popen([sys.executable, "-m", "collector", "agent", "-c", str(site)],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=os.environ | {"RECP_EVENT_LOOP": loop})
+                             cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=os.environ | {"RECP_EVENT_LOOP": loop,
+                                               "PYTHONPATH": str(tree)})
     try:
         deadline = time.monotonic() + 60  # start-up takes seconds on a loaded machine
         while made(outbox) == 0 and time.monotonic() < deadline and agent.poll() is None:
             time.sleep(0.2)
         time.sleep(WARMUP_S)
-        cpu0, made0, n0 = proc_cpu_s(agent.pid), made(outbox), counter.count()
+        (u0, s0), made0, n0 = proc_cpu_s(agent.pid), made(outbox), counter.count()
         time.sleep(MEASURE_S)
-        cpu1, made1, n1 = proc_cpu_s(agent.pid), made(outbox), counter.count()
+        (u1, s1), made1, n1 = proc_cpu_s(agent.pid), made(outbox), counter.count()
         rss, peak = proc_rss_mb(agent.pid)
     finally:
         agent.terminate()
@@ -164,7 +173,7 @@ def scenario(tmp: Path, ports: list[int], broker: int, interval: float, name: st
               "arrive up to max_wait_ms late)")
     elif arrived < 0.7 * n:
         print(f"  WARNING: only {arrived} of {n} readings made arrived in the window")
-    return cpu1 - cpu0, n, rss, peak
+    return (u1 + s1) - (u0 + s0), n, rss, peak, s1 - s0
 
 
 def main() -> None:
@@ -178,6 +187,9 @@ def main() -> None:
         mq = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
         server, ports = start_server(100)
+        base = os.environ.get("RECP_BENCH_BASE")
+        trees = ([("base", Path(base).resolve())] if base else []) + [("now", REPO)]
+        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         try:
             time.sleep(0.5)
             c0 = time.process_time()
@@ -190,7 +202,7 @@ def main() -> None:
             for loop in loops():
                 hundred = {}
                 for label, batch in (("off", ""), ("on", BATCH_HUNDRED)):
-                    cpu, n, rss, peak = scenario(tmp, ports, broker, 1.0,
+                    cpu, n, rss, peak, _ = scenario(tmp, ports, broker, 1.0,
                                                  f"hundred_{loop}_{label}", loop=loop,
                                                  batch=batch)
                     hundred[label] = cpu / max(n, 1)
@@ -205,19 +217,31 @@ def main() -> None:
                 print(f"  batching on / off, CPU per reading = "
                       f"{hundred['on'] / hundred['off']:.2f}")
 
+                fl = floor.measure(ports[:50], 0.05, WARMUP_S, MEASURE_S, loop)
+                print(f"floor on {loop}: a minimal client, 50 devices every 50 ms, "
+                      f"{MEASURE_S:.0f} s measured: {fl.describe()}")
                 fifty = {}
                 for label, batch in (("off", ""), ("on", BATCH_FIFTY)):
-                    cpu, n, rss, peak = scenario(tmp, ports[:50], broker, 0.05,
-                                                 f"fifty_{loop}_{label}", loop=loop,
-                                                 batch=batch)
-                    per = fifty[label] = cpu / max(n, 1) * 1e3
-                    print(f"agent on {loop}, batching {label} {batch}: 50 devices polled "
-                          f"every 50 ms, {MEASURE_S:.0f} s measured:")
-                    print(f"  {n / MEASURE_S:6.0f} readings/s, {per:.3f} ms CPU per request "
-                          "incl. decoding, outbox and publishing (goal <= 0.04 ms), RSS "
-                          f"{rss:.1f} MB")
-                    print(f"  agent / bare pymodbus CPU per request = {per / bare_ms:.2f}; "
-                          f"agent / mbpoll = {per / mbpoll_ms:.1f}")
+                    per_tree = {}
+                    for name, tree in trees:
+                        cpu, n, rss, _, kernel = scenario(
+                            tmp, ports[:50], broker, 0.05, f"fifty_{loop}_{label}_{name}",
+                            loop=loop, batch=batch, tree=tree)
+                        per = per_tree[name] = cpu / max(n, 1) * 1e3
+                        who = "agent" if name == "now" else f"base agent ({tree})"
+                        print(f"{who} on {loop}, batching {label} {batch}: 50 devices "
+                              f"polled every 50 ms, {MEASURE_S:.0f} s measured (load "
+                              f"{os.getloadavg()[0]:.1f}):")
+                        print(f"  {n / MEASURE_S:6.0f} readings/s, {per:.3f} ms CPU per "
+                              f"request (sys {kernel / max(n, 1) * 1e3:.3f}) incl. decoding, "
+                              f"outbox and publishing (goal <= 0.04 ms), RSS {rss:.1f} MB")
+                        print(f"  agent / floor = {per / fl.ms_per_request:.1f}; agent / "
+                              f"bare pymodbus = {per / bare_ms:.2f}; agent / mbpoll = "
+                              f"{per / mbpoll_ms:.1f}")
+                    if "base" in per_tree:
+                        print(f"  now / base, CPU per request = "
+                              f"{per_tree['now'] / per_tree['base']:.2f}")
+                    fifty[label] = per_tree["now"]
                 print(f"  batching on / off, CPU per request = "
                       f"{fifty['on'] / fifty['off']:.2f}")
 

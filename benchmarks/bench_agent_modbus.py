@@ -5,6 +5,9 @@ back-to-back polls on one connection. "100 devices": 100 ports, one connection e
 polled at once. The server is benchmarks/modbus_server.py in its own process.
 
 Baselines, measured in the same run against the same server:
+- the floor (benchmarks/floor.py): a minimal asyncio client that only writes the request
+  and unpacks the reply's ten floats, back to back, on the same event loop; the agent's
+  CPU per request is printed as a ratio to it;
 - mbpoll (libmodbus, C), given one long list of the same unit id so that it reads back to
   back (its polling mode sleeps 10 ms between rounds);
 - bare pymodbus 3.16 (AsyncModbusTcpClient.read_holding_registers in a loop), what the
@@ -32,6 +35,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from benchmarks import floor
 from collector.modbus.poller import Bus, Device, Link, PollResult, plan_device
 from collector.site import MeterSpec, Polling, load_site
 
@@ -77,6 +81,15 @@ def meters(tmp: Path, ports: list[int]) -> list[MeterSpec]:
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def report_floor(loop: str, ports: list[int], seconds: float) -> float:
+    """The floor's line; its CPU ms per request."""
+    f = floor.measure(ports, 0, 1.0, seconds, loop)
+    print(f"  {'floor, ' + loop:28s} {f.requests / seconds:8.0f} req/s  "
+          f"CPU {f.ms_per_request:6.3f} ms/req (user {f.user_s / f.requests * 1e3:.3f}, sys "
+          f"{f.sys_s / f.requests * 1e3:.3f})")
+    return f.ms_per_request
 
 
 def report(name: str, n: int, wall: float, cpu: float, lat: list[float] | None) -> float:
@@ -188,26 +201,31 @@ def main() -> None:
             specs = meters(Path(tmp), ports)
             print(f"one device, {N_ONE} polls of 20 registers back to back (loopback)")
             mb = run_mbpoll(ports[0]) if have_mbpoll else float("nan")
-            bare, ours = {}, {}
+            bare, ours, vs_floor = {}, {}, {}
             for loop in loops():
+                fl = report_floor(loop, ports[:1], 3.0)
                 n, wall, cpu, lat = timed(lambda: bare_pymodbus(ports[:1], None, N_ONE), loop)
                 bare[loop] = report(f"bare pymodbus, {loop}", n, wall, cpu, lat)
                 n, wall, cpu, lat = timed(lambda: agent_path(specs[:1], None, N_ONE), loop)
                 ours[loop] = report(f"agent poll path, {loop}", n, wall, cpu, lat)
+                vs_floor[loop] = cpu / n * 1e3 / fl
             mb_after = run_mbpoll(ports[0]) if have_mbpoll else float("nan")
             mb = (mb + mb_after) / 2  # the machine is shared: mbpoll before and after
             for loop in ours:
                 print(f"  {loop}: agent / mbpoll = {ours[loop] / mb:.2f} (goal >= 0.5); "
-                      f"agent / bare pymodbus = {ours[loop] / bare[loop]:.2f}")
+                      f"agent / bare pymodbus = {ours[loop] / bare[loop]:.2f}; CPU per "
+                      f"request agent / floor = {vs_floor[loop]:.1f}")
 
             print(f"{DEVICES} devices on {DEVICES} ports at once, {SECONDS_MANY:.0f} s")
             for loop in loops():
+                fl = report_floor(loop, ports, SECONDS_MANY)
                 n, wall, cpu, lat = timed(lambda: bare_pymodbus(ports, SECONDS_MANY, 0), loop)
                 b = report(f"bare pymodbus, {loop}", n, wall, cpu, lat)
                 n, wall, cpu, lat = timed(lambda: agent_path(specs, SECONDS_MANY, 0), loop)
                 o = report(f"agent poll path, {loop}", n, wall, cpu, lat)
-                print(f"  {loop}: agent / bare pymodbus = {o / b:.2f}; "
-                      f"median poll {statistics.median(lat) * 1e3:.2f} ms")
+                print(f"  {loop}: agent / bare pymodbus = {o / b:.2f}; CPU per request "
+                      f"agent / floor = {cpu / n * 1e3 / fl:.1f}; median poll "
+                      f"{statistics.median(lat) * 1e3:.2f} ms")
         finally:
             server.terminate()
             server.wait(5)
