@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from collector.contract import Quality
-from collector.modbus.poller import Bus, Device, Link, PollResult, plan_device
+from collector.modbus.poller import Bus, Device, Link, Poller, PollResult, plan_device
 from collector.modbus.tcp import (
     BadResponse,
     LinkDown,
@@ -408,3 +408,52 @@ def test_the_fast_path_reads_and_fails_exactly_like_the_careful_one(
                  "not a Modbus TCP frame", "connection"):
         assert text in errors, text
     assert all(q is Quality.OK for q, _, _ in fast[-3:])
+
+
+def test_meters_on_their_own_connections_share_one_timer_per_poll_instant(
+        tmp_path: Path) -> None:
+    """Three lone meters on three connections (the fast path), every 50 ms: polled at the
+    same instants, from one event-loop timer per instant (not one per meter and poll),
+    and every reading good."""
+    (tmp_path / "p.yaml").write_text(
+        "kind: profile\nmanufacturer: T\nmodel: t\nresource: electricity\n"
+        "source: test\ndefaults: {table: holding, type: uint16}\npoints:\n"
+        "  - {name: voltage_l1_v, address: 0}\n")
+
+    async def main() -> tuple[list[PollResult], int]:
+        async with Scripted([]) as a, Scripted([]) as b, Scripted([]) as c:
+            (tmp_path / "site.yaml").write_text(
+                "kind: site\nsite: s\npolling: {interval_s: 0.05}\nmeters:\n" + "".join(
+                    f"  - {{id: m{i}, profile: {tmp_path / 'p.yaml'}, connection: "
+                    f"{{type: tcp, host: 127.0.0.1, port: {s.port}}}}}\n"
+                    for i, s in enumerate((a, b, c))))
+            poller = Poller(load_site(tmp_path / "site.yaml").meters, Polling())
+            got: list[PollResult] = []
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            timers = 0
+            real_call_later = loop.call_later
+
+            def counting(*args: Any, **kw: Any) -> asyncio.TimerHandle:
+                nonlocal timers
+                if len(got) >= 3:  # after the first round (connecting)
+                    timers += 1
+                return real_call_later(*args, **kw)
+
+            def emit(r: PollResult) -> None:
+                got.append(r)
+                if len(got) >= 3 * 12:
+                    stop.set()
+
+            loop.call_later = counting  # type: ignore[method-assign]
+            await asyncio.wait_for(poller.run(emit, stop), 30)
+            return got, timers
+
+    got, timers = asyncio.run(main())
+    assert all(r.quality is Quality.OK for r in got)
+    assert timers <= 12 + 2  # one per instant (three per instant before)
+    rounds: dict[str, list[int]] = {}
+    for r in got:
+        rounds.setdefault(r.meter, []).append(r.mono_ns)
+    for starts in zip(*rounds.values(), strict=False):
+        assert max(starts) - min(starts) < 20e6, starts  # same instant, give or take 20 ms

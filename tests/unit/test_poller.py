@@ -302,3 +302,46 @@ def test_a_meter_is_polled_again_only_when_ready(tmp_path: Path):
     held, after = run(main())
     assert held["m"] == 1 and held["other"] >= 5, held  # the other meter kept its schedule
     assert after["m"] > 2, after  # once ready, polling goes on
+
+
+def test_ticker_calls_everything_due_at_one_instant_from_one_timer():
+    """Meters due at the same instant share one event-loop timer; a cancelled call is not
+    made, and a call that raises is reported without keeping the others from running."""
+    async def main() -> tuple[list[str], int, list[Any]]:
+        loop = asyncio.get_running_loop()
+        timers = 0
+        real_call_later = loop.call_later
+
+        def counting(*a: Any, **kw: Any) -> asyncio.TimerHandle:
+            nonlocal timers
+            timers += 1
+            return real_call_later(*a, **kw)
+
+        loop.call_later = counting  # type: ignore[method-assign]
+        reported: list[Any] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["exception"]))
+        ticker = poller_mod.Ticker()
+        calls: list[str] = []
+        when = loop.time() + 0.02  # asyncio's loop.time() is time.monotonic()
+
+        def boom() -> None:
+            raise RuntimeError("a bug in one meter's poll")
+
+        def later() -> None:
+            calls.append("later")
+
+        for name in ("a", "b", "c"):
+            ticker.at(when, lambda n=name: calls.append(n))
+        key = ticker.at(when, boom)
+        skipped = ticker.at(when, later)
+        ticker.cancel(skipped, later)
+        ticker.at(when, lambda: calls.append("d"))  # after the raising one
+        assert key == skipped
+        made = timers
+        await asyncio.sleep(0.05)
+        return calls, made, reported
+
+    calls, timers, reported = run(main())
+    assert calls == ["a", "b", "c", "d"]
+    assert timers == 1
+    assert [str(e) for e in reported] == ["a bug in one meter's poll"]
