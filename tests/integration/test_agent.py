@@ -460,17 +460,29 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sub = Subscriber(mosquitto)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # (recp simulate took 7.8 s to start at load 7.5)
+        wait_until(status.exists, "the plant's status file")
         ports = {int(k): v for k, v in json.loads(status.read_text())["ports"].items()}
         site = write_site(tmp_path, ports, mosquitto, polling={"interval_s": 0.1},
                           mqtt_extra={"batch": batch} if batch else None)
+        meters = [m["id"] for m in yaml.safe_load(site.read_text())["meters"]]
         argv = [sys.executable, "-m", "collector", "agent", "-v", "-c", str(site)]
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        def some_more_readings() -> None:  # the agent is up and publishing (slow machines)
-            n = len(sub.readings())
-            sub.wait_for(lambda: len(sub.readings()) >= n + 30, "30 more readings")
+
+        def newest() -> dict[str, int]:
+            out: dict[str, int] = defaultdict(int)
+            for r in sub.readings():
+                out[r["meter"]] = max(out[r["meter"]], r["seq"])
+            return out
+
+        def some_more_readings() -> None:
+            """The agent is up and publishing: 30 more readings, and two more of every
+            meter (at load the four units behind one gateway, polled in turn, got 4 of
+            30-odd in a run, and the check of five per meter below failed)."""
+            n, before = len(sub.readings()), newest()
+            wait_until(lambda: len(sub.readings()) >= n + 30 and all(
+                newest()[m] >= before[m] + 2 for m in meters),
+                "30 more readings, two more of every meter")
 
         for _ in range(2):
             agent = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
@@ -488,7 +500,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
             some_more_readings()
             agent.send_signal(signal.SIGTERM)
             try:
-                agent.wait(TIMEOUT)
+                agent.wait(TIMEOUT + 30)  # drains for up to 10 s (--drain-timeout), then exits
             except subprocess.TimeoutExpired:
                 for _ in range(3):
                     agent.send_signal(signal.SIGUSR1)
@@ -502,7 +514,7 @@ def test_agent_killed_and_restarted_loses_nothing(mosquitto: MosquittoServer, tm
     last = last_seqs(tmp_path / "outbox.sqlite")
     total = sum(last.values())
     sub.wait_for(lambda: len({(r["meter"], r["seq"]) for r in sub.readings()}) >= total,
-                 f"all {total} readings at the subscriber")
+                 f"all {total} readings at the subscriber", timeout=60.0)
     check_complete(sub.readings(), last)
     check_batches(sub, batch)
     sub.close()
