@@ -143,10 +143,15 @@ def compile_block_decoder(slots: Sequence[Slot]) -> BlockDecoder | None:
         scales = tuple(s for s, _, _ in post)
         shifts = tuple(o for _, o, _ in post)
         unscaled = all(s == 1.0 for s in scales) and all(o == 0.0 for o in shifts)
+        # every point a float32/64 (the usual meter): unpacked, they are floats already
+        floats = all(f in ("f", "d") for f in fmt[1:] if not f.endswith("x"))
 
         def decode_block(data: bytes) -> dict[str, float | None]:
+            vals: Sequence[float]
             if unscaled:  # raw * 1.0 + 0.0 is raw + 0.0 (a float; -0.0 becomes 0.0)
-                vals = [raw + 0.0 for raw in unpack(data)]
+                vals = unpack(data)
+                if not floats or 0.0 in vals:  # (-0.0 == 0.0: a zero may be -0.0)
+                    vals = [raw + 0.0 for raw in vals]
             else:
                 vals = [raw * scale + shift
                         for raw, scale, shift in zip(unpack(data), scales, shifts, strict=True)]

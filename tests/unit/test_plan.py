@@ -312,3 +312,20 @@ def test_block_decoder_pinned_with_bytes_and_overlap_falls_back():
     (both,) = plan_reads([pt("power_kw", 0), pt("power_l1_kw", 0)], 1)
     assert both.block is None
     assert both.decode(b"\x3f\x80\x00\x00") == {"power_kw": 1.0, "power_l1_kw": 1.0}
+
+
+def test_block_decoder_of_floats_only_gives_plus_zero_and_floats():
+    """A block of float32/64 points is handed on as unpacked (no copy per value), except
+    that -0.0 still comes out as 0.0, as point by point (raw * 1.0 + 0.0)."""
+    import math
+
+    points = [pt("voltage_l1_v", 0), pt("power_kw", 2, type="float64"), pt("current_l1_a", 6)]
+    (req,) = plan_reads(points, 1)
+    data = b"\x43\x66\x80\x00" + b"\x80" + b"\x00" * 7 + b"\xbf\x80\x00\x00"
+    got = req.decode(data)
+    assert got == {"voltage_l1_v": 230.5, "power_kw": 0.0, "current_l1_a": -1.0}
+    zero = got["power_kw"]
+    assert zero is not None and math.copysign(1.0, zero) == 1.0  # not -0.0
+    assert all(type(v) is float for v in got.values())
+    assert req.decode(b"\x43\x66\x80\x00" + b"\x3f\xf0" + b"\x00" * 6 + b"\x00" * 4) == {
+        "voltage_l1_v": 230.5, "power_kw": 1.0, "current_l1_a": 0.0}
