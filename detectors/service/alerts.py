@@ -43,7 +43,10 @@ class OpenEvent:
     quiet: int = 0
     explanation: str = ""
     published: bool = False
-    latest_start_s: int | None = None  # level shift: the latest moment it can have begun
+    # level shift: the earliest and latest moment it can have begun (start_s: the start of
+    # the first night that showed it)
+    earliest_start_s: int | None = None
+    latest_start_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,8 @@ NIGHTS_KEPT = 21  # the level shift's recent nights, for its onset (an excursion
 
 
 def night_step_onset(nights: list[tuple[int, float]], change_s: int, ref: float,
-                     night_s: int) -> tuple[int, int]:
-    """(earliest, latest) moment a step seen in the nights can have begun.
+                     night_s: int) -> tuple[int, int, int]:
+    """(earliest moment, first night, latest moment): when a step seen in the nights began.
 
     ``nights``: (start, weather-normalised mean rate) of the recent nights, oldest first;
     ``change_s``: the start of the night where the detector's CUSUM left zero. That night
@@ -136,10 +139,11 @@ def night_step_onset(nights: list[tuple[int, float]], change_s: int, ref: float,
     size instead (the change point maximising the sum of night - reference - step/2 from
     it on, twice: the step re-estimated from the nights kept). A step first seen in night
     N began after the end of the night before (the last at the reference level) and
-    before the end of N: the nights are all this detector sees."""
+    before the end of N: the nights are all this detector sees. The first night is the
+    start of N."""
     run = [(t, v - ref) for t, v in nights if t >= change_s and math.isfinite(v)]
     if not run or not math.isfinite(ref):
-        return change_s - DAY_S + night_s, change_s + night_s
+        return change_s - DAY_S + night_s, change_s, change_s + night_s
     first = 0
     for _ in range(2):
         step = sum(d for _, d in run[first:]) / (len(run) - first)
@@ -147,7 +151,7 @@ def night_step_onset(nights: list[tuple[int, float]], change_s: int, ref: float,
         first = max(range(len(run)), key=lambda j: (tails[j], -j))
     start = run[first][0]
     before = [t for t, _ in nights if t < start]
-    return (max(before) if before else start - DAY_S) + night_s, start + night_s
+    return (max(before) if before else start - DAY_S) + night_s, start, start + night_s
 
 
 class EventTracker:
@@ -166,8 +170,10 @@ class EventTracker:
                closed: bool, currency: str) -> Event:
         cost = info.cost(ev.excess)
         since = f"since {_utc(ev.start_s):%Y-%m-%d %H:%M} UTC"
-        if ev.latest_start_s is not None:  # a night-time step: when it began is a range
-            since = (f"began between {_utc(ev.start_s):%Y-%m-%d %H:%M} and "
+        if ev.earliest_start_s is not None and ev.latest_start_s is not None:
+            # a night-time step: first seen in a night, when it began is a range
+            since = (f"first seen in the night from {_utc(ev.start_s):%Y-%m-%d %H:%M} UTC; "
+                     f"began between {_utc(ev.earliest_start_s):%Y-%m-%d %H:%M} and "
                      f"{_utc(ev.latest_start_s):%Y-%m-%d %H:%M} UTC (seen in the night "
                      "window only)")
         text = (f"{event_type(kind, resource).value} on {self.meter} {since}: "
@@ -196,13 +202,13 @@ class EventTracker:
             if not obs.active:
                 return out
             start = min(obs.start_s if obs.start_s is not None else t_s, t_s)
-            latest = None
+            earliest = latest = None
             if kind == "level_shift":
-                start, latest = night_step_onset(self.nights, start, _f(diag[3]),
-                                                 self.night_s)
-                start, latest = min(start, t_s), min(latest, t_s)
+                earliest, start, latest = (min(x, t_s) for x in night_step_onset(
+                    self.nights, start, _f(diag[3]), self.night_s))
             ev = OpenEvent(kind, start, t_s + interval_s, obs.increment, obs.score,
-                           obs.severity.value, 0, obs.text, latest_start_s=latest)
+                           obs.severity.value, 0, obs.text, earliest_start_s=earliest,
+                           latest_start_s=latest)
             self.open[kind] = ev
             out.append(self._transition("open", kind, ev, info, resource, currency))
             ev.published = True
