@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -285,8 +286,19 @@ async def run_agent_polling(site: Path, seconds: float, stalls: LoopStalls
 
 def on_schedule(interval: float, stalls: LoopStalls, began: float, ended: float) -> int:
     """Polls a meter kept on schedule should have made from ``began`` to ``ended``: one per
-    interval, less those a stall of the loop skipped (the poller skips missed slots)."""
-    return int((ended - began - stalls.within(began, ended)) / interval)
+    interval, less the slots a stall of the loop skipped (the poller skips a slot it is
+    late for by a whole interval; stalls less than ``slack_s`` apart count as one)."""
+    merged: list[list[float]] = []
+    for t0, t1 in stalls.stalls:
+        t0, t1 = max(t0, began), min(t1, ended)
+        if t1 <= t0:
+            continue
+        if merged and t0 - merged[-1][1] < stalls.slack_s:
+            merged[-1][1] = t1
+        else:
+            merged.append([t0, t1])
+    skipped = sum(math.floor((t1 - t0) / interval) for t0, t1 in merged)
+    return int((ended - began) / interval) - skipped
 
 
 def check_complete(readings: list[dict], last: dict[str, int]) -> dict[str, int]:

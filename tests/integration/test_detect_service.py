@@ -353,7 +353,7 @@ def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
     # the service marks an alert sent once the broker's PUBACK is back, and sends an
     # unmarked one again after a restart (at least once): the crash comes after the mark,
     # as the health's count of alerts sent says (else a loaded machine got two opens)
-    wait_until(lambda: bus.health().get("alerts", 0) >= 1, 10, "the open marked sent")
+    wait_until(lambda: bus.health().get("alerts", 0) >= 1, 30, "the open marked sent")
     # a crash: no shutdown checkpoint (the transition saved one)
     detect.stop(signal.SIGKILL)
     bus.publish(both[cut : cut + 400])  # queued by the broker for the persistent session
@@ -373,7 +373,7 @@ def test_restarts_keep_state_and_raise_no_alert_twice(setup: Any) -> None:
     # wait for one saying none is left to send (and every reading taken in), not a time
     k = bus.n_health()
     wait_until(lambda: bus.health(k).get("alerts_waiting") == 0
-               and bus.health(k).get("readings_in", 0) >= len(both) - cut - 400, 20,
+               and bus.health(k).get("readings_in", 0) >= len(both) - cut - 400, 30,
                "a health message after the close with no alert waiting")
     spikes = [(a["event"], a["id"]) for a in bus.alerts() if a["type"] == "spike"]
     assert [e for e, _ in spikes] == ["open", "close"], spikes
