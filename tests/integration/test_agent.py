@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import itertools
 import json
-import math
 import os
 import signal
 import sqlite3
@@ -260,7 +259,7 @@ class LoopStalls:
 
     def __str__(self) -> str:
         worst = sorted((round(t1 - t0, 3) for t0, t1 in self.stalls), reverse=True)
-        return f"loop stalls: {len(worst)}, longest {worst[:5]} s"
+        return f"loop stalls: {len(worst)}, {sum(worst):.2f} s in all, longest {worst[:5]} s"
 
 
 async def run_agent_polling(site: Path, seconds: float, stalls: LoopStalls
@@ -286,19 +285,11 @@ async def run_agent_polling(site: Path, seconds: float, stalls: LoopStalls
 
 def on_schedule(interval: float, stalls: LoopStalls, began: float, ended: float) -> int:
     """Polls a meter kept on schedule should have made from ``began`` to ``ended``: one per
-    interval, less the slots a stall of the loop skipped (the poller skips a slot it is
-    late for by a whole interval; stalls less than ``slack_s`` apart count as one)."""
-    merged: list[list[float]] = []
-    for t0, t1 in stalls.stalls:
-        t0, t1 = max(t0, began), min(t1, ended)
-        if t1 <= t0:
-            continue
-        if merged and t0 - merged[-1][1] < stalls.slack_s:
-            merged[-1][1] = t1
-        else:
-            merged.append([t0, t1])
-    skipped = sum(math.floor((t1 - t0) / interval) for t0, t1 in merged)
-    return int((ended - began) / interval) - skipped
+    interval of the time the loop ran. All stalled time comes off, not only stalls of a
+    whole interval: on a starved loop the polls themselves take longer (the plant answers
+    on the same loop), and a poll that ends an interval after its due time skips a slot
+    (at load 12, 54 stalls of at most 0.12 s cost el_main 4 of 19 slots)."""
+    return int((ended - began - stalls.within(began, ended)) / interval)
 
 
 def check_complete(readings: list[dict], last: dict[str, int]) -> dict[str, int]:
