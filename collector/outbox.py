@@ -321,14 +321,18 @@ class Outbox:
             base = self._base
             last_seq = self._last_seq
             meters, seqs, topics, payloads = [], [], [], []
-            for e in entries:
-                seq = last_seq.get(e.meter, 0) + 1
-                last_seq[e.meter] = seq
-                topic, payload = e.render(seq)
-                meters.append(e.meter)
-                seqs.append(seq)
-                topics.append(topic)
-                payloads.append(payload)
+            try:
+                for e in entries:
+                    seq = last_seq.get(e.meter, 0) + 1
+                    last_seq[e.meter] = seq
+                    topic, payload = e.render(seq)
+                    meters.append(e.meter)
+                    seqs.append(seq)
+                    topics.append(topic)
+                    payloads.append(payload)
+            except BaseException:  # a renderer's bug: no seq consumed, the caller sees it
+                self._last_seq = before
+                raise
             # one cycle row per run of readings held alike (in practice: all of them)
             runs, lo = [], 0
             for i in range(1, len(entries) + 1):
@@ -369,6 +373,11 @@ class Outbox:
                 self._unrecorded_drops[reason] = self._unrecorded_drops.get(reason, 0) + len(seqs)
                 log.error("outbox write failed dropped=%d error=%s", len(seqs), exc)
                 return []
+            except BaseException:  # nothing stored: no seq consumed
+                self._rollback()
+                self._last_seq = before
+                self._base = base
+                raise
             self._next_id = first + len(seqs)
             for c in new:
                 self._cycles[c.first] = c

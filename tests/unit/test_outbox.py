@@ -545,3 +545,20 @@ def test_a_second_outbox_on_the_same_file_is_refused(tmp_path: Path):
         assert box.append([entry("a")]) == [2]  # the first one goes on undisturbed
     with Outbox(path) as box:  # free again once closed
         assert box.last_seqs() == {"a": 2}
+
+
+def test_a_renderer_that_raises_consumes_no_sequence_number(tmp_path: Path):
+    """The readings are rendered before the transaction: an exception there (a bug in a
+    decoder's renderer) left the meter's counter advanced, and the next stored reading
+    skipped a seq that consumers then waited for as a gap."""
+    with Outbox(tmp_path / "o.db") as box:
+        box.append([entry("m")])
+
+        def broken(seq: int) -> tuple[str, bytes]:
+            raise ValueError("renderer bug")
+
+        with pytest.raises(ValueError, match="renderer bug"):
+            box.append([entry("m"), entry("n"), Entry("m", broken)])
+        assert box.last_seqs() == {"m": 1}
+        assert box.append([entry("m"), entry("n")]) == [2, 1]
+        assert [r.seq for r in box.peek()] == [1, 2, 1] and box.depth == 3
