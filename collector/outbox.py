@@ -207,11 +207,33 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._owner = _claim(self.path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
         self.synchronous = synchronous.upper()
+        try:  # a failed open frees the file at once, not when garbage collected
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            try:
+                self._load()
+            except BaseException:
+                self._db.close()
+                raise
+        except BaseException:
+            self._owner.close()
+            raise
+        self._unrecorded_drops: dict[str, int] = {}
+        self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        # The rows of the latest commits, kept in memory for the publisher (peek_fresh):
+        # every publishable row with id >= _tail_from is in _tail, in id order. Cleared
+        # whenever that could stop being true (cap drops, released or confirmed rows).
+        self._tail_lock = threading.Lock()  # never held across disk I/O
+        self._tail: deque[Row] = deque()
+        self._tail_from = math.inf
+
+    def _load(self) -> None:
+        """Set the file up (WAL, schema, conversion of an older one) and read what the
+        outbox keeps in memory: stream, counters, cycle index."""
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         self._db.executescript(_SCHEMA)
         kinds = dict(self._db.execute(
@@ -238,15 +260,6 @@ class Outbox:
         self._next_id = max(int(row[0]) if row else 1, last.first + last.n if last else 1)
         self._count = sum(c.live for c in self._cycles.values())
         self._held = sum(c.live for c in self._cycles.values() if c.held)
-        self._unrecorded_drops: dict[str, int] = {}
-        self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
-        # The rows of the latest commits, kept in memory for the publisher (peek_fresh):
-        # every publishable row with id >= _tail_from is in _tail, in id order. Cleared
-        # whenever that could stop being true (cap drops, released or confirmed rows).
-        self._tail_lock = threading.Lock()  # never held across disk I/O
-        self._tail: deque[Row] = deque()
-        self._tail_from = math.inf
 
     def _convert(self, kinds: dict[str, str]) -> None:
         """An outbox written before cycle rows (table ``outbox``, one row per reading, and

@@ -562,3 +562,18 @@ def test_a_renderer_that_raises_consumes_no_sequence_number(tmp_path: Path):
         assert box.last_seqs() == {"m": 1}
         assert box.append([entry("m"), entry("n")]) == [2, 1]
         assert [r.seq for r in box.peek()] == [1, 2, 1] and box.depth == 3
+
+
+def test_an_outbox_that_fails_to_open_frees_its_file_at_once(tmp_path: Path):
+    """An open that fails after taking the file (not a database, a failed conversion) closes
+    the connection and the lock itself: before, only garbage collection freed them, and an
+    exception kept alive (its traceback holds the half-made outbox) left the file 'in use
+    by another process' for a retry in the same process."""
+    path = tmp_path / "o.db"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError) as failed:
+        Outbox(path)
+    path.write_bytes(b"")  # mended in place (same file, so a lock left on it would hold)
+    with Outbox(path) as box:
+        assert box.append([entry("a")]) == [1]
+    assert failed.value is not None  # the traceback lived until here
