@@ -221,6 +221,10 @@ class Outbox:
             self._owner.close()
             raise
         self._unrecorded_drops: dict[str, int] = {}
+        # meter -> first_id from which confirm() reads: none of the meter's publishable
+        # readings in cycle rows before it is left (only confirm() and release() change
+        # it, with the lock held)
+        self._confirmed: dict[str, int] = {}
         self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         # The rows of the latest commits, kept in memory for the publisher (peek_fresh):
@@ -620,23 +624,42 @@ class Outbox:
         return n
 
     def confirm(self, meter: str, stream: str, seq: int) -> int:
-        """Forget readings of ``meter`` up to ``seq`` that a consumer has stored."""
+        """Forget readings of ``meter`` up to ``seq`` that a consumer has stored.
+
+        A meter's seqs grow with the id, so its confirmed readings are the front of its
+        readings in id order: the cycle rows are read from where its last confirmation
+        stopped (its cursor) to the first one holding a later seq, not all of them; each
+        confirmation costs about the rows it confirms, however deep the outbox."""
         if stream != self.stream:
             return 0
         self._forget_tail()  # it may delete rows the tail still holds
         quoted = json.dumps(meter)
         with self._lock:
             ids = []
-            for first, meters_t, seqs_t in self._db.execute(
-                    "SELECT first_id, meters, seqs FROM cycles WHERE held = 0 "
-                    "ORDER BY first_id"):
-                if quoted not in meters_t:
-                    continue
-                for i, (m, s) in enumerate(zip(json.loads(meters_t), json.loads(seqs_t),
-                                               strict=True)):
-                    if m == meter and s <= seq:
-                        ids.append(first + i)
-            return self._delete(ids)
+            stop = self._next_id  # no later reading of the meter: it resumes after them all
+            cur = self._db.execute(
+                "SELECT first_id, meters, seqs FROM cycles WHERE first_id >= ? AND held = 0 "
+                "ORDER BY first_id", (self._confirmed.get(meter, 0),))
+            try:
+                for first, meters_t, seqs_t in cur:
+                    if quoted not in meters_t:
+                        continue
+                    later = False
+                    for i, (m, s) in enumerate(zip(json.loads(meters_t), json.loads(seqs_t),
+                                                   strict=True)):
+                        if m == meter:
+                            if s > seq:
+                                later = True
+                                break
+                            ids.append(first + i)
+                    if later:
+                        stop = first
+                        break
+            finally:
+                cur.close()  # an unfinished SELECT would hold a read transaction open
+            n = self._delete(ids)  # raises if it fails: the cursor stays where it was
+            self._confirmed[meter] = max(stop, self._confirmed.get(meter, 0))
+            return n
 
     def release(self, retime: Retime, now_wall: float, now_mono_ns: int,
                 rate: float = 1.0) -> int:
@@ -687,6 +710,7 @@ class Outbox:
             for _, _, first in updates:
                 self._cycles[first].held = False
             self._held = 0
+            self._confirmed = {}  # released rows may lie before a cursor
             return count
 
     # -- inspection ---------------------------------------------------------------------
