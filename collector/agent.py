@@ -470,7 +470,8 @@ class Agent:
         def commit(entries: list[Entry] = entries, release: bool = release) -> int:
             if release:  # same thread call, so held readings go out before newer ones
                 n = box.release(retime, *self.clock.now())
-                log.info("clock trusted: released held readings count=%d", n)
+                if n:  # 0: it failed (logged by the outbox) and is tried again next commit
+                    log.info("clock trusted: released held readings count=%d", n)
             return len(box.append(entries))
 
         self.written += await box.call(commit)

@@ -225,6 +225,7 @@ class Outbox:
         # readings in cycle rows before it is left (only confirm() and release() change
         # it, with the lock held)
         self._confirmed: dict[str, int] = {}
+        self._release_failing = False  # the last release failed (logged once per streak)
         self.holes_changed = 0  # +1 whenever the cap drops readings (see holes())
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         # The rows of the latest commits, kept in memory for the publisher (peek_fresh):
@@ -668,8 +669,8 @@ class Outbox:
 
         ``now_wall`` is the trusted clock's time at ``now_mono_ns``; it advances ``rate``
         seconds per monotonic second (1 for the system clock, a simulated clock's speed).
-        If the rewrite fails (disk full) it is logged, 0 returned and the readings stay
-        held: the agent tries again with its next commit."""
+        If the rewrite fails (disk full) it is logged (once until a release works again),
+        0 returned and the readings stay held: the agent tries again with its next commit."""
         with self._lock:
             if not self._held:
                 return 0
@@ -702,11 +703,17 @@ class Outbox:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:  # disk full, I/O error: still held, tried again
                 self._rollback()
-                log.error("outbox release failed held=%d error=%s", self._held, exc)
+                if not self._release_failing:  # once per streak, not with every commit
+                    log.error("outbox release failed held=%d error=%s (tried again with "
+                              "every commit, logged again once it works)", self._held, exc)
+                self._release_failing = True
                 return 0
             except BaseException:
                 self._rollback()
                 raise
+            if self._release_failing:
+                log.warning("outbox release works again held=%d", self._held)
+                self._release_failing = False
             for _, _, first in updates:
                 self._cycles[first].held = False
             self._held = 0

@@ -384,3 +384,53 @@ def test_a_write_registered_on_a_closed_mqtt_socket_is_one_line_not_a_traceback(
     assert isinstance(lost, aiomqtt.MqttError)  # the session ends and reconnects
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "mqtt connection lost" in warnings[0]
+
+
+def test_a_failing_release_is_logged_once_per_streak_and_nothing_as_released(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The agent tries to release held readings with every commit once the clock is
+    trusted; on a full disk each try failed and logged 'released held readings count=0'
+    and the failure again, a pair of lines per commit (every poll cycle). Now: the failure
+    once, and 'released' only when something was."""
+    import asyncio
+    import logging
+    import sqlite3
+    from types import SimpleNamespace
+
+    from collector.outbox import Entry, Outbox
+
+    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
+    agent = Agent(load_site(tmp_path / "site.yaml"))
+    assert agent.clock.device is not None
+    agent.clock.device.observe(clock_read(1767571200_000, 1.0, 1_500_000_000))
+
+    def poll(mono_ns: int) -> PollResult:
+        return PollResult("m1", 0.0, mono_ns, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+
+    def deny_update(action: int, arg1: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_UPDATE and arg1 == "cycles"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    async def main() -> None:
+        box = agent.outbox = Outbox(tmp_path / "o.db")
+        agent.publisher = SimpleNamespace(wake=asyncio.Event())  # type: ignore[assignment]
+        held = poll(1_000_000_000)
+        box.append([Entry("m1", agent._render(held, False, box.stream), held=True,
+                          mono_ns=held.mono_ns)])
+        box._db.set_authorizer(deny_update)
+        for k in range(3):
+            await agent._commit([(poll(2_000_000_000 + k), True)])
+        assert box.held == 1 and box.depth == 4
+        box._db.set_authorizer(None)
+        for k in range(2):
+            await agent._commit([(poll(3_000_000_000 + k), True)])
+        assert box.held == 0 and box.depth == 6
+        box.close()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if "releas" in r.getMessage()]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("outbox release failed held=1")
+    assert lines[1].startswith("outbox release works again")
+    assert lines[2] == "clock trusted: released held readings count=1"
