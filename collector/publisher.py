@@ -6,9 +6,11 @@ meter metadata, then drain the outbox oldest first, a batch at a time, with at m
 ``max_inflight`` unacknowledged messages and at most ``max_rate_per_s`` messages a second.
 A reading leaves the outbox only when its PUBACK has arrived with a success reason code
 (or, with ``confirm: consumer``, when the consumer's retained high-water mark has passed
-it). Any failure ends the session; the next one starts after a capped, jittered backoff
-and sends again whatever is still in the outbox, so delivery is at-least-once and a
-repeat carries the same ``(stream, seq)``.
+it). Any failure of the connection ends the session; the next one starts after a capped,
+jittered backoff and sends again whatever is still in the outbox, so delivery is
+at-least-once and a repeat carries the same ``(stream, seq)``. A failed outbox deletion
+(disk full) is no such failure: logged once per streak, the readings stay and their
+deletion is tried again (PUBACKed ones every FLUSH_S, confirmed ones with the next ack).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import ssl
 import sys
 import time
@@ -367,6 +370,7 @@ class Publisher:
 
     async def _watch(self, client: _AckingClient) -> None:
         """Notice a lost connection (raises) and apply consumers' acknowledgements."""
+        confirm_failing = False  # the last confirmation's delete failed (logged once)
         async for message in client.messages:
             if self.mqtt.confirm != "consumer" or not str(message.topic).endswith("/ack"):
                 continue
@@ -379,7 +383,18 @@ class Publisher:
             except ValueError as exc:
                 log.warning("bad ack topic=%s error=%s", message.topic, exc)
                 continue
-            n = await self.outbox.call(self.outbox.confirm, meter, ack.stream, ack.seq)
+            try:
+                n = await self.outbox.call(self.outbox.confirm, meter, ack.stream, ack.seq)
+            except sqlite3.Error as exc:  # disk full: kept; a later ack confirms them too
+                if not confirm_failing:
+                    log.error("outbox delete failed (consumer confirmation) meter=%s "
+                              "error=%s (the readings stay in the outbox; logged again "
+                              "once a confirmation works)", meter, exc)
+                confirm_failing = True
+                continue
+            if confirm_failing:
+                log.warning("outbox delete works again (consumer confirmation)")
+                confirm_failing = False
             if n:
                 log.debug("confirmed meter=%s seq=%d deleted=%d", meter, ack.seq, n)
 
@@ -412,20 +427,44 @@ class Publisher:
         # the outbox is read ahead and cleaned up in worker threads while publishing goes on
         peeking: asyncio.Future[list[Row]] | None = None
         deleting: asyncio.Future[int] | None = None
+        deleting_ids: list[int] = []
+        delete_failing = False  # the last deletion failed; tried again from retry_at on
+        retry_at = 0.0
+
+        async def settle() -> None:
+            """Await the deletion in flight. One that fails (disk full, I/O error) deletes
+            nothing; its readings are published already, so the session goes on and they
+            are deleted with a later flush (a reconnect would only send them again)."""
+            nonlocal deleting, delete_failing, retry_at
+            assert deleting is not None
+            fut, deleting = deleting, None
+            try:
+                await fut
+            except sqlite3.Error as exc:
+                acked.extend(deleting_ids)
+                retry_at = time.monotonic() + FLUSH_S
+                if not delete_failing:  # once per streak, not every FLUSH_S
+                    log.error("outbox delete failed count=%d error=%s (the readings stay in "
+                              "the outbox, published already; deleting them is tried again, "
+                              "logged again once it works)", len(deleting_ids), exc)
+                delete_failing = True
+                return
+            if delete_failing:
+                log.warning("outbox delete works again count=%d", len(deleting_ids))
+                delete_failing = False
 
         async def flush(wait: bool = False) -> None:
-            nonlocal last_flush, deleting
+            nonlocal last_flush, deleting, deleting_ids
             last_flush = time.monotonic()
             if deleting is not None and (wait or deleting.done()):
-                await deleting
-                deleting = None
-            if acked and delete and deleting is None:
-                ids = list(acked)
+                await settle()
+            if acked and delete and deleting is None and (
+                    wait or not delete_failing or time.monotonic() >= retry_at):
+                deleting_ids = list(acked)
                 acked.clear()
-                deleting = self.outbox.call(self.outbox.delete, ids)
+                deleting = self.outbox.call(self.outbox.delete, deleting_ids)
                 if wait:
-                    await deleting
-                    deleting = None
+                    await settle()
             elif not delete:
                 acked.clear()
 
@@ -472,7 +511,9 @@ class Publisher:
                     if peeking is not None or (more and len(packer) < limit):
                         continue
                     if stop.is_set():
-                        if acked or deleting is not None or len(packer):
+                        # readings whose deletion fails stay in the outbox (sent again)
+                        if ((acked and not delete_failing) or deleting is not None
+                                or len(packer)):
                             continue
                         if self.wake.is_set():  # the writer's last commit: read it first
                             continue

@@ -181,3 +181,98 @@ def test_a_backlog_with_batching_goes_out_in_few_messages(mosquitto: MosquittoSe
         assert topics == {"reading"} and pub.stats.messages == 300
     else:
         assert topics == {"readings"} and pub.stats.messages == 6
+
+
+def _denying(deny: list[bool]) -> Callable[..., int]:
+    """An authorizer refusing deletes from cycles while ``deny[0]``: a full disk."""
+    import sqlite3
+
+    def authorize(action: int, arg1: str | None, *_: object) -> int:
+        refused = deny[0] and action == sqlite3.SQLITE_DELETE and arg1 == "cycles"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    return authorize
+
+
+def test_a_failed_outbox_delete_keeps_the_session_and_is_retried(
+        mosquitto: MosquittoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """A deletion of PUBACKed readings that fails (disk full) ended the session: logged as
+    'mqtt disconnected error=OperationalError...' (the broker was fine), a reconnect, and
+    everything sent again. Now the failure is logged once as what it is, the session goes
+    on and the deletion is tried again until it works."""
+    import logging
+
+    box = Outbox(tmp_path / "o.db")
+    box.append([reading("m1"), reading("m1"), reading("m2")])
+    deny = [True]
+    box._db.set_authorizer(_denying(deny))
+    started = time.monotonic()
+
+    def until(pub: Publisher) -> bool:
+        if pub.stats.published >= 3 and time.monotonic() - started > 2.0:
+            deny[0] = False  # space again, after a few tries (one every 0.5 s)
+        return not deny[0] and box.depth == 0
+
+    with caplog.at_level(logging.INFO):
+        pub = run_publisher(Mqtt(url=mosquitto.url, reconnect_delay_s=0.1), box, until)
+    box.close()
+    assert box.depth == 0 and not deny[0]
+    assert pub.stats.sessions == 1 and pub.stats.failures == 0 and pub.stats.published == 3
+    text = caplog.text
+    assert "mqtt disconnected" not in text
+    assert text.count("outbox delete failed count=3 error=not authorized") == 1
+    assert text.count("outbox delete works again count=3") == 1
+
+
+def test_a_delete_failing_at_stop_leaves_the_readings_for_the_next_start(
+        mosquitto: MosquittoServer, tmp_path: Path):
+    """Stopping while deletions fail ends at once (the readings stay, sent again after the
+    restart) instead of retrying the deletion until the disk has room."""
+    box = Outbox(tmp_path / "o.db")
+    box.append([reading("m1"), reading("m2")])
+    box._db.set_authorizer(_denying([True]))
+    t0 = time.monotonic()
+    pub = run_publisher(Mqtt(url=mosquitto.url), box, lambda p: p.stats.published >= 2)
+    assert time.monotonic() - t0 < 8 and pub.stats.failures == 0
+    assert box.depth == 2 and [r.meter for r in box.peek()] == ["m1", "m2"]
+    box.close()
+
+
+def test_a_failed_consumer_confirmation_keeps_the_session(
+        mosquitto: MosquittoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """confirm: consumer. A consumer's ack whose deletion fails (disk full) ended the
+    session (and the retained ack, delivered again on each subscribe, ended the next one
+    too). Now it is logged once, the session goes on, and a later ack deletes them."""
+    import json
+    import logging
+
+    import paho.mqtt.publish as publish
+
+    box = Outbox(tmp_path / "o.db")
+    box.append([reading("m1"), reading("m1")])
+    deny = [True]
+    box._db.set_authorizer(_denying(deny))
+
+    def ack() -> None:
+        publish.single(contract.ack_topic("s", "m1"),
+                       json.dumps({"v": 1, "stream": box.stream, "seq": 2}), qos=1,
+                       retain=True, hostname=mosquitto.host, port=mosquitto.port)
+
+    ack()  # retained: delivered when the publisher subscribes
+    started = time.monotonic()
+
+    def until(pub: Publisher) -> bool:
+        if deny[0] and pub.stats.published >= 2 and time.monotonic() - started > 1.5:
+            deny[0] = False
+            ack()  # the consumer's next ack (the same mark again)
+        return not deny[0] and box.depth == 0
+
+    with caplog.at_level(logging.INFO):
+        pub = run_publisher(Mqtt(url=mosquitto.url, confirm="consumer",
+                                 reconnect_delay_s=0.1), box, until)
+    box.close()
+    assert box.depth == 0 and pub.stats.sessions == 1 and pub.stats.failures == 0
+    text = caplog.text
+    assert "mqtt disconnected" not in text
+    assert text.count("outbox delete failed (consumer confirmation) meter=m1") == 1
+    assert text.count("outbox delete works again (consumer confirmation)") == 1
