@@ -337,8 +337,8 @@ class Resume:
 class Ticker:
     """Due times shared by the fast-path meters of a poller: one event-loop timer per due
     time, however many meters are due then, instead of one timer per meter and poll (a
-    timer costs about 5 us on uvloop, a tenth of a poll's Python). Meters on the same
-    interval, started together (``start``), are due at the same instants."""
+    timer costs about 5 us on uvloop, a third of a fast-path poll's Python). Meters on
+    the same interval, started together (``start``), are due at the same instants."""
 
     def __init__(self, start: float | None = None):
         self.start = time.monotonic() if start is None else start  # the first due time
