@@ -18,7 +18,7 @@ ratio to it), bare pymodbus' own CPU per request (no decoding, storing or publis
 the agent's poll path used before its own Modbus TCP client) and mbpoll's (libmodbus, C);
 and batching off for batching on. The agent runs on asyncio's event loop and, when
 installed, on uvloop (RECP_EVENT_LOOP selects it). ``RECP_BENCH_BASE=DIR`` also runs the
-agent of another checkout (main's, say: ``git worktree add DIR main``) in the 50-device
+agent of another checkout (main's, say: ``git archive main | tar -x -C DIR``) in the 50-device
 scenarios, right before this one's, as the baseline of a "now / base" ratio.
 """
 
