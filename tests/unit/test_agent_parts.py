@@ -140,6 +140,20 @@ def clock_read(ms: float, rate: float, mono_ns: int, latency_s: float = 0.0) -> 
                       Quality.OK, latency_s, True)
 
 
+def clock_agent(tmp_path: Path, rate: float) -> Agent:
+    """An agent of CLOCK_SITE whose time source has been read once, at ``rate``."""
+    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
+    agent = Agent(load_site(tmp_path / "site.yaml"))
+    assert agent.clock.device is not None
+    agent.clock.device.observe(clock_read(1767571200_000, rate, 1_500_000_000))
+    return agent
+
+
+def m1_poll(mono_ns: int) -> PollResult:
+    """A good reading of meter m1 taken at ``mono_ns``."""
+    return PollResult("m1", 0.0, mono_ns, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+
+
 def test_device_clock_extrapolates_at_its_rate_and_holds_until_read():
     guard = ClockGuard(ClockSettings(source="device", device="plc_clock"))
     reading = PollResult("m1", 111.0, 5_000_000_000, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001,
@@ -269,13 +283,8 @@ def test_a_batch_straddling_the_first_clock_read_holds_nothing_back(tmp_path: Pa
 
     from collector.outbox import Outbox
 
-    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
-    agent = Agent(load_site(tmp_path / "site.yaml"))
-    assert agent.clock.device is not None
-    agent.clock.device.observe(clock_read(1767571200_000, 100.0, 1_500_000_000))
-
-    def poll(mono_ns: int) -> PollResult:
-        return PollResult("m1", 0.0, mono_ns, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+    agent = clock_agent(tmp_path, 100.0)
+    poll = m1_poll
 
     async def main() -> list[dict]:
         agent.outbox = Outbox(tmp_path / "o.db")
@@ -399,13 +408,8 @@ def test_a_failing_release_is_logged_once_per_streak_and_nothing_as_released(
 
     from collector.outbox import Entry, Outbox
 
-    (tmp_path / "site.yaml").write_text(CLOCK_SITE)
-    agent = Agent(load_site(tmp_path / "site.yaml"))
-    assert agent.clock.device is not None
-    agent.clock.device.observe(clock_read(1767571200_000, 1.0, 1_500_000_000))
-
-    def poll(mono_ns: int) -> PollResult:
-        return PollResult("m1", 0.0, mono_ns, {"energy_kwh": 1.0}, {}, Quality.OK, 0.001, True)
+    agent = clock_agent(tmp_path, 1.0)
+    poll = m1_poll
 
     def deny_update(action: int, arg1: str | None, *_: object) -> int:
         refused = action == sqlite3.SQLITE_UPDATE and arg1 == "cycles"

@@ -272,6 +272,17 @@ def test_peek_fresh_serves_the_steady_state_from_memory(tmp_path: Path):
         assert box.peek_fresh(more[-1].id, 100) == []
 
 
+# drops and holes, as every format before the current one had them
+_OLD_DROPS_AND_HOLES = """
+CREATE TABLE drops (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL
+);
+CREATE TABLE holes (
+    meter TEXT PRIMARY KEY, through_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL
+);
+"""
+
 # The outbox's schema before cycle rows (one row per reading), as agents wrote it then.
 _OLD_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -282,14 +293,7 @@ CREATE TABLE outbox (
     held INTEGER NOT NULL DEFAULT 0, mono_ns INTEGER, boot TEXT
 );
 CREATE INDEX outbox_meter_seq ON outbox (meter, seq);
-CREATE TABLE drops (
-    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL
-);
-CREATE TABLE holes (
-    meter TEXT PRIMARY KEY, through_seq INTEGER NOT NULL, count INTEGER NOT NULL,
-    reason TEXT NOT NULL, at REAL NOT NULL
-);
-"""
+""" + _OLD_DROPS_AND_HOLES
 
 
 def test_an_outbox_written_one_row_per_reading_is_read_after_an_upgrade(tmp_path: Path):
@@ -476,14 +480,7 @@ CREATE TABLE cycles (
     payloads BLOB NOT NULL, created REAL NOT NULL, held INTEGER NOT NULL DEFAULT 0,
     monos TEXT, boot TEXT
 );
-CREATE TABLE drops (
-    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, first_at REAL NOT NULL, last_at REAL NOT NULL
-);
-CREATE TABLE holes (
-    meter TEXT PRIMARY KEY, through_seq INTEGER NOT NULL, count INTEGER NOT NULL,
-    reason TEXT NOT NULL, at REAL NOT NULL
-);
-"""
+""" + _OLD_DROPS_AND_HOLES
 
 
 def test_an_outbox_of_the_first_cycle_rows_is_read_after_an_upgrade(tmp_path: Path):
