@@ -747,7 +747,7 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            self._owner.close()  # after the database: closing a file drops its POSIX locks
+            self._owner.close()
         self._thread.shutdown(wait=False)  # may be called in that thread itself
 
     def __enter__(self) -> Outbox:
@@ -758,10 +758,12 @@ class Outbox:
 
 
 def _claim(path: Path) -> BinaryIO:
-    """The outbox file, locked for this process (flock: apart from SQLite's own locks).
-    Two agents on one file would number readings from the same counters; the second is
-    refused. The kernel releases the lock when the process ends, however it ends."""
-    owner = open(path, "ab")  # noqa: SIM115  # held open until close()
+    """The outbox, locked for this process: an flock on ``<path>.lock`` beside it. Two
+    agents on one file would number readings from the same counters; the second is
+    refused. The kernel releases the lock when the process ends, however it ends. A file
+    of its own, not the database: closing any descriptor of the database would drop the
+    POSIX locks SQLite holds on it for this process's connections."""
+    owner = open(path.with_name(path.name + ".lock"), "ab")  # noqa: SIM115  # until close()
     try:
         fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
