@@ -288,7 +288,7 @@ class LevelShiftDetector(KernelDetector):
         self.method = method
         self.use_temperature = bool(use_temperature)
         start_s = self.night_start_h * 3600.0
-        length_s = ((self.night_end_h - self.night_start_h) % 24.0) * 3600.0 or float(k.DAY_S)
+        length_s = night_window_s((self.night_start_h, self.night_end_h))
         self.night_length_s = length_s
         p = np.zeros(k.LS_NPARAM)
         p[k.LS_START] = start_s
@@ -840,6 +840,12 @@ def _explained(spike: Event, others: list[Event]) -> bool:
     )
 
 
+def night_window_s(night_hours_utc: tuple[float, float]) -> float:
+    """The length of a night window given as (start, end) UTC hours, in seconds; it may
+    wrap past midnight, and equal hours mean the whole day."""
+    return ((night_hours_utc[1] - night_hours_utc[0]) % 24.0 or 24.0) * 3600.0
+
+
 def detect_anomalies(
     consumption: Consumption,
     meter: MeterInfo,
@@ -862,7 +868,7 @@ def detect_anomalies(
     t, x, step = consumption.start_s, consumption.consumption, consumption.interval_s
     # a night's mean rate is only known to two counter steps over the night: smaller
     # base-load steps cannot be told from the counter's rounding
-    night_length_s = ((night_hours_utc[1] - night_hours_utc[0]) % 24.0) * 3600.0 or 86400.0
+    night_length_s = night_window_s(night_hours_utc)
     events: list[Event] = []
     spikes = detect_spikes(
         t, x, meter=meter, interval_s=step, currency=currency,

@@ -42,7 +42,13 @@ import numpy as np
 from collector.contract import MeterMeta
 from collector.quantities import QUANTITIES, Kind
 
-from ..anomaly import DriftDetector, LevelShiftDetector, SpikeDetector, StuckDetector
+from ..anomaly import (
+    DriftDetector,
+    LevelShiftDetector,
+    SpikeDetector,
+    StuckDetector,
+    night_window_s,
+)
 from ..clean import Consumption, Quality, clean_counter
 from ..meter import MeterInfo
 from ..streaming import KernelDetector, Point
@@ -262,9 +268,8 @@ class MeterPipeline:
         self.span = 0.0
         self.pairs = 0.0
         self.detectors = make_detectors(settings)
-        night_h = settings.night_hours_utc
         self.tracker = EventTracker(site, meter, settings.alerts,
-                                    int(((night_h[1] - night_h[0]) % 24.0 or 24.0) * 3600))
+                                    int(night_window_s(settings.night_hours_utc)))
         self.baseline: Any = None  # a detectors.baseline.BaselineModel, when one is fitted
         self.overspend: Any = None  # a detectors.overspend.OverspendDetector on that baseline
         self.inputs: InputsFor | None = None  # outdoor temperature and production (service)
